@@ -1,0 +1,55 @@
+"""Small helpers shared by the tvmq passes (private)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def const_value(expr: relax.Expr) -> np.ndarray | None:
+    """The NumPy value of a Relax constant, or None when `expr` is not a constant."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    return None
+
+
+def op_name(expr: relax.Expr) -> str | None:
+    """`"relax.nn.conv2d"` for a call to that op, None for anything else."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def shape_of(expr: relax.Expr) -> tuple[int, ...]:
+    """Static shape of a tensor expression (raises on dynamic shapes)."""
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def dtype_of(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def count_uses(func: relax.Function) -> dict[relax.Var, int]:
+    """How many times each variable is used inside `func` (bindings and the return value)."""
+    uses: dict[relax.Var, int] = {}
+
+    @relax.expr_functor.visitor
+    class _Counter(relax.PyExprVisitor):
+        def visit_var_(self, var):
+            uses[var] = uses.get(var, 0) + 1
+
+        def visit_dataflow_var_(self, var):
+            uses[var] = uses.get(var, 0) + 1
+
+    _Counter().visit_expr(func)
+    return uses
+
+
+def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:
+    """Apply a PyExprMutator class to every Relax function of `mod` (module-pass body)."""
+    mutator = mutator_cls(mod, *args)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and "Composite" not in (func.attrs or {}):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()

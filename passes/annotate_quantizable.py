@@ -1,0 +1,148 @@
+"""AnnotateQuantizable: group the ops tvmq can run in integers into `tvmq.*` composite functions.
+
+Run on a normalized float module (tvmq.frontend), before calibration. Each quantizable op, with the
+epilogue it absorbs, becomes a call to a private function with attribute `Composite`:
+
+    tvmq.conv2d   conv2d(x, W) [+ b] [relu | clip]    (incl. depthwise / grouped)
+    tvmq.matmul   matmul(x, W) [+ b] [relu | clip]    (Gemm / dense)
+    tvmq.add      add(a, b) [relu | clip]             (residual adds, same shape)
+    tvmq.relu     relu(x) | clip(x)
+    tvmq.max_pool2d, tvmq.avg_pool2d (count_include_pad or no padding), tvmq.mean (global pooling)
+    tvmq.concat   concat((a, b, ...))
+    tvmq.reshape, tvmq.permute_dims                   (pass-through: int8 in, int8 out)
+
+Everything else stays float. Then every binding of `main` is renamed `<kind>_<index>` (composites)
+or `<op>_<index>` (float ops) so that layers and calibration taps have stable, unique names.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
+
+from ._util import op_name, shape_of
+
+MAX_CONCAT_INPUTS = 8
+
+
+def _epilogues(core):
+    """core, core+relu, core+clip."""
+    return [
+        ("", core),
+        ("_relu", is_op("relax.nn.relu")(core)),
+        ("_clip", is_op("relax.clip")(core, wildcard(), wildcard())),
+    ]
+
+
+def _patterns() -> list[tuple]:
+    pats = []
+    for kind in ("conv2d", "matmul"):
+        op = is_op(f"relax.{'nn.' if kind == 'conv2d' else ''}{kind}")(wildcard(), is_const())
+        with_bias = is_op("relax.add")(op, is_const())
+        for core in (with_bias, op):
+            for _, pat in reversed(_epilogues(core)):
+                pats.append((f"tvmq.{kind}", pat, {"root": op}, _check_linear))
+    add = is_op("relax.add")(wildcard(), wildcard())
+    for _, pat in reversed(_epilogues(add)):
+        pats.append(("tvmq.add", pat, {"root": add}, _check_add))
+    pats.append(("tvmq.relu", is_op("relax.nn.relu")(wildcard()), {}, None))
+    pats.append(("tvmq.relu", is_op("relax.clip")(wildcard(), wildcard(), wildcard()), {}, None))
+    pool = is_op("relax.nn.avg_pool2d")(wildcard())
+    pats.append(("tvmq.avg_pool2d", pool, {"root": pool}, _check_avg_pool))
+    pats.append(("tvmq.max_pool2d", is_op("relax.nn.max_pool2d")(wildcard()), {}, _check_pool))
+    mean = is_op("relax.mean")(wildcard())
+    pats.append(("tvmq.mean", mean, {"root": mean}, _check_float_input))
+    for n in range(MAX_CONCAT_INPUTS, 1, -1):
+        cat = is_op("relax.concat")(is_tuple([wildcard() for _ in range(n)]))
+        pats.append(("tvmq.concat", cat, {"root": cat}, _check_float_input))
+    pats.append(("tvmq.reshape", is_op("relax.reshape")(wildcard(), wildcard()), {}, None))
+    pats.append(("tvmq.permute_dims", is_op("relax.permute_dims")(wildcard()), {}, None))
+    return pats
+
+
+def _is_float32(expr) -> bool:
+    return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"
+
+
+def _check_float_input(ctx) -> bool:
+    root = ctx.annotated_expr["root"]
+    args = root.args[0].fields if isinstance(root.args[0], relax.Tuple) else root.args
+    return all(_is_float32(a) for a in args)
+
+
+def _check_linear(ctx) -> bool:
+    root = ctx.annotated_expr["root"]
+    if not (_is_float32(root.args[0]) and _is_float32(root.args[1])):
+        return False
+    if op_name(root) == "relax.nn.conv2d":
+        a = root.attrs
+        return a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+    return len(shape_of(root.args[1])) == 2 and len(shape_of(root.args[0])) >= 2
+
+
+def _check_add(ctx) -> bool:
+    root = ctx.annotated_expr["root"]
+    a, b = root.args
+    return _is_float32(a) and _is_float32(b) and shape_of(a) == shape_of(b)
+
+
+def _check_pool(ctx) -> bool:
+    root = ctx.matched_expr
+    return root.attrs.layout == "NCHW" and _is_float32(root.args[0])
+
+
+def _check_avg_pool(ctx) -> bool:
+    """Integer average = window sum / window size: exact only when the divisor never varies."""
+    a = ctx.annotated_expr["root"].attrs
+    no_pad = all(int(p) == 0 for p in a.padding)
+    return (
+        a.layout == "NCHW"
+        and not a.ceil_mode
+        and all(int(d) == 1 for d in a.dilation)
+        and (a.count_include_pad or no_pad)
+        and _is_float32(ctx.annotated_expr["root"].args[0])
+    )
+
+
+def composite_kind(mod: tvm.IRModule, call: relax.Expr) -> str | None:
+    """`"conv2d"` for a call to a `tvmq.conv2d` composite in `mod`, else None."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar)):
+        return None
+    func = mod[call.op]
+    name = (func.attrs or {}).get("Composite") if isinstance(func, relax.Function) else None
+    return str(name)[len("tvmq."):] if name is not None and str(name).startswith("tvmq.") else None
+
+
+@relax.expr_functor.mutator
+class _Renamer(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.index = 0
+
+    def visit_var_binding_(self, binding):
+        value = self.visit_expr(binding.value)
+        label = composite_kind(self.mod_, value)
+        if label is None:
+            name = op_name(value)
+            label = name.rsplit(".", 1)[-1] if name else "t"
+        name = f"{label}_{self.index}"
+        self.index += 1
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
+            self.builder_.emit_output
+        new_var = emit(value, name)
+        self.set_var_remap(binding.var, new_var)
+
+
+@tvm.transform.module_pass(opt_level=0, name="AnnotateQuantizable")
+class AnnotateQuantizable:
+    """Group quantizable ops into `tvmq.*` composites and give `main`'s bindings unique names."""
+
+    def transform_module(self, mod, ctx):
+        mod = relax.transform.FuseOpsByPattern(
+            _patterns(), bind_constants=True, annotate_codegen=False
+        )(mod)
+        renamer = _Renamer(mod)
+        renamer.builder_.update_func(mod.get_global_var("main"), renamer.visit_expr(mod["main"]))
+        return renamer.builder_.get()

@@ -1,0 +1,274 @@
+"""RealizeQuantization: rewrite `tvmq.*` composites into integer Relax ops + requant kernels.
+
+Run after AnnotateQuantizable and calibration, before building. `act_qparams` maps tensor names
+(main's input, every composite output, every float tensor a composite reads) to their QParams.
+
+Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points subtracted in int16):
+    conv2d / matmul  acc = op(x - zx, Wq) + bq (int32);  y = requant(acc, sx*sw[c]/sy) + zy
+    add              a' = requant((a - za) << 20, sa/2m);  b' likewise;  y = requant(a'+b', 2m/(2^20 sy))
+                     with m = max(sa, sb)  (TFLite's scheme)
+    avg_pool2d       acc = depthwise_conv(x - zx, ones);  y = requant(acc, sx / (sy * kh * kw)) + zy
+    mean             acc = sum(x - zx);  y = requant(acc, sx / (sy * count)) + zy
+    concat           each input requantized to the output's qparams, then concat
+    relu / clip      clip(x, q(lo), q(hi)) on int8; max_pool2d, reshape, permute_dims: int8 as is
+ReLU/clip after conv/matmul/add is folded into the requant clamp. `requant` is a call_tir to a
+PrimFunc from `_requant_kernel` (attribute `tvmq.requant`). Layer `<name>`'s integer output is
+the binding `<name>_q`. Every quantized tensor also gets a
+`dequantize` for float consumers; unused ones are removed by DeadCodeElimination.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvmq.numerics import QParams, Requant, quantize
+from tvmq.numerics.weights import quantize_bias, quantize_weight
+
+from ._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
+from ._util import const_value, op_name, shape_of
+from .annotate_quantizable import composite_kind
+
+ADD_LEFT_SHIFT = 20
+SAME_SCALE_KINDS = ("relu", "max_pool2d", "reshape", "permute_dims")  # output qparams = input's
+
+
+class _Composite:
+    """The ops inside one composite function, in order, keyed by op name."""
+
+    def __init__(self, func: relax.Function):
+        self.params = list(func.params)
+        self.calls: list[relax.Call] = []
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.calls.append(binding.value)
+        self.root = self.calls[0]
+
+    def find(self, name: str) -> relax.Call | None:
+        return next((c for c in self.calls if op_name(c) == name), None)
+
+    def bias(self) -> np.ndarray | None:
+        add = self.find("relax.add")
+        return None if add is None or add is self.root else const_value(add.args[1])
+
+    def activation(self) -> tuple[float, float]:
+        """The (lo, hi) float range the relu/clip epilogue keeps."""
+        if self.find("relax.nn.relu") is not None:
+            return 0.0, math.inf
+        clip = self.find("relax.clip")
+        if clip is not None and clip is not self.root:
+            return float(clip.args[1].value), float(clip.args[2].value)
+        return -math.inf, math.inf
+
+
+def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[int, int]:
+    """Integer clamp bounds of an output whose float values are limited to [lo, hi]."""
+    qlo, qhi = qp.qmin, qp.qmax
+    if lo > -math.inf:
+        qlo = max(qlo, int(quantize(np.float32(lo), qp)))
+    if hi < math.inf:
+        qhi = min(qhi, int(quantize(np.float32(hi), qp)))
+    return qlo, qhi
+
+
+@relax.expr_functor.mutator
+class _Realizer(relax.PyExprMutator):
+    def __init__(self, mod, act_qparams, requant, rounding, per_channel):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.act_qparams = act_qparams
+        self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
+        self.q: dict[str, tuple[relax.Expr, QParams]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _qparams(self, name: str) -> QParams:
+        if name not in self.act_qparams:
+            raise ValueError(f"RealizeQuantization: no calibrated qparams for tensor {name!r}")
+        return self.act_qparams[name]
+
+    def _int_input(self, arg: relax.Var) -> tuple[relax.Expr, QParams]:
+        """The int8 version of an original float tensor, quantizing it on first use."""
+        name = arg.name
+        if name not in self.q:
+            qp = self._qparams(name)
+            x = self.builder_.emit(relax.op.quantize(
+                self.visit_expr(arg), relax.const(qp.scale), relax.const(qp.zero_point),
+                axis=-1, out_dtype=qp.dtype), f"{name}_q")
+            self.q[name] = (x, qp)
+        return self.q[name]
+
+    def _centered(self, x: relax.Expr, qp: QParams, dtype: str = "int16") -> relax.Expr:
+        """x - zero_point, widened to `dtype` (skipped for int8 with zero point 0)."""
+        zp = int(qp.zero_point)
+        if zp == 0 and dtype == "int16":
+            return x
+        x = self.builder_.emit(relax.op.astype(x, dtype))
+        if zp == 0:
+            return x
+        return self.builder_.emit(relax.op.subtract(x, relax.const(zp, dtype)))
+
+    def _requant(self, acc, real_scale, axis, zero_point, qmin, qmax, out_dtype, emit=True):
+        shape = shape_of(acc)
+        real_scale = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
+        if real_scale.size == 1:
+            axis = None
+        rq = Requant.from_scale(real_scale, self.requant_kind, self.rounding)
+        if self.requant_kind == "fp32":
+            params = [relax.const(rq.scale.astype(np.float32))]
+        else:
+            params = [relax.const(rq.multiplier.astype(np.int32)),
+                      relax.const(rq.shift.astype(np.int32))]
+        func = requant_prim_func(shape, real_scale.size, axis, self.requant_kind, self.rounding,
+                                 int(zero_point), int(qmin), int(qmax), out_dtype)
+        gv = self.builder_.add_func(func, f"tvmq_requant_{self.rounding or 'fp32'}")
+        call = relax.call_tir(gv, [acc, *params], relax.TensorType(shape, out_dtype))
+        return self.builder_.emit(call) if emit else call
+
+    def _requant_to(self, acc, real_scale, axis, qp: QParams, lo=-math.inf, hi=math.inf):
+        qlo, qhi = _clamp(qp, lo, hi)
+        return self._requant(acc, real_scale, axis, qp.zero_point, qlo, qhi, qp.dtype, emit=False)
+
+    # -- composites ------------------------------------------------------------------------
+    def _linear(self, comp, inputs, out_qp):
+        (x, xqp), = inputs
+        root = comp.root
+        is_conv = op_name(root) == "relax.nn.conv2d"
+        w = const_value(root.args[1])
+        axis = 0 if is_conv else 1
+        wq, wqp = quantize_weight(w, axis=axis, per_channel=self.per_channel)
+        xc = self._centered(x, xqp)
+        if is_conv:
+            a = root.attrs
+            acc = relax.op.nn.conv2d(xc, relax.const(wq), strides=a.strides, padding=a.padding,
+                                     dilation=a.dilation, groups=a.groups, out_dtype="int32")
+        else:
+            acc = relax.op.matmul(xc, relax.const(wq), out_dtype="int32")
+        acc = self.builder_.emit(acc)
+        out_axis = 1 if is_conv else len(shape_of(root)) - 1
+        channels = shape_of(root)[out_axis]
+        w_scale = np.broadcast_to(wqp.scale.astype(np.float64), (channels,))
+        bias = comp.bias()
+        if bias is not None:
+            bq = quantize_bias(bias.reshape(-1), float(xqp.scale), w_scale)
+            bshape = (1, channels, 1, 1) if is_conv else (channels,)
+            acc = self.builder_.emit(relax.op.add(acc, relax.const(bq.reshape(bshape))))
+        real = float(xqp.scale) * w_scale / float(out_qp.scale)
+        return self._requant_to(acc, real, out_axis, out_qp, *comp.activation())
+
+    def _add(self, comp, inputs, out_qp):
+        (a, aqp), (b, bqp) = inputs
+        twice_max = 2.0 * max(float(aqp.scale), float(bqp.scale))
+        terms = []
+        for x, qp in ((a, aqp), (b, bqp)):
+            xc = self._centered(x, qp, "int32")
+            xc = self.builder_.emit(relax.op.left_shift(xc, relax.const(ADD_LEFT_SHIFT, "int32")))
+            terms.append(self._requant(xc, float(qp.scale) / twice_max, None, 0,
+                                       INT32_MIN, INT32_MAX, "int32"))
+        acc = self.builder_.emit(relax.op.add(*terms))
+        real = twice_max / ((1 << ADD_LEFT_SHIFT) * float(out_qp.scale))
+        return self._requant_to(acc, real, None, out_qp, *comp.activation())
+
+    def _relu(self, comp, inputs, out_qp):
+        (x, xqp), = inputs
+        lo, hi = comp.activation() if comp.find("relax.clip") is None else (
+            float(comp.root.args[1].value), float(comp.root.args[2].value))
+        qlo, qhi = _clamp(xqp, lo, hi)
+        return relax.op.clip(x, qlo, qhi), xqp
+
+    def _same_scale(self, comp, inputs, out_qp):
+        """max_pool2d / reshape / permute_dims: the same op on int8, qparams unchanged."""
+        (x, xqp), = inputs
+        call = relax.Call(comp.root.op, [x, *comp.root.args[1:]], comp.root.attrs)
+        return call, xqp
+
+    def _avg_pool2d(self, comp, inputs, out_qp):
+        (x, xqp), = inputs
+        a = comp.root.attrs
+        channels = shape_of(x)[1]
+        kh, kw = (int(k) for k in a.pool_size)
+        ones = relax.const(np.ones((channels, 1, kh, kw), np.int8))
+        acc = self.builder_.emit(relax.op.nn.conv2d(
+            self._centered(x, xqp), ones, strides=a.strides, padding=a.padding, groups=channels,
+            out_dtype="int32"))
+        return self._requant_to(acc, float(xqp.scale) / (float(out_qp.scale) * kh * kw), None,
+                                out_qp)
+
+    def _mean(self, comp, inputs, out_qp):
+        (x, xqp), = inputs
+        a = comp.root.attrs
+        shape = shape_of(x)
+        axes = [int(i) % len(shape) for i in a.axis] if a.axis is not None else range(len(shape))
+        count = int(np.prod([shape[i] for i in axes]))
+        acc = self.builder_.emit(relax.op.sum(self._centered(x, xqp, "int32"), axis=list(axes),
+                                              keepdims=a.keepdims))
+        return self._requant_to(acc, float(xqp.scale) / (float(out_qp.scale) * count), None,
+                                out_qp)
+
+    def _concat(self, comp, inputs, out_qp):
+        parts = []
+        for x, qp in inputs:
+            if qp == out_qp:
+                parts.append(x)
+                continue
+            xc = self._centered(x, qp, "int32")
+            parts.append(self._requant(xc, float(qp.scale) / float(out_qp.scale), None,
+                                       out_qp.zero_point, out_qp.qmin, out_qp.qmax, out_qp.dtype))
+        return relax.op.concat(parts, axis=comp.root.attrs.axis)
+
+    _HANDLERS = {
+        "conv2d": _linear, "matmul": _linear, "add": _add, "relu": _relu,
+        "max_pool2d": _same_scale, "reshape": _same_scale, "permute_dims": _same_scale,
+        "avg_pool2d": _avg_pool2d, "mean": _mean, "concat": _concat,
+    }
+
+    # -- bindings --------------------------------------------------------------------------
+    def visit_var_binding_(self, binding):
+        name = binding.var.name
+        kind = composite_kind(self.mod_, binding.value)
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
+            self.builder_.emit_output
+        if kind is None:
+            new_var = emit(self.visit_expr(binding.value), name)
+            self.set_var_remap(binding.var, new_var)
+            return
+        comp = _Composite(self.mod_[binding.value.op])
+        inputs = [self._int_input(arg) for arg in binding.value.args]
+        result = self._HANDLERS[kind](self, comp, inputs, self.act_qparams.get(name))
+        y, qp = result if isinstance(result, tuple) else (result, self._qparams(name))
+        y = self.builder_.emit(y, f"{name}_q")
+        self.q[name] = (y, qp)
+        deq = relax.op.dequantize(y, relax.const(qp.scale), relax.const(qp.zero_point), axis=-1)
+        self.set_var_remap(binding.var, emit(deq, name))
+
+
+@tvm.transform.module_pass(opt_level=0, name="RealizeQuantization")
+class RealizeQuantization:
+    """Turn annotated composites into int8/int32 Relax ops with mult/shift or FP32 requant.
+
+    Parameters
+    ----------
+    act_qparams : dict[str, QParams]
+        Per-tensor activation qparams from calibration, keyed by tensor name.
+    requant : "mult_shift" or "fp32"
+    rounding : "double", "single" or "tonearest" for mult_shift; ignored for fp32
+    per_channel_weights : bool
+        Per-output-channel weight scales (default) or one scale per tensor.
+    """
+
+    def __init__(self, act_qparams, requant="mult_shift", rounding="double",
+                 per_channel_weights=True):
+        self.act_qparams = dict(act_qparams)
+        self.requant = requant
+        self.rounding = None if requant == "fp32" else rounding
+        self.per_channel = per_channel_weights
+
+    def transform_module(self, mod, ctx):
+        realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel)
+        gv = mod.get_global_var("main")
+        realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
+        mod = realizer.builder_.get()
+        mod = relax.transform.DeadCodeElimination(["main"])(mod)
+        return mod

@@ -1,0 +1,13 @@
+"""tvmq: a hardware-aware quantization compiler on Apache TVM.
+
+>>> import tvmq
+>>> cm = tvmq.compile("model.onnx", target="host", config=tvmq.QuantConfig(), calib=x)  # doctest: +SKIP
+"""
+
+from .compiler import CompiledModel, compile
+from .config import QuantConfig
+from .errors import CompileError
+from .report import Report
+
+__all__ = ["CompileError", "CompiledModel", "QuantConfig", "Report", "compile"]
+__version__ = "0.1.0"

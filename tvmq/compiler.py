@@ -1,0 +1,230 @@
+"""`tvmq.compile`: float model + calibration data + target -> CompiledModel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .calibrate import calibrate
+from .config import QuantConfig
+from .errors import CompileError
+from .frontend import ModelInput, load_model
+from .numerics import QParams, choose_qparams, dequantize
+from .numerics.weights import quantize_weight
+from .oracle import Oracle
+from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
+from .passes.insert_taps import InsertTaps
+from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
+from .report import LayerRow, Report, sqnr_db
+from .targets.host import HostModule, build
+
+TARGETS = ("host",)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantized op of the annotated graph: its binding name, kind, inputs and op call."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    weight: np.ndarray | None
+
+
+def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
+    """The `tvmq.*` composite calls of `main` in order, and the float ops left outside them."""
+    layers, float_ops = [], []
+    for block in annotated["main"].body.blocks:
+        for binding in block.bindings:
+            value, name = binding.value, binding.var.name
+            kind = composite_kind(annotated, value)
+            if kind is None:
+                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                    float_ops.append(f"{name} ({value.op.name.removeprefix('relax.')})")
+                continue
+            weight = None
+            if kind in ("conv2d", "matmul"):
+                func = annotated[value.op]
+                first = func.body.blocks[0].bindings[0].value
+                weight = first.args[1].value.numpy()
+            layers.append(Layer(name, kind, tuple(a.name for a in value.args),
+                                tuple(int(d) for d in binding.var.ty.shape), weight))
+    return layers, float_ops
+
+
+def activation_qparams(lo: float, hi: float, config: QuantConfig) -> QParams:
+    return choose_qparams(lo, hi, bits=8, symmetric=config.symmetric_activations,
+                          narrow_range=config.symmetric_activations)
+
+
+class CompiledModel:
+    """A quantized, compiled model.
+
+    `run(x)` executes it on its target (numpy in, numpy out); `report()` gives the per-layer table;
+    `export(dir)` writes the artefacts; `oracle()` is the NumPy golden interpreter of the same graph.
+    """
+
+    def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
+                 act_qparams):
+        self.name, self.target, self.config, self.input = name, target, config, inp
+        self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
+        self._report, self.act_qparams = report, act_qparams
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape == self.input.shape:
+            return self.host.run(x)
+        if x.shape[1:] == self.input.shape[1:] and self.input.shape[0] == 1:
+            return np.concatenate([self.host.run(s[None]) for s in x])
+        raise ValueError(f"input shape {x.shape} does not match the model input {self.input.shape}")
+
+    def report(self) -> Report:
+        return self._report
+
+    def oracle(self) -> Oracle:
+        return Oracle(self.quant_mod)
+
+    def export(self, out_dir: str | os.PathLike) -> Path:
+        """Write model.so, model.relax (the integer graph), report.json/txt and config.json.
+
+        Files go to a temporary folder first, which is renamed to `out_dir` when complete, so a
+        failed export leaves nothing half-written.
+        """
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            self.host.executable.export_library(str(tmp / "model.so"))
+            (tmp / "model.relax").write_text(self.quant_mod.script(show_meta=False))
+            (tmp / "report.json").write_text(self._report.to_json())
+            (tmp / "report.txt").write_text(str(self._report) + "\n")
+            meta = {"config": self.config.to_dict(), "target": self.target,
+                    "input": {"name": self.input.name, "shape": list(self.input.shape)}}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def compile(model, target: str = "host", config: QuantConfig | None = None, calib=None, *,
+            input_shape: tuple[int, ...] | None = None, progress: bool = True) -> CompiledModel:
+    """Quantize and compile a float model for a target.
+
+    Parameters
+    ----------
+    model : path to .onnx, onnx.ModelProto or tvm.IRModule
+    target : "host"
+    config : QuantConfig, optional (default: int8, mult_shift/double, minmax)
+    calib : array, iterable of arrays, or .npz path with the calibration inputs
+    input_shape : static input shape when the model's is symbolic
+    progress : show progress bars
+
+    Returns
+    -------
+    CompiledModel
+
+    Example
+    -------
+    >>> import tvmq
+    >>> from tvmq import data
+    >>> x_calib, x_test, y_test = data.load_digits()
+    >>> cm = tvmq.compile(data.digits_model_path(), calib=x_calib[:16], progress=False)
+    >>> cm.run(x_test[:2]).shape
+    (2, 10)
+    """
+    start = time.perf_counter()
+    config = config or QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
+    float_mod, inp = load_model(model, input_shape)
+    annotated = AnnotateQuantizable()(float_mod)
+    layers, float_ops = find_layers(annotated)
+    if not layers:
+        raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, ...).")
+    tap_names = _tensor_names(layers, inp)
+    observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
+                                             observer=config.observer, keep=config.sqnr_samples,
+                                             progress=progress)
+    act_qparams = {n: activation_qparams(*observers[n].range(), config) for n in tap_names}
+    realize = RealizeQuantization(act_qparams, config.requant, config.rounding,
+                                  config.per_channel_weights)
+    quant_mod = realize(annotated)
+    host = build(quant_mod)
+    out_qparams = _output_qparams(layers, act_qparams)
+    report = Report(model=_model_name(model), target=target, config=config.to_dict(),
+                    float_ops=float_ops)
+    report.layers = _layer_rows(layers, act_qparams, out_qparams, config)
+    if kept_inputs:
+        _measure_sqnr(report, quant_mod, layers, out_qparams, kept, kept_inputs, host)
+    report.compile_seconds = time.perf_counter() - start
+    return CompiledModel(name=report.model, target=target, config=config, inp=inp,
+                         float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
+                         act_qparams=act_qparams)
+
+
+def _tensor_names(layers: list[Layer], inp: ModelInput) -> list[str]:
+    names = []
+    for layer in layers:
+        for n in (*layer.inputs, layer.name):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _output_qparams(layers, act_qparams) -> dict[str, QParams]:
+    out = {}
+    for layer in layers:
+        if layer.kind in SAME_SCALE_KINDS:
+            out[layer.name] = out.get(layer.inputs[0], act_qparams[layer.inputs[0]])
+        else:
+            out[layer.name] = act_qparams[layer.name]
+    return out
+
+
+def _layer_rows(layers, act_qparams, out_qparams, config) -> list[LayerRow]:
+
+    rows = []
+    for layer in layers:
+        wscale = None
+        if layer.weight is not None:
+            axis = 0 if layer.kind == "conv2d" else 1
+            _, wqp = quantize_weight(layer.weight, axis=axis,
+                                     per_channel=config.per_channel_weights)
+            wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
+        qp_in, qp_out = act_qparams[layer.inputs[0]], out_qparams[layer.name]
+        rows.append(LayerRow(layer.name, layer.kind, layer.shape, 8, float(qp_in.scale),
+                             float(qp_out.scale), int(qp_out.zero_point), wscale))
+    return rows
+
+
+def _measure_sqnr(report, quant_mod, layers, out_qparams, kept, kept_inputs, host: HostModule):
+    """SQNR of every layer output and of the model output, on the kept calibration samples."""
+    tapped = build(InsertTaps([f"{layer.name}_q" for layer in layers])(quant_mod))
+    outs = [tapped.run(x) for x in kept_inputs]
+    for i, (layer, row) in enumerate(zip(layers, report.layers)):
+        approx = [dequantize(o[1 + i], out_qparams[layer.name]) for o in outs]
+        row.sqnr_db = sqnr_db(np.stack(kept[layer.name]), np.stack(approx))
+    report.output_sqnr_db = sqnr_db(np.stack(kept["output"]), np.stack([o[0] for o in outs]))
+
+
+def _model_name(model) -> str:
+    if isinstance(model, str | os.PathLike):
+        return Path(model).name
+    return type(model).__name__

@@ -1,0 +1,179 @@
+"""The NumPy oracle: an interpreter of a realized (integer) Relax module built on tvmq.numerics.
+
+It walks `main`'s bindings and evaluates each op with plain NumPy integer arithmetic (int64
+accumulation, then the binding's dtype); requantization `call_tir`s are evaluated by reading their
+`tvmq.requant` attribute and calling `tvmq.numerics.requantize`. It shares no code with TVM's
+execution, so `host output == oracle output` bit for bit is the test every backend reuses.
+Float ops outside the integer graph are evaluated with float32 NumPy (not bit-exact with TVM);
+unknown ops raise NotImplementedError naming the op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import numerics
+from .passes._util import op_name
+
+
+def _ints(v) -> list[int]:
+    return [int(i) for i in v]
+
+
+def _pad_nchw(x: np.ndarray, padding, value) -> np.ndarray:
+    top, left, bottom, right = _ints(padding) if len(padding) == 4 else _ints(padding) * 2
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _windows(x: np.ndarray, kh, kw, strides, dilation) -> np.ndarray:
+    """(N, C, OH, OW, kh, kw) view of the input windows."""
+    sh, sw = _ints(strides)
+    dh, dw = _ints(dilation)
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def conv2d(x, w, strides, padding, dilation, groups, out_dtype):
+    """NCHW / OIHW conv2d; integer inputs accumulate exactly in int64."""
+    acc_dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64
+    x = _pad_nchw(x.astype(acc_dtype), padding, 0)
+    o, cg, kh, kw = w.shape
+    win = _windows(x, kh, kw, strides, dilation)
+    n, c, oh, ow = win.shape[:4]
+    win = win.reshape(n, groups, c // groups, oh, ow, kh, kw)
+    wg = w.astype(acc_dtype).reshape(groups, o // groups, cg, kh, kw)
+    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
+    return y.reshape(n, o, oh, ow).astype(out_dtype)
+
+
+def max_pool2d(x, pool_size, strides, padding, dilation):
+    fill = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
+    win = _windows(_pad_nchw(x, padding, fill), *_ints(pool_size), strides, dilation)
+    return win.max(axis=(4, 5)).astype(x.dtype)
+
+
+def _attr(call, name):
+    return getattr(call.attrs, name)
+
+
+def _qparams_of(scale, zp, axis, dtype) -> numerics.QParams:
+    info = np.iinfo(np.dtype(dtype))
+    scale = np.asarray(scale, np.float32)
+    return numerics.QParams(scale, np.asarray(zp, np.int32), int(info.min), int(info.max),
+                            axis=axis if scale.ndim else None)
+
+
+def _quantize(call, x, scale, zp):
+    return numerics.quantize(x, _qparams_of(scale, zp, _attr(call, "axis"),
+                                            str(_attr(call, "out_dtype"))))
+
+
+def _dequantize(call, q, scale, zp):
+    return numerics.dequantize(q, _qparams_of(scale, zp, _attr(call, "axis"), str(q.dtype)))
+
+
+_OPS: dict[str, Callable] = {
+    "relax.quantize": _quantize,
+    "relax.dequantize": _dequantize,
+    "relax.astype": lambda call, x: x,
+    "relax.add": lambda call, a, b: a + b,
+    "relax.subtract": lambda call, a, b: a - b,
+    "relax.multiply": lambda call, a, b: a * b,
+    "relax.divide": lambda call, a, b: a / b,
+    "relax.left_shift": lambda call, a, b: a.astype(np.int64) << b,
+    "relax.clip": lambda call, x: np.clip(x, float(call.args[1].value),
+                                          float(call.args[2].value)),
+    "relax.nn.relu": lambda call, x: np.maximum(x, 0),
+    "relax.sigmoid": lambda call, x: 1 / (1 + np.exp(-x)),
+    "relax.nn.softmax": lambda call, x: (lambda e: e / e.sum(axis=int(_attr(call, "axis")),
+                                                             keepdims=True))(
+        np.exp(x - x.max(axis=int(_attr(call, "axis")), keepdims=True))),
+    "relax.matmul": lambda call, a, b: np.matmul(
+        a.astype(np.int64 if a.dtype.kind == "i" else np.float64),
+        b.astype(np.int64 if b.dtype.kind == "i" else np.float64)),
+    "relax.sum": lambda call, x: np.sum(
+        x.astype(np.int64 if x.dtype.kind == "i" else np.float64),
+        axis=None if _attr(call, "axis") is None else tuple(_ints(_attr(call, "axis"))),
+        keepdims=bool(_attr(call, "keepdims"))),
+    "relax.mean": lambda call, x: np.mean(
+        x, axis=tuple(_ints(_attr(call, "axis"))), keepdims=bool(_attr(call, "keepdims"))),
+    "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(_attr(call, "axis"))),
+    "relax.reshape": lambda call, x: x,  # the binding's static shape is applied afterwards
+    "relax.permute_dims": lambda call, x: np.transpose(
+        x, None if _attr(call, "axes") is None else _ints(_attr(call, "axes"))),
+    "relax.nn.conv2d": lambda call, x, w: conv2d(
+        x, w, _attr(call, "strides"), _attr(call, "padding"), _attr(call, "dilation"),
+        int(_attr(call, "groups")), np.int64 if x.dtype.kind == "i" else np.float64),
+    "relax.nn.max_pool2d": lambda call, x: max_pool2d(
+        x, _attr(call, "pool_size"), _attr(call, "strides"), _attr(call, "padding"),
+        _attr(call, "dilation")),
+}
+_SHAPE_ARGS = {"relax.reshape", "relax.clip"}  # args after the first are not tensors
+
+
+def requantize_call(prim: tvm.tirx.PrimFunc, acc: np.ndarray, params: list[np.ndarray]):
+    """Evaluate a tvmq requant kernel with the golden numerics."""
+    a = prim.attrs["tvmq.requant"]
+    axis = None if int(a["axis"]) < 0 else int(a["axis"])
+    if axis is None:  # per-tensor parameters travel as length-1 tensors
+        params = [p.reshape(()) for p in params]
+    if str(a["kind"]) == "fp32":
+        rq = numerics.Requant("fp32", None, None, None, params[0])
+    else:
+        rq = numerics.Requant("mult_shift", str(a["rounding"]), params[0], params[1], None)
+    out = numerics.requantize(acc, rq, zero_point=int(a["zero_point"]), qmin=int(a["qmin"]),
+                              qmax=int(a["qmax"]), axis=axis)
+    return out.astype(str(a["out_dtype"]))
+
+
+class Oracle:
+    """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)`.
+
+    `run(x, keep=True)` also returns every intermediate value by binding name.
+    """
+
+    def __init__(self, mod: tvm.IRModule):
+        self.mod = mod
+        self.func = mod["main"]
+
+    def run(self, x: np.ndarray, keep: bool = False):
+        env: dict = {self.func.params[0]: np.asarray(x, np.float32)}
+        named: dict[str, np.ndarray] = {}
+        for block in self.func.body.blocks:
+            for binding in block.bindings:
+                value = self._eval(binding.value, env)
+                ty = binding.var.ty
+                if isinstance(ty, relax.TensorType) and isinstance(value, np.ndarray):
+                    value = value.reshape([int(d) for d in ty.shape]).astype(str(ty.dtype))
+                env[binding.var] = value
+                if keep:
+                    named[binding.var.name] = value
+        out = self._eval(self.func.body.body, env)
+        return (out, named) if keep else out
+
+    def _eval(self, expr, env):
+        if isinstance(expr, relax.Var):
+            return env[expr]
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Tuple):
+            return [self._eval(f, env) for f in expr.fields]
+        if isinstance(expr, relax.TupleGetItem):
+            return self._eval(expr.tuple_value, env)[expr.index]
+        name = op_name(expr)
+        if name == "relax.call_tir":
+            prim = self.mod[expr.args[0]]
+            if "tvmq.requant" not in (prim.attrs or {}):
+                raise NotImplementedError(f"oracle: call_tir to {expr.args[0].name_hint}")
+            acc, *params = (self._eval(a, env) for a in expr.args[1].fields)
+            return requantize_call(prim, acc, params)
+        if name not in _OPS:
+            raise NotImplementedError(f"oracle: no NumPy implementation of {name or expr}")
+        n_tensor_args = 1 if name in _SHAPE_ARGS else len(expr.args)
+        args = [self._eval(a, env) for a in expr.args[:n_tensor_args]]
+        return _OPS[name](expr, *args)

@@ -1,0 +1,86 @@
+"""Per-layer quantization report: a table for people, a dict for report.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """10 log10(sum(ref^2) / sum((ref - approx)^2)); inf when equal."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(np.sum((ref - np.asarray(approx, np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+@dataclass
+class LayerRow:
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    bits: int
+    in_scale: float
+    out_scale: float
+    out_zero_point: int
+    weight_scale: tuple[float, float] | None = None  # (min, max) over channels
+    sqnr_db: float | None = None
+
+
+@dataclass
+class Report:
+    """What was quantized and how well: `print(report)` shows the table."""
+
+    model: str
+    target: str
+    config: dict
+    layers: list[LayerRow] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)
+    output_sqnr_db: float | None = None
+    compile_seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        layers = [LayerRow(**{**row, "shape": tuple(row["shape"])}) for row in d.get("layers", [])]
+        return cls(**{**d, "layers": layers})
+
+    def __str__(self) -> str:
+        head = ("layer", "op", "shape", "bits", "in scale", "out scale (zp)", "w scale min..max",
+                "SQNR dB")
+        rows = [head]
+        for r in self.layers:
+            w = "" if r.weight_scale is None else f"{r.weight_scale[0]:.2e}..{r.weight_scale[1]:.2e}"
+            rows.append((r.name, r.op, "x".join(map(str, r.shape)), str(r.bits),
+                         f"{r.in_scale:.3e}", f"{r.out_scale:.3e} ({r.out_zero_point})", w,
+                         _fmt_db(r.sqnr_db)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = [f"tvmq report: {self.model} -> {self.target} [{_label(self.config)}]"]
+        for i, row in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append(f"output SQNR vs float: {_fmt_db(self.output_sqnr_db)} dB")
+        lines.append("float ops (not quantized): " + (", ".join(self.float_ops) or "none"))
+        if self.compile_seconds is not None:
+            lines.append(f"compile time: {self.compile_seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _fmt_db(v: float | None) -> str:
+    return "-" if v is None else ("inf" if np.isinf(v) else f"{v:.1f}")
+
+
+def _label(config: dict) -> str:
+    rq = config["requant"] if config["requant"] == "fp32" else \
+        f"{config['requant']}/{config['rounding']}"
+    return f"{config['scheme']} {rq}, observer {config['observer']}"
