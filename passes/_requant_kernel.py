@@ -22,37 +22,44 @@ def _sat32(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(tirx.min(x, _i64(INT32_MAX)), _i64(INT32_MIN))
 
 
-def _double(x32, mult32, shift32):
-    """gemmlowp: saturating left shift, SaturatingRoundingDoublingHighMul, RoundingDivideByPOT."""
-    shift = shift32.astype("int64")
-    left = tirx.max(shift, _i64(0))
-    right = tirx.max(-shift, _i64(0))
-    a = _sat32(x32.astype("int64") << left)
+# Each rounding mode is two stages: `pre` maps (acc, multiplier, shift) to an int64 intermediate,
+# `post` maps (intermediate, shift) to the rounded result. Splitting at the value that the rounding
+# reads several times keeps expressions small (one shared tree made lowering take seconds).
+
+
+def _double_pre(x32, mult32, shift32):
+    """SaturatingRoundingDoublingHighMul(saturating x << left, multiplier) (gemmlowp)."""
+    a = _sat32(x32.astype("int64") << tirx.max(shift32.astype("int64"), _i64(0)))
     b = mult32.astype("int64")
     ab = a * b
     nudge = tirx.Select(ab >= _i64(0), _i64(1 << 30), _i64(1 - (1 << 30)))
-    high = tirx.truncdiv(ab + nudge, _i64(1 << 31))
-    high = tirx.Select(tirx.all(a == _i64(INT32_MIN), b == _i64(INT32_MIN)), _i64(INT32_MAX), high)
+    both_min = tirx.all(a == _i64(INT32_MIN), b == _i64(INT32_MIN))
+    return tirx.Select(both_min, _i64(INT32_MAX), tirx.truncdiv(ab + nudge, _i64(1 << 31)))
+
+
+def _double_post(high, shift32):
+    """RoundingDivideByPOT(high, right): round half away from zero (gemmlowp)."""
+    right = tirx.max(-shift32.astype("int64"), _i64(0))
     mask = (_i64(1) << right) - _i64(1)
-    remainder = high & mask
     threshold = (mask >> _i64(1)) + tirx.Select(high < _i64(0), _i64(1), _i64(0))
-    return (high >> right) + tirx.Select(remainder > threshold, _i64(1), _i64(0))
+    return (high >> right) + tirx.Select((high & mask) > threshold, _i64(1), _i64(0))
 
 
-def _single(x32, mult32, shift32):
-    """CMSIS-NN single rounding: round half up of x*m / 2^(31-shift)."""
-    p = x32.astype("int64") * mult32.astype("int64")
+def _product(x32, mult32, shift32):
+    return x32.astype("int64") * mult32.astype("int64")
+
+
+def _single_post(p, shift32):
+    """CMSIS-NN single rounding: round half up of p / 2^(31-shift)."""
     k = _i64(31) - shift32.astype("int64")
     return _sat32(((p >> (k - _i64(1))) + _i64(1)) >> _i64(1))
 
 
-def _tonearest(x32, mult32, shift32):
-    """TVM QNN TONEAREST: round half away from zero of x*m / 2^(31-shift)."""
-    p = x32.astype("int64") * mult32.astype("int64")
+def _tonearest_post(p, shift32):
+    """TVM QNN TONEAREST: round half away from zero of p / 2^(31-shift)."""
     k = _i64(31) - shift32.astype("int64")
     half = _i64(1) << (k - _i64(1))
-    r = tirx.Select(p >= _i64(0), half, half - _i64(1))
-    return _sat32((p + r) >> k)
+    return _sat32((p + tirx.Select(p >= _i64(0), half, half - _i64(1))) >> k)
 
 
 def _fp32(x32, scale):
@@ -62,7 +69,11 @@ def _fp32(x32, scale):
     return r.astype("int64")
 
 
-_MULT_SHIFT = {"double": _double, "single": _single, "tonearest": _tonearest}
+_MULT_SHIFT = {
+    "double": (_double_pre, _double_post),
+    "single": (_product, _single_post),
+    "tonearest": (_product, _tonearest_post),
+}
 
 
 def requant_prim_func(
@@ -89,16 +100,22 @@ def requant_prim_func(
     else:
         params = [te.placeholder(pshape, "int32", name=n) for n in ("multiplier", "shift")]
 
-    def compute(*idx):
-        c = idx[axis] if axis is not None else _i64(0)
-        if kind == "fp32":
-            value = _fp32(acc[idx], params[0][c])
-        else:
-            value = _MULT_SHIFT[rounding](acc[idx], params[0][c], params[1][c])
+    def channel(idx):
+        return idx[axis] if axis is not None else _i64(0)
+
+    def clamp(value):
         value = value + _i64(zero_point)
         return tirx.max(tirx.min(value, _i64(qmax)), _i64(qmin)).astype(out_dtype)
 
-    out = te.compute(shape, compute, name="requant")
+    if kind == "fp32":
+        out = te.compute(shape, lambda *i: clamp(_fp32(acc[i], params[0][channel(i)])),
+                         name="requant")
+    else:
+        pre, post = _MULT_SHIFT[rounding]
+        mid = te.compute(shape, lambda *i: pre(acc[i], *(p[channel(i)] for p in params)),
+                         name="requant_pre")
+        out = te.compute(shape, lambda *i: clamp(post(mid[i], params[1][channel(i)])),
+                         name="requant")
     func = te.create_prim_func([acc, *params, out]).without_attr("global_symbol")
     attrs = {
         "kind": kind,

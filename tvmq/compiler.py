@@ -63,8 +63,8 @@ def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
 
 
 def activation_qparams(lo: float, hi: float, config: QuantConfig) -> QParams:
-    return choose_qparams(lo, hi, bits=8, symmetric=config.symmetric_activations,
-                          narrow_range=config.symmetric_activations)
+    """int8 qparams over [lo, hi]; full range [-128, 127] (TVM's quantize clips to the dtype)."""
+    return choose_qparams(lo, hi, bits=8, symmetric=config.symmetric_activations)
 
 
 class CompiledModel:
@@ -162,7 +162,13 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
                                              observer=config.observer, keep=config.sqnr_samples,
                                              progress=progress)
-    act_qparams = {n: activation_qparams(*observers[n].range(), config) for n in tap_names}
+    boundary = _output_names(annotated) | {inp.name}
+    act_qparams = {
+        # The model's input and outputs keep their observed range: the observer's clipping is for
+        # internal activations (clipped logits tie under argmax; inputs are often discrete).
+        n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()), config)
+        for n, obs in observers.items()
+    }
     realize = RealizeQuantization(act_qparams, config.requant, config.rounding,
                                   config.per_channel_weights)
     quant_mod = realize(annotated)
@@ -177,6 +183,12 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
                          act_qparams=act_qparams)
+
+
+def _output_names(mod: tvm.IRModule) -> set[str]:
+    out = mod["main"].body.body
+    fields = out.fields if isinstance(out, relax.Tuple) else [out]
+    return {f.name for f in fields if isinstance(f, relax.Var)}
 
 
 def _tensor_names(layers: list[Layer], inp: ModelInput) -> list[str]:
@@ -208,7 +220,8 @@ def _layer_rows(layers, act_qparams, out_qparams, config) -> list[LayerRow]:
             _, wqp = quantize_weight(layer.weight, axis=axis,
                                      per_channel=config.per_channel_weights)
             wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
-        qp_in, qp_out = act_qparams[layer.inputs[0]], out_qparams[layer.name]
+        src = layer.inputs[0]
+        qp_in, qp_out = out_qparams.get(src, act_qparams[src]), out_qparams[layer.name]
         rows.append(LayerRow(layer.name, layer.kind, layer.shape, 8, float(qp_in.scale),
                              float(qp_out.scale), int(qp_out.zero_point), wscale))
     return rows

@@ -66,8 +66,15 @@ def test_zeros_before_first_nonzero_value_stay_in_bin_zero():
     hist = _Histogram(num_bins=8)
     hist.add(np.zeros(5))
     assert hist.range == 0.0 and hist.total == 5
-    hist.add(np.array([-2.0, 4.0]))
-    np.testing.assert_array_equal(hist.signed_counts(), [0, 0, 1, 0, 5, 0, 0, 1])  # -2.0 lands in [-2, -1)
+    hist.add(np.array([-2.0, 4.0]))  # R = 4, w = 1: -2.0 lands in [-2, -1)
+    np.testing.assert_array_equal(hist.signed_counts(), [0, 0, 1, 0, 5, 0, 0, 1])
+
+
+def test_integer_input_does_not_wrap():
+    hist = _Histogram(num_bins=8)
+    hist.add(np.array([-128, 64], dtype=np.int8))
+    assert hist.range == 128.0
+    np.testing.assert_array_equal(hist.signed_counts(), [1, 0, 0, 0, 0, 1, 0, 0])
 
 
 def test_magnitude_counts_fold_both_signs():

@@ -5,15 +5,17 @@ over the magnitude ``|x|``; magnitude bin ``k`` holds ``k*w < |x| <= (k+1)*w`` (
 holds 0), i.e. ``k = max(ceil(|x| / w) - 1, 0)``.
 
 The first batch with a nonzero value sets ``R = max|x|`` (zeros seen before that are counted in
-bin 0, which holds 0 for every R; R is at least ``(num_bins // 2) * tiny`` so that ``w`` stays a
-normal float). A later batch with ``max|x| > R`` doubles R as often as needed
-first; each doubling merges magnitude bins ``2k`` and ``2k+1`` into bin ``k``. Because
-``num_bins`` is a power of two, ``w`` doubles exactly in floating point, ``|x| / (2w)`` is
-exactly half of ``|x| / w``, and ``ceil(y / 2) - 1 == (ceil(y) - 1) // 2``: the merged counts
-equal those of a histogram built at the final R from the start, for any data.
+bin 0, which holds 0 for every R; R is floored at ``(num_bins // 2) * tiny`` so that ``w`` is a
+normal float). A later batch with ``max|x| > R`` first doubles R as often as needed; each doubling
+merges magnitude bins ``2k`` and ``2k+1`` into bin ``k``. This is exact: ``num_bins`` is a power
+of two, so ``w = R / (num_bins // 2)`` is exact and doubles exactly, ``y = |x| / w`` halves
+exactly, and ``ceil(y / 2) - 1 == (ceil(y) - 1) // 2``. The merged counts therefore equal those of
+a histogram built at the final R from the start, for any data.
 
-Since a batch only doubles R while its ``max|x|`` exceeds R, ``R < 2 * max|x|`` always holds, so
-at least ``num_bins // 4`` magnitude bins cover ``[0, max|x|]``.
+A batch only doubles R while its ``max|x|`` exceeds R, so ``R < 2 * max|x|`` (above the floor)
+and more than ``num_bins // 4`` magnitude bins cover ``[0, max|x|]``. The default
+``num_bins = 8192`` thus gives the entropy calibration at least the 2048 bins over
+``[0, max|x|]`` that TensorRT uses.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class _Histogram:
         x = np.ravel(x)
         if x.size == 0:
             return
-        amax = float(np.max(np.abs(x)))
+        amax = max(-float(x.min()), float(x.max()))  # not np.abs: abs(int8(-128)) wraps
         if self.range == 0.0:
             if amax == 0.0:
                 self.pos[0] += x.size

@@ -108,13 +108,21 @@ class Observer(ABC):
         RuntimeError
             If no value has been observed yet.
         """
+        self._check_observed()
+        lo, hi = self._range()
+        return float(lo), float(hi)
+
+    def observed_range(self) -> tuple[float, float]:
+        """``(min(x), max(x))`` over everything observed, whatever the observer proposes."""
+        self._check_observed()
+        return self._min, self._max
+
+    def _check_observed(self) -> None:
         if self._count == 0:
             raise RuntimeError(
                 f"{type(self).__name__} for tensor {self.name!r} has no data: observe() was never "
                 "called (or only with empty arrays); run calibration data through the model first"
             )
-        lo, hi = self._range()
-        return float(lo), float(hi)
 
     def _update(self, x: np.ndarray) -> None:
         """Fold a validated, non-empty batch into the observer's state."""
@@ -167,7 +175,7 @@ class PercentileObserver(_HistogramObserver):
     Parameters
     ----------
     percentile : float
-        ``p``, in [50, 100]; 100 gives the min/max range.
+        ``p``, in [50, 100]; 100 gives exactly ``(min, max)``.
     bits : int
         Accepted for a uniform signature; unused.
     num_bins : int
@@ -198,6 +206,8 @@ class PercentileObserver(_HistogramObserver):
         self.percentile = float(percentile)
 
     def _range(self) -> tuple[float, float]:
+        if self.percentile == 100:
+            return self._min, self._max
         q = self.percentile / 100
         lo = self._hist.quantile(1 - q)
         hi = self._hist.quantile(q)
@@ -243,13 +253,24 @@ class KLObserver(_HistogramObserver):
                 f"{4 * 2**self.bits} (so at least 2**bits bins cover [0, max|x|]), "
                 f"got num_bins={self._hist.num_bins}; raise num_bins or lower bits"
             )
+        self._zeros = 0
+
+    def _update(self, x: np.ndarray) -> None:
+        super()._update(x)
+        self._zeros += x.size - int(np.count_nonzero(x))
 
     def _range(self) -> tuple[float, float]:
         if self._min == self._max == 0:
             return 0.0, 0.0
         unsigned = self._min >= 0
         levels = 2**self.bits if unsigned else 2 ** (self.bits - 1)
-        kept = entropy_threshold_bins(self._hist.magnitude_counts(), levels)
+        # Exact zeros are always exact after quantization (zero point), whatever the threshold;
+        # left in, the spike of zeros after a ReLU drives the search to tiny thresholds.
+        counts = self._hist.magnitude_counts().copy()
+        counts[0] -= self._zeros
+        if not counts.any():
+            return self._min, self._max
+        kept = entropy_threshold_bins(counts, levels)
         t = (kept + 0.5) * self._hist.bin_width
         if unsigned:
             return 0.0, min(t, self._max)

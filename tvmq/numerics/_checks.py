@@ -87,8 +87,10 @@ def along_axis(
     ndim = len(shape)
     if ndim == 0:
         raise ValueError(f"{name} is per-channel (shape {param.shape}) but {target} is a scalar")
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or not (
-        -ndim <= axis < ndim
+    if (
+        isinstance(axis, bool)
+        or not isinstance(axis, int | np.integer)
+        or not (-ndim <= axis < ndim)
     ):
         raise ValueError(
             f"axis={axis!r} is not a valid axis of {target} with shape {shape}; "

@@ -250,8 +250,8 @@ def choose_qparams(
         i = np.argwhere(inverted)[0]
         where = f" at index {tuple(int(j) for j in i)}" if lo.ndim else ""
         raise ValueError(
-            f"min_val must be <= max_val, got min_val={lo[tuple(i)]!r} > "
-            f"max_val={hi[tuple(i)]!r}{where}"
+            f"min_val must be <= max_val, got min_val={float(lo[tuple(i)])!r} > "
+            f"max_val={float(hi[tuple(i)])!r}{where}"
         )
 
     lo = np.minimum(lo, 0.0)

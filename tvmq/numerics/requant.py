@@ -78,9 +78,7 @@ def quantize_multiplier(real_multiplier: object) -> tuple[np.ndarray, np.ndarray
     bad = ~(np.isfinite(m) & (m >= 0))
     if np.any(bad):
         value = m[bad][0] if m.ndim else m[()]
-        raise ValueError(
-            f"real_multiplier contains {float(value)!r}; allowed: finite numbers >= 0"
-        )
+        raise ValueError(f"real_multiplier contains {float(value)!r}; allowed: finite numbers >= 0")
     mant, exp = np.frexp(m)
     q = np.floor(mant * 2.0**31 + 0.5).astype(np.int64)  # exact: mant * 2**31 < 2**31
     carry = q == 2**31
@@ -360,8 +358,7 @@ class Requant:
             check_param_shape(multiplier, "multiplier")
             if shift.shape != multiplier.shape:
                 raise ValueError(
-                    f"shift must have the shape of multiplier {multiplier.shape}, "
-                    f"got {shift.shape}"
+                    f"shift must have the shape of multiplier {multiplier.shape}, got {shift.shape}"
                 )
             object.__setattr__(self, "multiplier", frozen(multiplier.astype(np.int32)))
             object.__setattr__(self, "shift", frozen(shift.astype(np.int32)))
