@@ -1,0 +1,52 @@
+"""Shared fixtures: the bundled digits data, tiny ONNX models, and compiled models cached per config."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import tvmq
+from tvmq import data
+
+
+def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_shape,
+              *, input_name="input", output_name="output", opset=17) -> onnx.ModelProto:
+    """A checked ONNX model from nodes and float initializers (one float32 input and output)."""
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
+             for k, v in initializers.items()]
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(output_shape))],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(x_calib, x_test, y_test) of the bundled scikit-learn digits split."""
+    return data.load_digits()
+
+
+_COMPILED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def compile_digits(digits):
+    """compile_digits(**config) -> CompiledModel of the bundled model, compiled once per config."""
+    x_calib = digits[0]
+
+    def get(**config):
+        key = tuple(sorted(config.items()))
+        if key not in _COMPILED:
+            cfg = tvmq.QuantConfig(sqnr_samples=8, **config)
+            _COMPILED[key] = tvmq.compile(data.digits_model_path(), config=cfg,
+                                          calib=x_calib[:64], progress=False)
+        return _COMPILED[key]
+
+    return get

@@ -1,0 +1,154 @@
+"""The `tvmq` command line: compile a model, run the bundled demo, show a saved report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
+from .errors import CompileError
+
+EPILOG = """examples:
+  tvmq demo
+  tvmq compile model.onnx --calib calib.npz --requant fp32 --out build/model
+  tvmq compile cls.onnx --input-shape 1,3,48,192 --calib lines.npz --observer kl --out build/cls
+  tvmq report build/model
+"""
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--scheme", default="int8", choices=SCHEMES, help="number format (default int8)")
+    g.add_argument("--requant", default="mult_shift", choices=REQUANTS,
+                   help="int32 -> int8 rescaling: integer multiplier+shift or one float32 multiply")
+    g.add_argument("--rounding", default="double", choices=ROUNDINGS,
+                   help="mult_shift rounding: gemmlowp double, CMSIS-NN single, TVM tonearest")
+    g.add_argument("--observer", default="minmax", choices=OBSERVERS,
+                   help="activation range from calibration data (default minmax)")
+    g.add_argument("--per-tensor-weights", action="store_true",
+                   help="one weight scale per tensor instead of per output channel")
+    g.add_argument("--symmetric-activations", action="store_true",
+                   help="activation zero point 0 (default: asymmetric)")
+
+
+def _config(args) -> QuantConfig:
+    return QuantConfig(scheme=args.scheme, requant=args.requant, rounding=args.rounding,
+                       observer=args.observer, per_channel_weights=not args.per_tensor_weights,
+                       symmetric_activations=args.symmetric_activations)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape {text!r}: use comma-separated ints, "
+                                         "e.g. 1,3,48,192") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape {text!r}: dimensions must be positive")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvmq", description="tvmq: quantize a float ONNX model for real hardware arithmetic.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="calibrate, quantize and build a model; write --out DIR",
+                       description="Calibrate, quantize and compile MODEL, print its per-layer "
+                       "report and write the artefacts to --out (only after success).")
+    p.add_argument("model", help="float ONNX model file")
+    p.add_argument("--target", default="host", choices=("host",), help="where it runs")
+    p.add_argument("--calib", required=True, metavar="DATA.npz",
+                   help="calibration inputs: .npz with array 'calib', 'x_calib' or 'x' "
+                   "(N, *input_shape[1:]) float32")
+    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
+                   help="static input shape for models with symbolic dimensions")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quant_args(p)
+
+    p = sub.add_parser("demo", help="quantize the bundled digits CNN and compare with float",
+                       description="Quantize the bundled handwritten-digits CNN (no network "
+                       "needed), compare INT8 with FP32 and check host == NumPy oracle.")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quant_args(p)
+
+    p = sub.add_parser("report", help="print the report saved by `tvmq compile --out DIR`")
+    p.add_argument("dir", help="folder written by tvmq compile")
+    return parser
+
+
+def cmd_compile(args) -> int:
+    from .compiler import compile
+
+    cm = compile(args.model, target=args.target, config=_config(args), calib=args.calib,
+                 input_shape=args.input_shape, progress=not args.quiet)
+    print(cm.report())
+    out = cm.export(args.out)
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import data
+    from .compiler import compile
+    from .frontend import load_model
+    from .targets.host import build
+
+    x_calib, x_test, y_test = data.load_digits()
+    float_mod, _ = load_model(data.digits_model_path())
+    float_model = build(float_mod)
+    fp32 = np.concatenate([float_model.run(x[None]) for x in x_test])
+    start = time.perf_counter()
+    cm = compile(data.digits_model_path(), config=_config(args), calib=x_calib,
+                 progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    int8 = cm.run(x_test)
+    print(cm.report())
+    oracle = cm.oracle()
+    exact = sum(np.array_equal(cm.run(x[None]), oracle.run(x[None])) for x in x_test[:50])
+    acc_f, acc_q = (fp32.argmax(1) == y_test).mean(), (int8.argmax(1) == y_test).mean()
+    rows = [("model", "accuracy", "vs FP32"),
+            ("FP32 (TVM host)", f"{100 * acc_f:.2f}%", ""),
+            (f"INT8 ({cm.config.label.removeprefix('int8 ')})", f"{100 * acc_q:.2f}%",
+             f"{100 * (acc_q - acc_f):+.2f} pts")]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"\nbundled digits CNN, {len(y_test)} test images (scikit-learn digits)")
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"top-1 agreement INT8 vs FP32: {100 * (int8.argmax(1) == fp32.argmax(1)).mean():.2f}%")
+    print(f"host == NumPy oracle (bit-exact) on {exact}/50 inputs")
+    print(f"compile time (calibrate + quantize + build): {seconds:.1f} s")
+    return 0 if exact == 50 else 1
+
+
+def cmd_report(args) -> int:
+    from .report import Report
+
+    path = Path(args.dir) / "report.json"
+    if not path.is_file():
+        raise CompileError(f"{path} not found: pass a folder written by `tvmq compile --out`.")
+    print(Report.from_dict(json.loads(path.read_text())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"compile": cmd_compile, "demo": cmd_demo, "report": cmd_report}[args.command]
+    try:
+        return handler(args)
+    except (CompileError, ValueError) as err:
+        print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
