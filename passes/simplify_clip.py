@@ -64,4 +64,4 @@ class SimplifyClip:
 
     def transform_module(self, mod, ctx):
         mod = rewrite_functions(mod, _Rewriter)
-        return relax.transform.DeadCodeElimination()(mod)
+        return relax.transform.DeadCodeElimination(["main"])(mod)

@@ -63,7 +63,8 @@ def iter_samples(data, inp: ModelInput) -> Iterator[np.ndarray]:
         else:
             raise CompileError(
                 f"calibration batch {i} has shape {batch.shape}; the model input {inp.name!r} "
-                f"has shape {inp.shape} (pass arrays of that shape, or (N, {inp.shape[1:]})).")
+                f"has shape {inp.shape} (pass arrays of that shape, or stacked as "
+                f"(N, {', '.join(map(str, inp.shape[1:]))})).")
         if not np.all(np.isfinite(batch)):
             raise CompileError(f"calibration batch {i} contains NaN or Inf values.")
         for s in samples:
