@@ -65,7 +65,8 @@ def _tonearest_post(p, shift32):
 def _fp32(x32, scale):
     """One float32 multiply, round half to even, saturating conversion to int32."""
     r = tirx.nearbyint(x32.astype("float32") * scale)
-    r = tirx.max(tirx.min(r, tirx.const(2.0**31 - 128, "float32")), tirx.const(-(2.0**31), "float32"))
+    hi, lo = tirx.const(2.0**31 - 128, "float32"), tirx.const(-(2.0**31), "float32")
+    r = tirx.max(tirx.min(r, hi), lo)
     return r.astype("int64")
 
 

@@ -5,7 +5,8 @@ Run after AnnotateQuantizable and calibration, before building. `act_qparams` ma
 
 Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points subtracted in int16):
     conv2d / matmul  acc = op(x - zx, Wq) + bq (int32);  y = requant(acc, sx*sw[c]/sy) + zy
-    add              a' = requant((a - za) << 20, sa/2m);  b' likewise;  y = requant(a'+b', 2m/(2^20 sy))
+    add              a' = requant((a - za) << 20, sa/2m);  b' likewise;
+                     y = requant(a' + b', 2m / (2^20 sy))
                      with m = max(sa, sb)  (TFLite's scheme)
     avg_pool2d       acc = depthwise_conv(x - zx, ones);  y = requant(acc, sx / (sy * kh * kw)) + zy
     mean             acc = sum(x - zx);  y = requant(acc, sx / (sy * count)) + zy
@@ -20,6 +21,7 @@ the binding `<name>_q`. Every quantized tensor also gets a
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import tvm
@@ -218,7 +220,7 @@ class _Realizer(relax.PyExprMutator):
                                        out_qp.zero_point, out_qp.qmin, out_qp.qmax, out_qp.dtype))
         return relax.op.concat(parts, axis=comp.root.attrs.axis)
 
-    _HANDLERS = {
+    _HANDLERS: typing.ClassVar[dict] = {
         "conv2d": _linear, "matmul": _linear, "add": _add, "relu": _relu,
         "max_pool2d": _same_scale, "reshape": _same_scale, "permute_dims": _same_scale,
         "avg_pool2d": _avg_pool2d, "mean": _mean, "concat": _concat,

@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled digits data, tiny ONNX models, and compiled models cached per config."""
+"""Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config."""
 
 from __future__ import annotations
 

@@ -4,11 +4,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from tvmq.targets.host import build
 
 from tests.conftest import make_onnx
 from tvmq import CompileError, data
 from tvmq.frontend import load_model
-from tvmq.targets.host import build
 
 
 def _count_ops(mod, name):
@@ -53,7 +53,7 @@ def test_nan_weight_is_named():
     w[0, 1] = np.nan
     model = make_onnx([helper.make_node("MatMul", ["input", "w"], ["output"])], {"w": w},
                       [1, 2], [1, 2])
-    with pytest.raises(CompileError, match="'w'.*NaN"):
+    with pytest.raises(CompileError, match=r"'w'.*NaN"):
         load_model(model)
 
 
@@ -62,7 +62,7 @@ def test_symbolic_dims_need_input_shape():
                       ["N", 3, "H", "W"], ["N", 3, "H", "W"])
     with pytest.raises(CompileError, match="input_shape"):
         load_model(model)
-    mod, inp = load_model(model, input_shape=(1, 3, 4, 5))
+    _, inp = load_model(model, input_shape=(1, 3, 4, 5))
     assert inp.shape == (1, 3, 4, 5)
     with pytest.raises(CompileError, match="does not match"):
         load_model(model, input_shape=(1, 4, 4, 5))

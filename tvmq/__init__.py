@@ -1,7 +1,8 @@
 """tvmq: a hardware-aware quantization compiler on Apache TVM.
 
 >>> import tvmq
->>> cm = tvmq.compile("model.onnx", target="host", config=tvmq.QuantConfig(), calib=x)  # doctest: +SKIP
+>>> cfg = tvmq.QuantConfig(requant="fp32")
+>>> cm = tvmq.compile("model.onnx", target="host", config=cfg, calib=x)  # doctest: +SKIP
 """
 
 from .compiler import CompiledModel, compile

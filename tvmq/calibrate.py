@@ -25,7 +25,8 @@ NPZ_KEYS = ("calib", "x_calib", "x")
 
 
 def load_calibration(data) -> Iterable[np.ndarray]:
-    """An `.npz` path (key 'calib', 'x_calib' or 'x', or its only array) or an iterable of arrays."""
+    """Calibration arrays from an `.npz` path (key 'calib', 'x_calib', 'x' or its only array),
+    an array, or an iterable of arrays."""
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if not path.is_file():

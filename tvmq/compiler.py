@@ -71,7 +71,7 @@ class CompiledModel:
     """A quantized, compiled model.
 
     `run(x)` executes it on its target (numpy in, numpy out); `report()` gives the per-layer table;
-    `export(dir)` writes the artefacts; `oracle()` is the NumPy golden interpreter of the same graph.
+    `export(dir)` writes the artefacts; `oracle()` is the NumPy golden interpreter of the graph.
     """
 
     def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 import tvm
-from tvm import relax
 from numpy.lib.stride_tricks import sliding_window_view
+from tvm import relax
 
 from . import numerics
 from .passes._util import op_name

@@ -59,7 +59,7 @@ class Report:
                 "SQNR dB")
         rows = [head]
         for r in self.layers:
-            w = "" if r.weight_scale is None else f"{r.weight_scale[0]:.2e}..{r.weight_scale[1]:.2e}"
+            w = "" if r.weight_scale is None else "{:.2e}..{:.2e}".format(*r.weight_scale)
             rows.append((r.name, r.op, "x".join(map(str, r.shape)), str(r.bits),
                          f"{r.in_scale:.3e}", f"{r.out_scale:.3e} ({r.out_zero_point})", w,
                          _fmt_db(r.sqnr_db)))

@@ -1,4 +1,4 @@
-"""The host target: TVM's default Relax pipeline (with fusion) for llvm on this CPU, run by the VM."""
+"""The host target: TVM's default Relax pipeline (with fusion) for llvm, run by the Relax VM."""
 
 from .build import HostModule, build
 

@@ -1,7 +1,6 @@
 import numpy as np
 import tvm
 from tvm import relax
-
 from tvmq.passes.fold_batch_norm import FoldBatchNorm
 
 RNG = np.random.default_rng(0)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from onnx import helper
+from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import make_onnx
 from tvmq.frontend import load_model
-from tvmq.targets.host import build
 
 RNG = np.random.default_rng(3)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tvm
+from tvmq.passes._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
 
 from tvmq import numerics
-from tvmq.passes._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 EDGES = np.array([INT32_MIN, INT32_MIN + 1, -(2**24) - 1, -5, -3, -2, -1, 0, 1, 2, 3, 5,

@@ -2,7 +2,6 @@ import math
 
 import tvm
 from tvm import relax, topi
-
 from tvmq.passes.simplify_clip import SimplifyClip
 
 
