@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from tvmq import data
+from tvmq.cli import build_parser, main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("compile", "demo", "report"))
+
+
+def test_compile_then_report(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "build"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--requant",
+                 "fp32", "--observer", "percentile", "--out", str(out), "--quiet"]) == 0
+    assert (out / "model.so").is_file()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 fp32, observer percentile" in text and "conv2d_0" in text
+
+
+def test_errors_exit_2_with_message(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "report.json not found" in capsys.readouterr().err
+    assert main(["compile", str(tmp_path / "nope.onnx"), "--calib", "x.npz",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_bad_choices_and_shapes_are_usage_errors():
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compile", "m.onnx", "--calib", "c", "--out", "o", "--rounding", "up"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compile", "m.onnx", "--calib", "c", "--out", "o",
+                           "--input-shape", "1,x"])
+    args = parser.parse_args(["compile", "m.onnx", "--calib", "c", "--out", "o",
+                              "--input-shape", "1,3,48,192"])
+    assert args.input_shape == (1, 3, 48, 192)
