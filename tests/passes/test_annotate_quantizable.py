@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-
-from tvmq import data
-from tvmq.frontend import load_model
 from tvmq.passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from tvmq.passes.insert_taps import InsertTaps
 from tvmq.targets.host import build
+
+from tvmq import data
+from tvmq.frontend import load_model
 
 
 @pytest.fixture(scope="module")
