@@ -61,7 +61,7 @@ class _Composite:
         if self.find("relax.nn.relu") is not None:
             return 0.0, math.inf
         clip = self.find("relax.clip")
-        if clip is not None and clip is not self.root:
+        if clip is not None:
             return float(clip.args[1].value), float(clip.args[2].value)
         return -math.inf, math.inf
 
@@ -175,9 +175,7 @@ class _Realizer(relax.PyExprMutator):
 
     def _relu(self, comp, inputs, out_qp):
         (x, xqp), = inputs
-        lo, hi = comp.activation() if comp.find("relax.clip") is None else (
-            float(comp.root.args[1].value), float(comp.root.args[2].value))
-        qlo, qhi = _clamp(xqp, lo, hi)
+        qlo, qhi = _clamp(xqp, *comp.activation())
         return relax.op.clip(x, qlo, qhi), xqp
 
     def _same_scale(self, comp, inputs, out_qp):

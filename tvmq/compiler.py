@@ -17,7 +17,7 @@ from tvm import relax
 from .calibrate import calibrate
 from .config import QuantConfig
 from .errors import CompileError
-from .frontend import ModelInput, load_model
+from .frontend import load_model
 from .numerics import QParams, choose_qparams, dequantize
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
@@ -158,7 +158,7 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     layers, float_ops = find_layers(annotated)
     if not layers:
         raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, ...).")
-    tap_names = _tensor_names(layers, inp)
+    tap_names = _tensor_names(layers)
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
                                              observer=config.observer, keep=config.sqnr_samples,
                                              progress=progress)
@@ -191,7 +191,8 @@ def _output_names(mod: tvm.IRModule) -> set[str]:
     return {f.name for f in fields if isinstance(f, relax.Var)}
 
 
-def _tensor_names(layers: list[Layer], inp: ModelInput) -> list[str]:
+def _tensor_names(layers: list[Layer]) -> list[str]:
+    """Every tensor a layer reads or writes, in graph order (the calibration taps)."""
     names = []
     for layer in layers:
         for n in (*layer.inputs, layer.name):
