@@ -81,3 +81,37 @@ def test_two_inputs_rejected():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(CompileError, match="exactly one input"):
         load_model(model)
+
+
+def test_relax_module_input_compiles_bit_exact():
+    import tvm
+    from tvm import relax
+
+    import tvmq
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.normal(size=(4, 2, 3, 3)).astype(np.float32))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w, padding=[1, 1])))
+            out = bb.emit_output(relax.op.nn.max_pool2d(y, pool_size=[2, 2], strides=[2, 2]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert isinstance(mod, tvm.IRModule)
+    calib = rng.normal(size=(8, 2, 6, 6)).astype(np.float32)
+    cm = tvmq.compile(mod, calib=calib, progress=False)
+    assert [r.op for r in cm.report().layers] == ["conv2d", "max_pool2d"]
+    np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
+
+
+def test_relax_module_without_static_input_is_rejected():
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2), "int32"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(x)
+    with pytest.raises(CompileError, match="float32"):
+        load_model(bb.get())
