@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import calibration
 from .errors import CompileError
