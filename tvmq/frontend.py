@@ -1,6 +1,7 @@
 """Frontend: an ONNX model (path or ModelProto) or a Relax IRModule in, a normalized IRModule out.
 
-Normalization binds every weight as a constant, fixes the input shape, folds BatchNorm and other
+Normalization binds every weight as a constant, fixes the input shape (folding the ONNX shape
+arithmetic that depends on it, see onnx_static), folds BatchNorm and other
 per-channel scale/shift constants into the preceding conv2d/matmul, and turns the importer's clip
 lowering back into `R.clip`, so later passes see `conv2d(x, W) + b -> relu/clip` chains.
 """
@@ -17,6 +18,7 @@ import tvm
 from tvm import relax
 
 from .errors import CompileError
+from .onnx_static import make_static
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.simplify_clip import SimplifyClip
 
@@ -75,7 +77,7 @@ def load_model(
         proto = _read_onnx(model)
         inp = _onnx_input(proto, input_shape)
         _check_finite_initializers(proto)
-        mod = _import_onnx(proto, inp)
+        mod = _import_onnx(make_static(proto, inp.name, inp.shape), inp)
     _check_finite_weights(mod)
     return normalize_pipeline()(mod), inp
 
@@ -108,7 +110,9 @@ def _onnx_input(proto: onnx.ModelProto, input_shape) -> ModelInput:
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
     if dtype != np.float32:
         raise CompileError(f"input {inputs[0].name!r} has dtype {dtype}; tvmq needs float32.")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    # symbolic: a named dim, no value, or a non-positive value (Paddle2ONNX writes -1)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor.shape.dim]
     if input_shape is not None:
         shape = tuple(int(d) for d in input_shape)
         if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
