@@ -4,11 +4,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tvmq.targets.host import build
 
 from tvmq import CompileError
 from tvmq.frontend import load_model
 from tvmq.onnx_static import make_static
-from tvmq.targets.host import build
 
 
 def _dynamic_flatten_model() -> onnx.ModelProto:
