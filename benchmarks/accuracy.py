@@ -24,10 +24,8 @@ Models:
   column marks each row.
 - ``ppocr_cls``: the PP-OCR mobile v2.0 text-direction classifier (upright / rotated by 180
   degrees) from the rapidocr_onnxruntime 1.4.4 wheel, on synthetic text lines
-  (``textlines.make_cls_dataset``: 64 calibration lines, seed 1; 400 test lines, seed 0). tvmq
-  compiles ``models.with_static_input(file, (1, 3, 48, 192))``: the file declares its batch as
-  ``-1`` and computes a reshape target with ``Shape``, which tvmq cannot import as shipped (see
-  ``--as-shipped``). The FP32 row runs the file as shipped.
+  (``textlines.make_cls_dataset``: 64 calibration lines, seed 1; 400 test lines, seed 0). Both
+  runtimes take the file as shipped; tvmq fixes its input to 1x3x48x192.
 
 ``--quick`` runs the default config only, with 16 calibration / 100 test text lines (the digits
 sizes stay: that model is fast). A model that cannot be fetched is skipped with its reason; a
@@ -51,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from models import fetch_model, with_static_input
+from models import fetch_model
 from textlines import CLS_IMAGE_SHAPE, make_cls_dataset
 from tqdm import tqdm
 
@@ -112,14 +110,14 @@ class _Row:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     start = time.perf_counter()
-    default_compile_s = None
+    bundled: tuple[_Row, int] | None = None  # digits default-config row, calibration size
     for name in args.models:
         full, quick = _SIZES[name]
         n_calib, n_test = quick if args.quick else full
         n_calib = args.calib if args.calib is not None else n_calib
         n_test = args.test if args.test is not None else n_test
         try:
-            task = _LOADERS[name](n_calib, n_test, args.as_shipped)
+            task = _LOADERS[name](n_calib, n_test)
         except _Skip as skip:
             print(f"\n{name}: skipped: {skip}")
             continue
@@ -129,16 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(task, reference, rows))
         for failure in failures:
             print(failure, file=sys.stderr)
-        if name == "digits" and rows[0].error is None:
-            default_compile_s = rows[0].compile_s
+        if name == "digits":
+            bundled = (rows[0], len(task.x_calib))
 
     print()
-    if default_compile_s is None:
+    if bundled is None:
         print("Compile time of the bundled model: not measured (run with --models digits).")
+    elif bundled[0].error is not None:
+        print(f"Compile time of the bundled model: failed: {bundled[0].error}")
     else:
         print(
             "Compile time of the bundled model (calibrate + quantize + build): "
-            f"{default_compile_s:.1f} s [{DEFAULT_CONFIG.label}, digits calibration set]"
+            f"{bundled[0].compile_s:.1f} s [{DEFAULT_CONFIG.label}, "
+            f"{bundled[1]} calibration samples]"
         )
     print(f"Total benchmark time: {time.perf_counter() - start:.0f} s")
     return 0
@@ -158,10 +159,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--calib", type=_positive_int, help="calibration samples for every model")
     parser.add_argument("--test", type=_positive_int, help="test samples for every model")
-    parser.add_argument(
-        "--as-shipped", action="store_true",
-        help="compile ppocr_cls as shipped, without fixing its input shape (tvmq cannot yet)",
-    )
     return parser.parse_args(argv)
 
 
@@ -180,35 +177,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _digits_task(n_calib: int, n_test: int, as_shipped: bool) -> _Task:
+def _digits_task(n_calib: int, n_test: int) -> _Task:
     x_calib, x_test, y_test = load_digits()
     path = digits_model_path()
     return _Task("digits", path, path, None, x_calib[:n_calib], x_test[:n_test], y_test[:n_test],
                  target_points=DIGITS_TARGET_POINTS)
 
 
-def _ppocr_cls_task(n_calib: int, n_test: int, as_shipped: bool) -> _Task:
+def _ppocr_cls_task(n_calib: int, n_test: int) -> _Task:
     try:
         path = fetch_model("ppocr_cls")
         x_calib, _ = make_cls_dataset(n_calib, seed=1)
         x_test, y_test = make_cls_dataset(n_test, seed=0)
     except RuntimeError as e:
         raise _Skip(str(e).replace("\n", " | ")) from e
-    if as_shipped:
-        return _Task("ppocr_cls", path, path, _PPOCR_INPUT_SHAPE, x_calib, x_test, y_test,
-                     notes=("tvmq compiles the file as shipped (--as-shipped)",))
-    model = with_static_input(path, _PPOCR_INPUT_SHAPE)
-    shipped, _ = _run_onnxruntime(path, x_test)
-    prepared, _ = _run_onnxruntime(model, x_test)
-    shape = "x".join(map(str, _PPOCR_INPUT_SHAPE))
-    note = (f"tvmq compiles the file with its input fixed to {shape} and Shape arithmetic folded "
-            f"(models.with_static_input); onnxruntime outputs of the two differ by at most "
-            f"{np.abs(shipped - prepared).max():.1e}")
-    return _Task("ppocr_cls", path, model, _PPOCR_INPUT_SHAPE, x_calib, x_test, y_test,
-                 notes=(note,))
+    return _Task("ppocr_cls", path, path, _PPOCR_INPUT_SHAPE, x_calib, x_test, y_test)
 
 
-_LOADERS: dict[str, Callable[[int, int, bool], _Task]] = {
+_LOADERS: dict[str, Callable[[int, int], _Task]] = {
     "digits": _digits_task,
     "ppocr_cls": _ppocr_cls_task,
 }

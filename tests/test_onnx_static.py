@@ -46,7 +46,7 @@ def test_shape_chain_becomes_constant():
 def test_dynamic_model_imports_and_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     model = _dynamic_flatten_model()
-    mod, inp = load_model(model, input_shape=(1, 2, 3, 4))
+    mod, _ = load_model(model, input_shape=(1, 2, 3, 4))
     x = np.random.default_rng(0).normal(size=(1, 2, 3, 4)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(build(mod).run(x), want, rtol=1e-5)
