@@ -28,6 +28,7 @@ from .report import LayerRow, Report, sqnr_db
 from .targets.host import HostModule, build
 
 TARGETS = ("host",)
+TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,15 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     realize = RealizeQuantization(act_qparams, config.requant, config.rounding,
                                   config.per_channel_weights)
     quant_mod = realize(annotated)
-    host = build(quant_mod)
+    # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
+    taps = [f"{layer.name}_q" for layer in layers]
+    host = build(InsertTaps(taps, function=TAPS_FUNCTION)(quant_mod))
     out_qparams = _output_qparams(layers, act_qparams)
     report = Report(model=_model_name(model), target=target, config=config.to_dict(),
                     float_ops=float_ops)
     report.layers = _layer_rows(layers, act_qparams, out_qparams, config)
     if kept_inputs:
-        _measure_sqnr(report, quant_mod, layers, out_qparams, kept, kept_inputs, host)
+        _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host)
     report.compile_seconds = time.perf_counter() - start
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
@@ -228,10 +231,9 @@ def _layer_rows(layers, act_qparams, out_qparams, config) -> list[LayerRow]:
     return rows
 
 
-def _measure_sqnr(report, quant_mod, layers, out_qparams, kept, kept_inputs, host: HostModule):
+def _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host: HostModule):
     """SQNR of every layer output and of the model output, on the kept calibration samples."""
-    tapped = build(InsertTaps([f"{layer.name}_q" for layer in layers])(quant_mod))
-    outs = [tapped.run(x) for x in kept_inputs]
+    outs = [host.run(x, TAPS_FUNCTION) for x in kept_inputs]
     for i, (layer, row) in enumerate(zip(layers, report.layers)):
         approx = [dequantize(o[1 + i], out_qparams[layer.name]) for o in outs]
         row.sqnr_db = sqnr_db(np.stack(kept[layer.name]), np.stack(approx))

@@ -10,14 +10,14 @@ TARGET = {"kind": "llvm"}
 
 
 class HostModule:
-    """A compiled module: `run(x)` -> numpy output(s) of `main`."""
+    """A compiled module: `run(x)` -> numpy output(s) of `main` (or of another Relax function)."""
 
     def __init__(self, executable: tvm.runtime.Executable):
         self.executable = executable
         self.vm = relax.VirtualMachine(executable, tvm.cpu())
 
-    def run(self, x: np.ndarray):
-        out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+    def run(self, x: np.ndarray, function: str = "main"):
+        out = self.vm[function](tvm.runtime.tensor(np.ascontiguousarray(x)))
         if isinstance(out, tvm.runtime.Tensor):
             return out.numpy()
         return [o.numpy() for o in out]
