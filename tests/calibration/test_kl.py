@@ -49,6 +49,32 @@ def test_matches_per_candidate_loop(counts, levels):
     np.testing.assert_allclose(divergences, reference_kl(counts, levels), rtol=1e-9, atol=1e-12)
 
 
+def test_clipping_everything_into_one_occupied_bin_is_not_free():
+    # Data away from 0 (bins 40..59). Keeping [0, 41) holds one occupied bin, so P and Q are the
+    # same point mass and KL(P || Q) = 0 although 99.5% of the values are clipped; the clipped
+    # fraction's -log(1 - f) = log(210) must rule that candidate out.
+    counts = np.zeros(64, dtype=np.int64)
+    counts[40:60] = np.arange(1, 21)
+    candidates, divergences = kl_divergences(counts[:60], 8)
+    assert divergences[candidates == 41] == 0.0
+    assert entropy_threshold_bins(counts, 8) == 60
+
+
+@pytest.mark.parametrize("levels", [128, 256])
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+def test_dense_8bit_search_is_unchanged_by_the_clipping_term(levels, dist):
+    # TensorRT's setting: 2048 bins, 8-bit levels, dense data from 0 with a thin tail. The
+    # clipped fraction is ~1e-5 where the KL curve has its minimum, so the threshold is TensorRT's
+    # plain argmin of KL(P || Q).
+    x = np.abs(getattr(np.random.default_rng(0), dist)(size=500_000))
+    x[:3] = [3 * x.max(), 4 * x.max(), 5 * x.max()]  # outliers to clip
+    counts, _ = np.histogram(x, bins=2048, range=(0, x.max()))
+    candidates, divergences = kl_divergences(counts, levels)
+    plain = candidates[np.argmin(divergences)]
+    assert plain < 1024  # the outliers are clipped
+    assert entropy_threshold_bins(counts, levels) == plain
+
+
 def test_trailing_empty_bins_are_not_candidates():
     counts = np.zeros(64, dtype=np.int64)
     counts[:10] = 5

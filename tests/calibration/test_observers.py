@@ -166,6 +166,33 @@ def test_kl_after_relu_starts_at_zero():
     assert lo == 0.0 and 2.0 < hi < 10.0
 
 
+def se_gate(rng, samples, channels=8):
+    """Squeeze-and-excite gates: hard-sigmoid of a pooled conv, mostly in [0.15, 0.35], not 0."""
+    return np.clip(0.2 * rng.normal(-1.35, 0.2, (samples, channels)) + 0.5, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: se_gate(rng, 64),  # 512 post-ReLU values, none near 0 (PP-OCR relu_12)
+        lambda rng: -1.3 - 0.25 * np.abs(rng.standard_normal((64, 8))),  # all negative (conv2d_9)
+        lambda rng: se_gate(rng, 25_000),  # the same with 200k values: not a sample-count issue
+    ],
+    ids=["few-gates", "few-negative", "many-gates"],
+)
+def test_kl_does_not_clip_data_away_from_zero_onto_its_minimum(make):
+    # Regression: the candidate keeping only the smallest |x| had KL(P || Q) = 0 (P and Q the same
+    # point mass), so KL clipped ~all values onto min|x|: hi = 0.124 for gates up to 0.34.
+    data = make(np.random.default_rng(9))
+    obs = KLObserver()
+    for sample in data:
+        obs.observe(sample)
+    lo, hi = obs.range()
+    amax = np.abs(data).max()
+    assert max(-lo, hi) >= 0.9 * amax
+    assert np.mean((data < lo) | (data > hi)) < 0.01
+
+
 def test_kl_runs_fast_on_full_histogram():
     import time
 

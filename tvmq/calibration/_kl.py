@@ -14,6 +14,16 @@ Given a histogram ``h`` of ``|x|`` and ``L`` quantized levels, each candidate ``
 
 All candidates are scored at once from prefix sums: per candidate only the ``L`` group sums are
 formed, so the cost is ``O(n * L)`` rather than ``O(n**2)``.
+
+The threshold (:func:`entropy_threshold_bins`) departs from TensorRT in one way: it minimizes
+``KL(P || Q) - log(1 - f)``, ``f`` the fraction of values clipped by the candidate.
+``KL(P || Q)`` compares the clipped distribution with its own quantization, so it cannot see
+the clipping itself: when ``[0, i)`` holds a single occupied bin, ``P`` and ``Q`` are the same
+point mass and ``KL = 0`` however much was clipped. Data away from 0 (a squeeze-and-excite gate
+in [0.12, 0.34], a conv output that is all negative) always has that candidate at its smallest
+``|x|``, and the plain argmin clipped ~all values onto it. ``-log(1 - f)`` is ``KL`` of the kept
+values' distribution from all values' (``log(N / N_kept)``); for outlier clipping ``f`` is
+~1e-4 and the argmin hardly moves, while clipping all but one of ``N`` values costs ``log N``.
 """
 
 from __future__ import annotations
@@ -65,10 +75,11 @@ def kl_divergences(counts: np.ndarray, num_levels: int) -> tuple[np.ndarray, np.
 
 
 def entropy_threshold_bins(counts: np.ndarray, num_levels: int) -> int:
-    """Number of ``|x|`` bins to keep: the candidate with the least KL divergence.
+    """Number of ``|x|`` bins to keep: the candidate minimizing ``KL(P || Q) - log(1 - f)``.
 
-    Trailing empty bins are dropped first. If fewer than ``num_levels`` bins remain there is
-    nothing to clip and all of them are kept. Ties go to the smallest candidate.
+    ``f`` is the fraction of the counts the candidate clips (see the module docstring for why
+    the term is there). Trailing empty bins are dropped first. If fewer than ``num_levels`` bins
+    remain there is nothing to clip and all of them are kept. Ties go to the smallest candidate.
     """
     h = np.asarray(counts)
     nonzero = np.flatnonzero(h)
@@ -78,4 +89,7 @@ def entropy_threshold_bins(counts: np.ndarray, num_levels: int) -> int:
     if h.size < num_levels:
         return int(h.size)
     candidates, divergences = kl_divergences(h, num_levels)
-    return int(candidates[np.argmin(divergences)])
+    kept = np.cumsum(h, dtype=np.float64)[candidates - 1]
+    with np.errstate(divide="ignore"):
+        clipping = np.log(kept[-1] / kept)  # -log(1 - f); inf when [0, i) holds nothing
+    return int(candidates[np.argmin(divergences + clipping)])

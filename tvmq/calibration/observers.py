@@ -6,7 +6,8 @@ and zero point is the quantizer's job (it also widens the range to contain 0).
 
 - ``minmax``: the observed ``(min, max)``.
 - ``percentile``: the ``100 - p`` and ``p`` percentiles.
-- ``kl``: TensorRT's entropy calibration ("8-bit Inference with TensorRT", Migacz 2017).
+- ``kl``: TensorRT's entropy calibration ("8-bit Inference with TensorRT", Migacz 2017), also
+  charging for the fraction of values clipped.
 - ``mse``: the threshold minimizing the expected squared quantization error.
 
 The last three read a histogram that grows by doubling its range (``_histogram``), so memory is
@@ -215,12 +216,17 @@ class PercentileObserver(_HistogramObserver):
 
 
 class KLObserver(_HistogramObserver):
-    """TensorRT entropy calibration: the threshold minimizing ``KL(P || Q)`` of ``|x|``.
+    """TensorRT entropy calibration: the threshold minimizing ``KL(P || Q)`` of ``|x|``, plus a cost
+    for the fraction of values clipped.
 
     Over the histogram of ``|x|`` (``num_bins // 2`` bins of width ``w`` over ``[0, R]``), each
     candidate ``i`` keeps bins ``[0, i)`` with the clipped outliers added to the last one (P) and
     compares it with its quantization into ``L`` levels (Q); see ``_kl`` for the exact
-    definition. With ``i*`` the argmin, ``T = (i* + 0.5) * w`` and
+    definition. Unlike TensorRT, the search minimizes ``KL(P || Q) - log(1 - f)``, ``f`` the
+    fraction of values clipped: ``KL(P || Q)`` alone is 0 when clipping collapses data away from 0
+    (e.g. squeeze-and-excite gates in [0.12, 0.34]) onto its smallest value, while the extra term
+    costs ``log N`` there and only about ``f`` (~1e-4) for ordinary outlier clipping. With ``i*``
+    the argmin, ``T = (i* + 0.5) * w`` and
 
     - ``min >= 0`` (e.g. after ReLU): ``L = 2**bits``, ``range() = (0, min(T, max))``;
     - otherwise: ``L = 2**(bits-1)``, ``range() = (max(min, -T), min(max, T))``.
