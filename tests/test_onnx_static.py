@@ -60,3 +60,11 @@ def test_negative_dim_value_counts_as_symbolic():
 def test_shape_the_model_cannot_take_is_a_clear_error():
     with pytest.raises(CompileError, match=r"shape inference failed at input shape \(1, 2, 5, 4\)"):
         load_model(_dynamic_flatten_model(), input_shape=(1, 2, 5, 4))
+
+
+def test_declared_output_shape_is_not_trusted():
+    model = _dynamic_flatten_model()
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 99  # exporter got it wrong
+    static = make_static(model, "x", (1, 2, 3, 4))
+    dims = [d.dim_value for d in static.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1]

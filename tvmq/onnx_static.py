@@ -28,12 +28,11 @@ def make_static(proto: onnx.ModelProto, input_name: str, shape: tuple[int, ...])
     for dim, size in zip(inp.type.tensor_type.shape.dim, shape):
         dim.Clear()
         dim.dim_value = size
-    # A non-positive dim_value (Paddle2ONNX writes -1 for "any batch") would conflict with the
-    # inferred static size: make such output dimensions unknown instead.
+    # Output shapes are inferred from the input: a declared -1 (Paddle2ONNX's "any batch") or a
+    # wrong declared size would only conflict with inference.
     for out in graph.output:
         for dim in out.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value <= 0:
-                dim.Clear()
+            dim.Clear()
     # A folded reshape target makes the next tensor's shape known, which may unlock another
     # Shape node downstream: repeat inference + folding until nothing changes.
     for _ in range(MAX_ROUNDS):

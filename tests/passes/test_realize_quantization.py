@@ -23,7 +23,7 @@ def _conv(name, x, out, w, **attrs):
 CASES = {
     "conv_stride2_asym_pad": (
         [_conv("c", "input", "output", "w", strides=[2, 2], pads=[0, 1, 1, 0])],
-        {"w": _w(4, 3, 3, 3)}, [1, 3, 7, 6], [1, 4, 4, 3]),
+        {"w": _w(4, 3, 3, 3)}, [1, 3, 7, 6], [1, 4, 3, 3]),
     "grouped_conv_relu": (
         [_conv("c", "input", "h", "w", group=2, pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["h"], ["output"])],
