@@ -85,7 +85,9 @@ def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
     observers = {n: calibration.make_observer(observer, name=n) for n in names}
     kept_values: dict[str, list[np.ndarray]] = {n: [] for n in ["output", *names]}
     kept_inputs: list[np.ndarray] = []
-    for x in tqdm(iter_samples(data, inp), desc="calibrate", unit="sample", disable=not progress):
+    samples = tqdm(iter_samples(data, inp), desc="calibrate", unit="sample", leave=False,
+                   disable=not progress)
+    for x in samples:
         out, *taps = runner.run(x)
         for name, value in zip(names, taps):
             observers[name].observe(value)

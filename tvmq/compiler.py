@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+from tqdm import tqdm
 from tvm import relax
 
 from .calibrate import calibrate
@@ -154,15 +155,31 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
+    with tqdm(total=len(STAGES), unit="stage", disable=not progress,
+              bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
+        return _compile(model, target, config, calib, input_shape, progress, stages, start)
+
+
+STAGES = ("import", "calibrate", "quantize", "build", "report")
+
+
+def _compile(model, target, config, calib, input_shape, progress, stages, start):
+    def stage(name: str) -> None:
+        stages.n = STAGES.index(name)
+        stages.set_description_str(f"tvmq compile: {name:<9}")
+
+    stage("import")
     float_mod, inp = load_model(model, input_shape)
     annotated = AnnotateQuantizable()(float_mod)
     layers, float_ops = find_layers(annotated)
     if not layers:
         raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, ...).")
     tap_names = _tensor_names(layers)
+    stage("calibrate")
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
                                              observer=config.observer, keep=config.sqnr_samples,
                                              progress=progress)
+    stage("quantize")
     boundary = _output_names(annotated) | {inp.name}
     act_qparams = {
         # The model's input and outputs keep their observed range: the observer's clipping is for
@@ -173,9 +190,11 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     realize = RealizeQuantization(act_qparams, config.requant, config.rounding,
                                   config.per_channel_weights)
     quant_mod = realize(annotated)
+    stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(quant_mod))
+    stage("report")
     out_qparams = _output_qparams(layers, act_qparams)
     report = Report(model=_model_name(model), target=target, config=config.to_dict(),
                     float_ops=float_ops)
@@ -183,6 +202,8 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     if kept_inputs:
         _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host)
     report.compile_seconds = time.perf_counter() - start
+    stages.n = len(STAGES)
+    stages.refresh()
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
                          act_qparams=act_qparams)
