@@ -38,23 +38,33 @@ def _windows(x: np.ndarray, kh, kw, strides, dilation) -> np.ndarray:
     return win[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
-def conv2d(x, w, strides, padding, dilation, groups, out_dtype):
-    """NCHW / OIHW conv2d; integer inputs accumulate exactly in int64."""
-    acc_dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64
-    x = _pad_nchw(x.astype(acc_dtype), padding, 0)
+def conv2d(x, w, strides, padding, dilation, groups):
+    """NCHW / OIHW conv2d; integer inputs accumulate exactly in int64 (float ones in float64)."""
+    x = _pad_nchw(_wide(x), padding, 0)
     o, cg, kh, kw = w.shape
     win = _windows(x, kh, kw, strides, dilation)
     n, c, oh, ow = win.shape[:4]
     win = win.reshape(n, groups, c // groups, oh, ow, kh, kw)
-    wg = w.astype(acc_dtype).reshape(groups, o // groups, cg, kh, kw)
+    wg = _wide(w).reshape(groups, o // groups, cg, kh, kw)
     y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
-    return y.reshape(n, o, oh, ow).astype(out_dtype)
+    return y.reshape(n, o, oh, ow)
 
 
 def max_pool2d(x, pool_size, strides, padding, dilation):
     fill = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
     win = _windows(_pad_nchw(x, padding, fill), *_ints(pool_size), strides, dilation)
     return win.max(axis=(4, 5)).astype(x.dtype)
+
+
+def _wide(x: np.ndarray) -> np.ndarray:
+    """Accumulation type: int64 for integers (exact), float64 for floats."""
+    return x.astype(np.int64 if x.dtype.kind in "iu" else np.float64)
+
+
+def _softmax(call, x):
+    axis = int(_attr(call, "axis"))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _attr(call, name):
@@ -80,7 +90,7 @@ def _dequantize(call, q, scale, zp):
 _OPS: dict[str, Callable] = {
     "relax.quantize": _quantize,
     "relax.dequantize": _dequantize,
-    "relax.astype": lambda call, x: x,
+    "relax.astype": lambda call, x: x,  # every result is cast to its binding's dtype afterwards
     "relax.add": lambda call, a, b: a + b,
     "relax.subtract": lambda call, a, b: a - b,
     "relax.multiply": lambda call, a, b: a * b,
@@ -90,14 +100,10 @@ _OPS: dict[str, Callable] = {
                                           float(call.args[2].value)),
     "relax.nn.relu": lambda call, x: np.maximum(x, 0),
     "relax.sigmoid": lambda call, x: 1 / (1 + np.exp(-x)),
-    "relax.nn.softmax": lambda call, x: (lambda e: e / e.sum(axis=int(_attr(call, "axis")),
-                                                             keepdims=True))(
-        np.exp(x - x.max(axis=int(_attr(call, "axis")), keepdims=True))),
-    "relax.matmul": lambda call, a, b: np.matmul(
-        a.astype(np.int64 if a.dtype.kind == "i" else np.float64),
-        b.astype(np.int64 if b.dtype.kind == "i" else np.float64)),
+    "relax.nn.softmax": _softmax,
+    "relax.matmul": lambda call, a, b: np.matmul(_wide(a), _wide(b)),
     "relax.sum": lambda call, x: np.sum(
-        x.astype(np.int64 if x.dtype.kind == "i" else np.float64),
+        _wide(x),
         axis=None if _attr(call, "axis") is None else tuple(_ints(_attr(call, "axis"))),
         keepdims=bool(_attr(call, "keepdims"))),
     "relax.mean": lambda call, x: np.mean(
@@ -108,7 +114,7 @@ _OPS: dict[str, Callable] = {
         x, None if _attr(call, "axes") is None else _ints(_attr(call, "axes"))),
     "relax.nn.conv2d": lambda call, x, w: conv2d(
         x, w, _attr(call, "strides"), _attr(call, "padding"), _attr(call, "dilation"),
-        int(_attr(call, "groups")), np.int64 if x.dtype.kind == "i" else np.float64),
+        int(_attr(call, "groups"))),
     "relax.nn.max_pool2d": lambda call, x: max_pool2d(
         x, _attr(call, "pool_size"), _attr(call, "strides"), _attr(call, "padding"),
         _attr(call, "dilation")),
