@@ -67,6 +67,16 @@ def _softmax(call, x):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _strided_slice(call, x):
+    """x[begin:end:stride] along `axes`; the bounds are tuples of PrimValues in the call args."""
+    axes, begin, end = ([int(v.value) for v in t.fields] for t in call.args[1:4])
+    strides = [int(v.value) for v in call.args[4].fields] if len(call.args) > 4 else [1] * len(axes)
+    index = [slice(None)] * x.ndim
+    for a, b, e, s in zip(axes, begin, end, strides):
+        index[a] = slice(b, e, s)
+    return x[tuple(index)]
+
+
 def _attr(call, name):
     return getattr(call.attrs, name)
 
@@ -108,6 +118,7 @@ _OPS: dict[str, Callable] = {
         keepdims=bool(_attr(call, "keepdims"))),
     "relax.mean": lambda call, x: np.mean(
         x, axis=tuple(_ints(_attr(call, "axis"))), keepdims=bool(_attr(call, "keepdims"))),
+    "relax.strided_slice": _strided_slice,
     "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(_attr(call, "axis"))),
     "relax.reshape": lambda call, x: x,  # the binding's static shape is applied afterwards
     "relax.permute_dims": lambda call, x: np.transpose(
@@ -119,7 +130,8 @@ _OPS: dict[str, Callable] = {
         x, _attr(call, "pool_size"), _attr(call, "strides"), _attr(call, "padding"),
         _attr(call, "dilation")),
 }
-_SHAPE_ARGS = {"relax.reshape", "relax.clip"}  # args after the first are not tensors
+# ops whose args after the first are not tensors
+_SHAPE_ARGS = {"relax.reshape", "relax.clip", "relax.strided_slice"}
 
 
 def requantize_call(prim: tvm.tirx.PrimFunc, acc: np.ndarray, params: list[np.ndarray]):

@@ -1,0 +1,146 @@
+"""TileOutputChannels: split quantized conv2d / matmul into t_oc-wide output-channel tiles.
+
+Run after RealizeQuantization. Each chain `op(x, Wq) [+ bq] -> requant` (op = int8 conv2d or
+matmul with a constant weight) becomes, per tile of output channels [c0, c1),
+
+    op(x[, input channels of the tile's groups], Wq[c0:c1]) [+ bq[c0:c1]] -> requant(params[c0:c1])
+
+and the tiles are concatenated along the channel axis under the layer's `<name>_q` binding, so the
+module computes exactly the same integers (tested against the untiled module and the oracle). This
+is the data flow of an accelerator with t_oc output-channel lanes: each tile carries its own
+weights, bias and requant parameters (first paper). Grouped/depthwise convs: a tile covers whole
+groups (input channels sliced to match) or lies inside one group; other splits raise ValueError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._requant_kernel import requant_prim_func
+from ._util import const_value, op_name, shape_of
+
+
+def tile_bounds(channels: int, t_oc: int) -> list[tuple[int, int]]:
+    """[(c0, c1), ...] covering range(channels) in t_oc-wide tiles (the last may be narrower)."""
+    return [(c0, min(c0 + t_oc, channels)) for c0 in range(0, channels, t_oc)]
+
+
+class _Chain:
+    """A realized `op [+ bias] -> requant` chain found through the bindings of `main`."""
+
+    def __init__(self, requant_call, bindings, mod):
+        self.requant = requant_call
+        self.prim = mod[requant_call.args[0]]
+        acc, *self.params = requant_call.args[1].fields
+        self.bias = None
+        value = bindings.get(acc)
+        if op_name(value) == "relax.add" and const_value(value.args[1]) is not None:
+            self.bias = const_value(value.args[1])
+            value = bindings.get(value.args[0])
+        self.op = value
+        self.weight = const_value(value.args[1]) if op_name(value) in _LINEAR else None
+
+    @property
+    def valid(self) -> bool:
+        return self.weight is not None and self.weight.dtype == np.int8
+
+
+_LINEAR = ("relax.nn.conv2d", "relax.matmul")
+
+
+@relax.expr_functor.mutator
+class _Tiler(relax.PyExprMutator):
+    def __init__(self, mod, t_oc):
+        super().__init__(mod)
+        self.mod_, self.t_oc = mod, t_oc
+        self.bindings: dict = {}
+
+    def visit_function_(self, func):
+        for block in func.body.blocks:
+            for b in block.bindings:
+                self.bindings[b.var] = b.value
+        return super().visit_function_(func)
+
+    def visit_var_binding_(self, binding):
+        value = binding.value
+        chain = None
+        if op_name(value) == "relax.call_tir" and "tvmq.requant" in (
+                self.mod_[value.args[0]].attrs or {}):
+            chain = _Chain(value, self.bindings, self.mod_)
+        if chain is None or not chain.valid:
+            new_value = self.visit_expr(value)
+        else:
+            new_value = self._tiled(chain, binding.var.name)
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
+            self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(new_value, binding.var.name))
+
+    def _tiled(self, chain: _Chain, name: str) -> relax.Expr:
+        is_conv = op_name(chain.op) == "relax.nn.conv2d"
+        out_shape = shape_of(chain.op)
+        axis = 1 if is_conv else len(out_shape) - 1
+        channels = out_shape[axis]
+        x = self.visit_expr(chain.op.args[0])
+        attrs = chain.prim.attrs["tvmq.requant"]
+        tiles = []
+        for c0, c1 in tile_bounds(channels, self.t_oc):
+            if is_conv:
+                acc = self._conv_tile(chain, x, c0, c1, name)
+            else:
+                acc = relax.op.matmul(x, relax.const(chain.weight[:, c0:c1]), out_dtype="int32")
+            acc = self.builder_.emit(acc)
+            if chain.bias is not None:
+                bias_axis = 1 if is_conv else chain.bias.ndim - 1  # (1, C, 1, 1) or (C,)
+                bias = np.take(chain.bias, range(c0, c1), axis=bias_axis)
+                acc = self.builder_.emit(relax.op.add(acc, relax.const(bias)))
+            tiles.append(self.builder_.emit(self._requant(acc, chain, attrs, c0, c1, axis)))
+        return tiles[0] if len(tiles) == 1 else relax.op.concat(tiles, axis=axis)
+
+    def _conv_tile(self, chain, x, c0, c1, name):
+        a = chain.op.attrs
+        groups = int(a.groups)
+        out_per_group = chain.weight.shape[0] // groups
+        in_per_group = chain.weight.shape[1]
+        g0, g1 = c0 // out_per_group, (c1 - 1) // out_per_group + 1
+        whole_groups = c0 % out_per_group == 0 and c1 % out_per_group == 0
+        if groups > 1 and not whole_groups and g1 - g0 > 1:
+            raise ValueError(
+                f"TileOutputChannels: layer {name!r} has {out_per_group} output channels per group;"
+                f" tile [{c0}, {c1}) would split groups. Use t_oc a multiple or divisor of it.")
+        tile_groups = g1 - g0 if whole_groups else 1
+        if groups > 1:
+            x = self.builder_.emit(relax.op.strided_slice(
+                x, axes=[1], begin=[g0 * in_per_group], end=[g1 * in_per_group]))
+        return relax.op.nn.conv2d(x, relax.const(chain.weight[c0:c1]), strides=a.strides,
+                                  padding=a.padding, dilation=a.dilation, groups=tile_groups,
+                                  out_dtype="int32")
+
+    def _requant(self, acc, chain, attrs, c0, c1, axis):
+        per_channel = int(attrs["axis"]) >= 0
+        params = [relax.const(const_value(p)[c0:c1] if per_channel else const_value(p))
+                  for p in chain.params]
+        rounding = str(attrs["rounding"]) or None
+        func = requant_prim_func(shape_of(acc), (c1 - c0) if per_channel else 1,
+                                 axis if per_channel else None, str(attrs["kind"]), rounding,
+                                 int(attrs["zero_point"]), int(attrs["qmin"]),
+                                 int(attrs["qmax"]), str(attrs["out_dtype"]))
+        gv = self.builder_.add_func(func, f"tvmq_requant_{rounding or 'fp32'}")
+        return relax.call_tir(gv, [acc, *params],
+                              relax.TensorType(shape_of(acc), str(attrs["out_dtype"])))
+
+
+@tvm.transform.module_pass(opt_level=0, name="TileOutputChannels")
+class TileOutputChannels:
+    """Split every quantized conv2d/matmul + requant into `t_oc`-wide output-channel tiles."""
+
+    def __init__(self, t_oc: int):
+        if not isinstance(t_oc, int | np.integer) or t_oc <= 0:
+            raise ValueError(f"TileOutputChannels: t_oc={t_oc!r}; use a positive integer.")
+        self.t_oc = int(t_oc)
+
+    def transform_module(self, mod, ctx):
+        tiler = _Tiler(mod, self.t_oc)
+        tiler.builder_.update_func(mod.get_global_var("main"), tiler.visit_expr(mod["main"]))
+        return relax.transform.DeadCodeElimination(["main"])(tiler.builder_.get())
