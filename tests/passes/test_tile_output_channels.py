@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from onnx import helper
+from tvmq.passes.tile_output_channels import TileOutputChannels, tile_bounds
+from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import make_onnx
 from tvmq.oracle import Oracle
-from tvmq.passes.tile_output_channels import TileOutputChannels, tile_bounds
-from tvmq.targets.host import build
 
 
 def _convs(mod):
