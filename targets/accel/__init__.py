@@ -1,4 +1,4 @@
-"""The emulated accelerator target (issue 3): its description; emulator and lowering to come."""
+"""The emulated accelerator target (issue 3): its description and C emulator; lowering to come."""
 
 from .config import PRESETS, AccelConfig, preset
 

@@ -1,0 +1,304 @@
+/* accel.c: C emulator of tvmq's INT8 accelerator, bit-exact with tvmq.numerics.
+ *
+ * Build: cc -O2 -std=c99 -Wall -Wextra -Werror -fPIC -shared -ffp-contract=off -fwrapv
+ *        accel.c -lm
+ * (-ffp-contract=off: no FMA may be formed in the fp32 requant; -fwrapv: the int32
+ *  accumulators wrap like hardware instead of being undefined on overflow.)
+ *
+ * Data flow of accel_conv2d: output-channel tiles of t_oc (outer), then output positions,
+ * then the input channels and kernel taps of each lane's group, accumulating t_oc int32
+ * lanes (+ bias), then the tile's requant units (+ out_zp, clamp) write int8.
+ *
+ * Cycle model (all integer, deterministic). Per call:
+ *   Cg = C / groups, Og = O / groups, resident = (C*H*W <= act_buffer_bytes).
+ * Per output-channel tile [o0, o0 + tile_O), tile_O = min(t_oc, O - o0):
+ *   compute_cycles = OH*OW*KH*KW*ceil(Cg / t_ic)   one PE-array step per cycle; each lane
+ *                                                   reads the Cg channels of its own group
+ *   weight bytes   = tile_O*Cg*KH*KW               must fit weight_buffer_bytes (else error)
+ *   act bytes      = C_read*H*W, C_read = Cg * (number of groups the tile's channels span);
+ *                    if resident, only input channels no earlier tile loaded are paid for
+ *                    (groups == 1: the first tile pays C*H*W, the others 0)
+ *   output bytes   = tile_O*OH*OW
+ *   dma_bytes      = weight + act + output bytes   (bias and requant params not counted)
+ *   dma_cycles     = ceil(dma_bytes / dma_bytes_per_cycle)
+ *   requant_cycles = OH*OW                         t_oc requant units in parallel, one output
+ *                                                   position per cycle
+ *   cycles         = max(compute_cycles, dma_cycles) + requant_cycles   (DMA double-buffered,
+ *                                                   overlapped with compute)
+ *   macs           = OH*OW*tile_O*Cg*KH*KW          real MACs
+ * The call adds the sum over tiles to each counter and the number of tiles to `tiles`.
+ * 4*t_oc bytes of int32 accumulators must fit acc_buffer_bytes (else error).
+ */
+#include "accel.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* `>>` on a negative signed value is implementation-defined in C; gcc and clang shift
+ * arithmetically (floor), which is what tvmq.numerics (NumPy >>) does. Refuse other compilers'
+ * behaviour at compile time (C99 has no _Static_assert: a negative array size fails). */
+typedef char accel_check_arithmetic_shift[(((int64_t)-5) >> 1) == -3 ? 1 : -1];
+/* float expressions must be evaluated in float (no x87 extended precision). */
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "accel.c needs FLT_EVAL_METHOD == 0 (SSE float math), for bit-exact fp32 requant"
+#endif
+
+static char g_error[512];
+
+static int fail(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_error, sizeof g_error, fmt, ap);
+  va_end(ap);
+  return 1;
+}
+
+const char* accel_last_error(void) { return g_error; }
+
+/* ---- the requant unit: a line-by-line mirror of tvmq/numerics/requant.py ---------------- */
+
+/* tvmq _saturate_int32: clamp an int64 to [INT32_MIN, INT32_MAX]. */
+static int32_t sat_i32(int64_t x) {
+  return x < INT32_MIN ? INT32_MIN : x > INT32_MAX ? INT32_MAX : (int32_t)x;
+}
+
+/* gemmlowp SaturatingRoundingDoublingHighMul (ARM VQRDMULH): round(a*b / 2**31) half up,
+ * nudge 2**30 or 1 - 2**30, C division truncating toward zero; INT32_MIN*INT32_MIN saturates
+ * to INT32_MAX. tvmq _srdhm. */
+static int32_t srdhm(int32_t a, int32_t b) {
+  if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+  int64_t ab = (int64_t)a * (int64_t)b;
+  int64_t nudge = ab >= 0 ? (INT64_C(1) << 30) : (1 - (INT64_C(1) << 30));
+  return (int32_t)((ab + nudge) / (INT64_C(1) << 31));
+}
+
+/* gemmlowp RoundingDivideByPOT: round(x / 2**e) half away from zero, e in [0, 31]; int64 mask
+ * so e == 31 is defined. tvmq _rdbpot. */
+static int32_t rdbpot(int32_t x, int e) {
+  int64_t mask = (INT64_C(1) << e) - 1;
+  int64_t remainder = (int64_t)x & mask;
+  int64_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (int32_t)(((int64_t)x >> e) + (remainder > threshold ? 1 : 0));
+}
+
+/* gemmlowp / TFLite MultiplyByQuantizedMultiplier ("double rounding") with a saturating left
+ * shift (ARM VQSHL): tvmq _double. */
+static int32_t rq_double(int32_t acc, int32_t mult, int32_t shift) {
+  int left = shift > 0 ? shift : 0;
+  int right = shift < 0 ? -shift : 0;
+  int32_t x = sat_i32((int64_t)acc * (INT64_C(1) << left));
+  return rdbpot(srdhm(x, mult), right);
+}
+
+/* CMSIS-NN arm_nn_requantize with CMSIS_NN_USE_SINGLE_ROUNDING, TVM QNN UPWARD:
+ * floor(p / 2**k + 1/2), k = 31 - shift in 1..62. tvmq _single then _saturate_int32. */
+static int32_t rq_single(int32_t acc, int32_t mult, int32_t shift) {
+  int k = 31 - shift;
+  int64_t p = (int64_t)acc * (int64_t)mult;
+  return sat_i32(((p >> (k - 1)) + 1) >> 1);
+}
+
+/* TVM QNN TONEAREST: (p + 2**(k-1) - (p < 0)) >> k, half away from zero. tvmq _tonearest. */
+static int32_t rq_tonearest(int32_t acc, int32_t mult, int32_t shift) {
+  int k = 31 - shift;
+  int64_t p = (int64_t)acc * (int64_t)mult; /* |p| < 2**62: p + 2**61 cannot overflow */
+  int64_t half = INT64_C(1) << (k - 1);
+  return sat_i32((p + (p >= 0 ? half : half - 1)) >> k);
+}
+
+/* tvmq requantize_fp32: one float32 multiply (no FMA, no float64), rint half to even under
+ * the default rounding mode, clip to [-2**31, 2**31 - 128] in float32, convert. */
+static int32_t rq_fp32(int32_t acc, float scale) {
+  float product = (float)acc * scale;
+  float r = nearbyintf(product);
+  if (r < -2147483648.0f) r = -2147483648.0f;
+  if (r > 2147483520.0f) r = 2147483520.0f; /* 2**31 - 128, the largest float32 < 2**31 */
+  return (int32_t)r;
+}
+
+/* tvmq requantize: rq.apply(acc) + zero_point in int64, clip to [qmin, qmax]. */
+static int32_t requant_one(int kind, int32_t acc, int32_t mult, int32_t shift, float scale,
+                           int32_t out_zp, int32_t qmin, int32_t qmax) {
+  int32_t r;
+  switch (kind) {
+    case ACCEL_RQ_DOUBLE: r = rq_double(acc, mult, shift); break;
+    case ACCEL_RQ_SINGLE: r = rq_single(acc, mult, shift); break;
+    case ACCEL_RQ_TONEAREST: r = rq_tonearest(acc, mult, shift); break;
+    default: r = rq_fp32(acc, scale); break;
+  }
+  int64_t v = (int64_t)r + out_zp;
+  return (int32_t)(v < qmin ? qmin : v > qmax ? qmax : v);
+}
+
+/* Validate n requant parameter sets of `kind` (what tvmq.numerics.Requant checks). */
+static int check_params(int kind, const int32_t* mult, const int32_t* shift, const float* scale,
+                        int64_t n) {
+  if (kind < 0 || kind > 3) return fail("kind=%d: use 0 double, 1 single, 2 tonearest, 3 fp32", kind);
+  if (kind == ACCEL_RQ_FP32) {
+    if (!scale) return fail("scale is NULL: kind=3 (fp32) needs a scale");
+    for (int64_t i = 0; i < n; ++i)
+      if (!(isfinite(scale[i]) && scale[i] >= 0.0f))
+        return fail("scale[%lld]=%g: use a finite float32 >= 0", (long long)i, (double)scale[i]);
+    return 0;
+  }
+  if (!mult || !shift) return fail("mult or shift is NULL: kind=%d (mult_shift) needs both", kind);
+  for (int64_t i = 0; i < n; ++i) {
+    if (mult[i] < 0) return fail("mult[%lld]=%d: use [0, 2**31 - 1]", (long long)i, mult[i]);
+    if (shift[i] < -31 || shift[i] > 30)
+      return fail("shift[%lld]=%d: use [-31, 30]", (long long)i, shift[i]);
+  }
+  return 0;
+}
+
+int accel_requant(const int32_t* acc, int64_t n, int kind, const int32_t* mult,
+                  const int32_t* shift, const float* scale, int32_t out_zp, int32_t qmin,
+                  int32_t qmax, int32_t* out) {
+  if (n < 0) return fail("n=%lld: use n >= 0", (long long)n);
+  if (n > 0 && (!acc || !out)) return fail("acc or out is NULL");
+  if (qmin > qmax) return fail("qmin=%d > qmax=%d", qmin, qmax);
+  if (check_params(kind, mult, shift, scale, 1)) return 1;
+  int32_t m = kind == ACCEL_RQ_FP32 ? 0 : mult[0], s = kind == ACCEL_RQ_FP32 ? 0 : shift[0];
+  float sc = kind == ACCEL_RQ_FP32 ? scale[0] : 0.0f;
+  for (int64_t i = 0; i < n; ++i) out[i] = requant_one(kind, acc[i], m, s, sc, out_zp, qmin, qmax);
+  return 0;
+}
+
+/* ---- conv2d ------------------------------------------------------------------------------ */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
+  if (!hw || !a) return fail("hw or args is NULL");
+  if (hw->t_oc < 1 || hw->t_ic < 1 || hw->weight_buffer_bytes < 1 || hw->act_buffer_bytes < 1 ||
+      hw->acc_buffer_bytes < 1 || hw->dma_bytes_per_cycle < 1)
+    return fail("accel_hw: t_oc=%d t_ic=%d weight_buffer_bytes=%d act_buffer_bytes=%d "
+                "acc_buffer_bytes=%d dma_bytes_per_cycle=%d: all must be >= 1",
+                hw->t_oc, hw->t_ic, hw->weight_buffer_bytes, hw->act_buffer_bytes,
+                hw->acc_buffer_bytes, hw->dma_bytes_per_cycle);
+  if (!a->x || !a->w || !a->y) return fail("x, w or y is NULL");
+  if (a->C < 1 || a->H < 1 || a->W < 1 || a->O < 1 || a->KH < 1 || a->KW < 1 || a->groups < 1)
+    return fail("C=%d H=%d W=%d O=%d KH=%d KW=%d groups=%d: all must be >= 1", a->C, a->H, a->W,
+                a->O, a->KH, a->KW, a->groups);
+  if (a->C % a->groups || a->O % a->groups)
+    return fail("groups=%d must divide C=%d and O=%d", a->groups, a->C, a->O);
+  if (a->stride_h < 1 || a->stride_w < 1 || a->dil_h < 1 || a->dil_w < 1)
+    return fail("stride (%d, %d) and dilation (%d, %d) must be >= 1", a->stride_h, a->stride_w,
+                a->dil_h, a->dil_w);
+  if (a->pad_top < 0 || a->pad_left < 0 || a->pad_bottom < 0 || a->pad_right < 0)
+    return fail("padding (%d, %d, %d, %d) must be >= 0", a->pad_top, a->pad_left, a->pad_bottom,
+                a->pad_right);
+  int64_t span_h = (int64_t)a->H + a->pad_top + a->pad_bottom - (int64_t)a->dil_h * (a->KH - 1);
+  int64_t span_w = (int64_t)a->W + a->pad_left + a->pad_right - (int64_t)a->dil_w * (a->KW - 1);
+  int64_t oh = span_h < 1 ? 0 : (span_h - 1) / a->stride_h + 1;
+  int64_t ow = span_w < 1 ? 0 : (span_w - 1) / a->stride_w + 1;
+  if (oh < 1 || ow < 1 || a->OH != oh || a->OW != ow)
+    return fail("OH=%d OW=%d: the conv formula gives OH=%lld OW=%lld (must be >= 1)", a->OH,
+                a->OW, (long long)oh, (long long)ow);
+  if (a->per_channel != 0 && a->per_channel != 1)
+    return fail("per_channel=%d: use 0 or 1", a->per_channel);
+  if (a->qmin < -128 || a->qmax > 127 || a->qmin > a->qmax)
+    return fail("qmin=%d qmax=%d: need -128 <= qmin <= qmax <= 127 (int8 output)", a->qmin,
+                a->qmax);
+  if (check_params(a->kind, a->mult, a->shift, a->scale, a->per_channel ? a->O : 1)) return 1;
+  int64_t acc_bytes = 4 * (int64_t)hw->t_oc;
+  if (acc_bytes > hw->acc_buffer_bytes)
+    return fail("acc_buffer_bytes=%d too small: %d int32 accumulators need %lld bytes",
+                hw->acc_buffer_bytes, hw->t_oc, (long long)acc_bytes);
+  int64_t tile_o = hw->t_oc < a->O ? hw->t_oc : a->O;
+  int64_t wbytes = tile_o * (a->C / a->groups) * a->KH * a->KW;
+  if (wbytes > hw->weight_buffer_bytes)
+    return fail("weight_buffer_bytes=%d too small: a tile of %lld output channels needs %lld "
+                "bytes (%lld x %d x %d x %d)", hw->weight_buffer_bytes, (long long)tile_o,
+                (long long)wbytes, (long long)tile_o, a->C / a->groups, a->KH, a->KW);
+  return 0;
+}
+
+/* Cycle model of one tile (see the top of this file), added into cnt. */
+static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0, int64_t tile_o,
+                       int resident, int64_t* loaded_end, accel_counters* cnt) {
+  int64_t cg = a->C / a->groups, og = a->O / a->groups, hw_in = (int64_t)a->H * a->W;
+  int64_t pos = (int64_t)a->OH * a->OW, taps = (int64_t)a->KH * a->KW;
+  int64_t g_lo = o0 / og, g_hi = (o0 + tile_o - 1) / og;
+  int64_t ch_lo = g_lo * cg, ch_hi = (g_hi + 1) * cg; /* input channels [ch_lo, ch_hi) read */
+  int64_t act;
+  if (resident) {
+    int64_t from = ch_lo > *loaded_end ? ch_lo : *loaded_end;
+    act = ch_hi > from ? (ch_hi - from) * hw_in : 0;
+    if (ch_hi > *loaded_end) *loaded_end = ch_hi;
+  } else {
+    act = (ch_hi - ch_lo) * hw_in;
+  }
+  int64_t bytes = tile_o * cg * taps + act + tile_o * pos;
+  int64_t compute = pos * taps * ceil_div(cg, hw->t_ic);
+  int64_t dma = ceil_div(bytes, hw->dma_bytes_per_cycle);
+  int64_t requant = pos;
+  cnt->compute_cycles += (uint64_t)compute;
+  cnt->dma_cycles += (uint64_t)dma;
+  cnt->requant_cycles += (uint64_t)requant;
+  cnt->cycles += (uint64_t)((compute > dma ? compute : dma) + requant);
+  cnt->macs += (uint64_t)(pos * tile_o * cg * taps);
+  cnt->dma_bytes += (uint64_t)bytes;
+  cnt->tiles += 1;
+}
+
+int accel_conv2d(const accel_hw* hw, const accel_conv_args* a, accel_counters* cnt) {
+  if (check_conv(hw, a)) return 1;
+  if (!cnt) return fail("counters is NULL");
+  const int32_t C = a->C, O = a->O, KH = a->KH, KW = a->KW, OH = a->OH, OW = a->OW;
+  const int32_t cg = C / a->groups, og = O / a->groups;
+  const int64_t hp = (int64_t)a->H + a->pad_top + a->pad_bottom;
+  const int64_t wp = (int64_t)a->W + a->pad_left + a->pad_right;
+  /* The input as the PE array sees it: x - in_zp, zero in the padding (x == in_zp there). */
+  int32_t* xp = calloc((size_t)(C * hp * wp), sizeof *xp);
+  int32_t* acc = malloc((size_t)hw->t_oc * sizeof *acc);
+  if (!xp || !acc) {
+    free(xp);
+    free(acc);
+    return fail("out of memory for the padded input (%lld bytes)", (long long)(C * hp * wp * 4));
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < a->H; ++i) {
+      const int8_t* src = a->x + (c * a->H + i) * a->W;
+      int32_t* dst = xp + (c * hp + i + a->pad_top) * wp + a->pad_left;
+      for (int64_t j = 0; j < a->W; ++j) dst[j] = (int32_t)src[j] - a->in_zp;
+    }
+  const int resident = (int64_t)C * a->H * a->W <= hw->act_buffer_bytes;
+  int64_t loaded_end = 0;
+  const int64_t plane = hp * wp, ksize = (int64_t)cg * KH * KW;
+  for (int32_t o0 = 0; o0 < O; o0 += hw->t_oc) {
+    const int32_t tile_o = O - o0 < hw->t_oc ? O - o0 : hw->t_oc;
+    for (int32_t oy = 0; oy < OH; ++oy)
+      for (int32_t ox = 0; ox < OW; ++ox) {
+        const int64_t origin = (int64_t)oy * a->stride_h * wp + (int64_t)ox * a->stride_w;
+        for (int32_t l = 0; l < tile_o; ++l) { /* the t_oc lanes */
+          const int32_t o = o0 + l;
+          const int32_t* xg = xp + (int64_t)(o / og) * cg * plane + origin;
+          const int8_t* wo = a->w + (int64_t)o * ksize;
+          int32_t s = a->bias ? a->bias[o] : 0;
+          for (int32_t c = 0; c < cg; ++c)
+            for (int32_t ky = 0; ky < KH; ++ky) {
+              const int32_t* row = xg + c * plane + (int64_t)ky * a->dil_h * wp;
+              const int8_t* wr = wo + ((int64_t)c * KH + ky) * KW;
+              for (int32_t kx = 0; kx < KW; ++kx) s += row[(int64_t)kx * a->dil_w] * wr[kx];
+            }
+          acc[l] = s;
+        }
+        for (int32_t l = 0; l < tile_o; ++l) { /* the tile's requant units */
+          const int32_t o = o0 + l, p = a->per_channel ? o : 0;
+          const int32_t m = a->kind == ACCEL_RQ_FP32 ? 0 : a->mult[p];
+          const int32_t sh = a->kind == ACCEL_RQ_FP32 ? 0 : a->shift[p];
+          const float sc = a->kind == ACCEL_RQ_FP32 ? a->scale[p] : 0.0f;
+          a->y[((int64_t)o * OH + oy) * OW + ox] =
+              (int8_t)requant_one(a->kind, acc[l], m, sh, sc, a->out_zp, a->qmin, a->qmax);
+        }
+      }
+    count_tile(hw, a, o0, tile_o, resident, &loaded_end, cnt);
+  }
+  free(xp);
+  free(acc);
+  return 0;
+}

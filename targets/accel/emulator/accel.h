@@ -1,0 +1,63 @@
+/* accel.h: C emulator of tvmq's INT8 accelerator (targets/accel/config.py AccelConfig).
+ *
+ * Bit-exact with tvmq.numerics (the golden model): int32 accumulate, + bias, requantize,
+ * + zero point, clamp. See accel.c for the cycle model. C99, libc + libm only.
+ *
+ * Every entry point returns 0 on success, nonzero on bad arguments; the reason is then in
+ * accel_last_error() (a static buffer: one caller thread at a time).
+ */
+#ifndef TVMQ_ACCEL_H_
+#define TVMQ_ACCEL_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Requant kinds: mult_shift with three roundings, or fp32. */
+enum { ACCEL_RQ_DOUBLE = 0, ACCEL_RQ_SINGLE = 1, ACCEL_RQ_TONEAREST = 2, ACCEL_RQ_FP32 = 3 };
+
+/* The hardware: PE array of t_oc output lanes x t_ic input lanes, on-chip buffers, DMA rate. */
+typedef struct {
+  int32_t t_oc, t_ic, weight_buffer_bytes, act_buffer_bytes, acc_buffer_bytes,
+      dma_bytes_per_cycle;
+} accel_hw;
+
+/* One conv2d call: batch 1, NCHW input, OIHW weights (O x C/groups x KH x KW). */
+typedef struct {
+  const int8_t* x; int32_t C, H, W, in_zp;
+  const int8_t* w; int32_t O, KH, KW, groups;
+  int32_t stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dil_h, dil_w;
+  const int32_t* bias;                 /* O entries or NULL */
+  int32_t kind;                        /* ACCEL_RQ_* */
+  const int32_t* mult;                 /* kinds 0..2: O entries if per_channel else 1 */
+  const int32_t* shift;                /* kinds 0..2: idem */
+  const float* scale;                  /* kind 3: idem */
+  int32_t per_channel;
+  int32_t out_zp, qmin, qmax;          /* qmin/qmax within [-128, 127] */
+  int8_t* y; int32_t OH, OW;           /* output O x OH x OW */
+} accel_conv_args;
+
+/* Counters, accumulated (+=) by each call; zero them before the first. */
+typedef struct {
+  uint64_t cycles, compute_cycles, dma_cycles, requant_cycles, macs, dma_bytes, tiles;
+} accel_counters;
+
+/* Requantize n accumulators with per-tensor params (one mult/shift, or one scale), + out_zp,
+ * clamp to [qmin, qmax]. kind: ACCEL_RQ_*; mult/shift are read for kinds 0..2, scale for 3. */
+int accel_requant(const int32_t* acc, int64_t n, int kind, const int32_t* mult,
+                  const int32_t* shift, const float* scale, int32_t out_zp, int32_t qmin,
+                  int32_t qmax, int32_t* out);
+
+/* Conv2d on the accelerator: output-channel tiles of t_oc, counters per the cycle model. */
+int accel_conv2d(const accel_hw* hw, const accel_conv_args* a, accel_counters* cnt);
+
+/* The reason for the last nonzero return. */
+const char* accel_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TVMQ_ACCEL_H_ */
