@@ -53,3 +53,33 @@ def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:
         if isinstance(func, relax.Function) and "Composite" not in (func.attrs or {}):
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+class RequantChain:
+    """A realized `op [+ bias] -> requant` chain found through the bindings of `main`."""
+
+    def __init__(self, requant_call, bindings, mod):
+        self.requant = requant_call
+        self.prim = mod[requant_call.args[0]]
+        acc, *self.params = requant_call.args[1].fields
+        self.bias = None
+        value = bindings.get(acc)
+        if op_name(value) == "relax.add" and const_value(value.args[1]) is not None:
+            self.bias = const_value(value.args[1])
+            value = bindings.get(value.args[0])
+        self.op = value
+        self.weight = const_value(value.args[1]) if op_name(value) in LINEAR_OPS else None
+
+    @staticmethod
+    def is_requant(value, mod) -> bool:
+        """Is `value` a call_tir to a tvmq requant kernel?"""
+        return op_name(value) == "relax.call_tir" and "tvmq.requant" in (
+            mod[value.args[0]].attrs or {})
+
+    @property
+    def valid(self) -> bool:
+        """An int8 conv2d/matmul with a constant weight feeds this requant."""
+        return self.weight is not None and self.weight.dtype == np.int8
+
+
+LINEAR_OPS = ("relax.nn.conv2d", "relax.matmul")

@@ -19,35 +19,12 @@ import tvm
 from tvm import relax
 
 from ._requant_kernel import requant_prim_func
-from ._util import const_value, op_name, shape_of
+from ._util import RequantChain, const_value, op_name, shape_of
 
 
 def tile_bounds(channels: int, t_oc: int) -> list[tuple[int, int]]:
     """[(c0, c1), ...] covering range(channels) in t_oc-wide tiles (the last may be narrower)."""
     return [(c0, min(c0 + t_oc, channels)) for c0 in range(0, channels, t_oc)]
-
-
-class _Chain:
-    """A realized `op [+ bias] -> requant` chain found through the bindings of `main`."""
-
-    def __init__(self, requant_call, bindings, mod):
-        self.requant = requant_call
-        self.prim = mod[requant_call.args[0]]
-        acc, *self.params = requant_call.args[1].fields
-        self.bias = None
-        value = bindings.get(acc)
-        if op_name(value) == "relax.add" and const_value(value.args[1]) is not None:
-            self.bias = const_value(value.args[1])
-            value = bindings.get(value.args[0])
-        self.op = value
-        self.weight = const_value(value.args[1]) if op_name(value) in _LINEAR else None
-
-    @property
-    def valid(self) -> bool:
-        return self.weight is not None and self.weight.dtype == np.int8
-
-
-_LINEAR = ("relax.nn.conv2d", "relax.matmul")
 
 
 @relax.expr_functor.mutator
@@ -66,9 +43,8 @@ class _Tiler(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         value = binding.value
         chain = None
-        if op_name(value) == "relax.call_tir" and "tvmq.requant" in (
-                self.mod_[value.args[0]].attrs or {}):
-            chain = _Chain(value, self.bindings, self.mod_)
+        if RequantChain.is_requant(value, self.mod_):
+            chain = RequantChain(value, self.bindings, self.mod_)
         if chain is None or not chain.valid:
             new_value = self.visit_expr(value)
         else:
@@ -77,7 +53,7 @@ class _Tiler(relax.PyExprMutator):
             self.builder_.emit_output
         self.set_var_remap(binding.var, emit(new_value, binding.var.name))
 
-    def _tiled(self, chain: _Chain, name: str) -> relax.Expr:
+    def _tiled(self, chain: RequantChain, name: str) -> relax.Expr:
         is_conv = op_name(chain.op) == "relax.nn.conv2d"
         out_shape = shape_of(chain.op)
         axis = 1 if is_conv else len(out_shape) - 1

@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
 from .errors import CompileError
+from .targets.accel import PRESETS
 
 EPILOG = """examples:
   tvmq demo
@@ -63,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate, quantize and compile MODEL, print its per-layer "
                        "report and write the artefacts to --out (only after success).")
     p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--target", default="host", choices=("host",), help="where it runs")
+    p.add_argument("--target", default="host", choices=("host", "accel"),
+                   help="host (llvm) or accel (conv/matmul on the C accelerator emulator)")
+    p.add_argument("--accel", default="npu-small", choices=tuple(PRESETS),
+                   help="accelerator preset for --target accel (default npu-small)")
     p.add_argument("--calib", required=True, metavar="DATA.npz",
                    help="calibration inputs: .npz with array 'calib', 'x_calib' or 'x' "
                    "(N, *input_shape[1:]) float32")
@@ -88,7 +92,7 @@ def cmd_compile(args) -> int:
     from .compiler import compile
 
     cm = compile(args.model, target=args.target, config=_config(args), calib=args.calib,
-                 input_shape=args.input_shape, progress=not args.quiet)
+                 input_shape=args.input_shape, accel=args.accel, progress=not args.quiet)
     print(cm.report())
     out = cm.export(args.out)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")

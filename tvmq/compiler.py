@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,9 +27,11 @@ from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow, Report, sqnr_db
+from .targets.accel import AccelConfig, preset
+from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
 
-TARGETS = ("host",)
+TARGETS = ("host", "accel")
 TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
 
 
@@ -77,10 +80,11 @@ class CompiledModel:
     """
 
     def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
-                 act_qparams):
+                 act_qparams, accel=None):
         self.name, self.target, self.config, self.input = name, target, config, inp
         self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
         self._report, self.act_qparams = report, act_qparams
+        self.accel = accel  # AccelRuntime for target="accel": hardware config and layer counters
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time."""
@@ -124,16 +128,19 @@ class CompiledModel:
 
 
 def compile(model, target: str = "host", config: QuantConfig | None = None, calib=None, *,
-            input_shape: tuple[int, ...] | None = None, progress: bool = True) -> CompiledModel:
+            input_shape: tuple[int, ...] | None = None, accel=None,
+            progress: bool = True) -> CompiledModel:
     """Quantize and compile a float model for a target.
 
     Parameters
     ----------
     model : path to .onnx, onnx.ModelProto or tvm.IRModule
-    target : "host"
+    target : "host" (llvm) or "accel" (int8 conv/matmul layers on the C accelerator emulator)
     config : QuantConfig, optional (default: int8, mult_shift/double, minmax)
     calib : array, iterable of arrays, or .npz path with the calibration inputs
     input_shape : static input shape when the model's is symbolic
+    accel : AccelConfig or preset name for target="accel" (default "npu-small"; a preset takes
+        the config's requant/rounding, an explicit AccelConfig must match them)
     progress : show progress bars
 
     Returns
@@ -155,15 +162,31 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
+    runtime = AccelRuntime(_accel_config(accel, config)) if target == "accel" else None
     with tqdm(total=len(STAGES), unit="stage", disable=not progress,
               bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
-        return _compile(model, target, config, calib, input_shape, progress, stages, start)
+        return _compile(model, target, config, calib, input_shape, progress, stages, start,
+                        runtime)
 
 
 STAGES = ("import", "calibrate", "quantize", "build", "report")
 
 
-def _compile(model, target, config, calib, input_shape, progress, stages, start):
+def _accel_config(accel, config: QuantConfig) -> AccelConfig:
+    rounding = None if config.requant == "fp32" else config.rounding
+    if accel is None or isinstance(accel, str):
+        return dataclasses.replace(preset(accel or "npu-small"), requant=config.requant,
+                                   rounding=rounding)
+    if not isinstance(accel, AccelConfig):
+        raise TypeError(f"accel must be an AccelConfig or a preset name, got {accel!r}")
+    if (accel.requant, accel.rounding) != (config.requant, rounding):
+        raise ValueError(
+            f"AccelConfig {accel.name!r} has a {accel.requant}/{accel.rounding} requant unit but "
+            f"QuantConfig asks for {config.requant}/{rounding}; make them agree.")
+    return accel
+
+
+def _compile(model, target, config, calib, input_shape, progress, stages, start, runtime):
     def stage(name: str) -> None:
         stages.n = STAGES.index(name)
         stages.set_description_str(f"tvmq compile: {name:<9}")
@@ -193,7 +216,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start)
     stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
-    host = build(InsertTaps(taps, function=TAPS_FUNCTION)(quant_mod))
+    lowered = quant_mod if runtime is None else LowerToAccel(runtime)(quant_mod)
+    host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
     out_qparams = _output_qparams(layers, act_qparams)
     report = Report(model=_model_name(model), target=target, config=config.to_dict(),
@@ -201,12 +225,14 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start)
     report.layers = _layer_rows(layers, act_qparams, out_qparams, config)
     if kept_inputs:
         _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host)
+    if runtime is not None:
+        _measure_cycles(report, runtime, host, inp)
     report.compile_seconds = time.perf_counter() - start
     stages.n = len(STAGES)
     stages.refresh()
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
-                         act_qparams=act_qparams)
+                         act_qparams=act_qparams, accel=runtime)
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
@@ -259,6 +285,22 @@ def _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host: HostModu
         approx = [dequantize(o[1 + i], out_qparams[layer.name]) for o in outs]
         row.sqnr_db = sqnr_db(np.stack(kept[layer.name]), np.stack(approx))
     report.output_sqnr_db = sqnr_db(np.stack(kept["output"]), np.stack([o[0] for o in outs]))
+
+
+def _measure_cycles(report: Report, runtime: AccelRuntime, host: HostModule, inp) -> None:
+    """Per-layer emulator counters of one inference (they depend on shapes, not on values)."""
+    runtime.reset()
+    host.run(np.zeros(inp.shape, np.float32))
+    hw = runtime.hw
+    for row in report.layers:
+        c = runtime.counters.get(row.name)
+        if c is not None:
+            row.cycles, row.macs = c["cycles"], c["macs"]
+            row.utilization = c["macs"] / max(1, c["cycles"] * hw.macs_per_cycle)
+    cycles = sum(c["cycles"] for c in runtime.counters.values())
+    report.accel = {"config": hw.to_dict(), "cycles": cycles,
+                    "latency_us": cycles / hw.clock_mhz, "host_layers": runtime.host_layers}
+    runtime.reset()
 
 
 def _model_name(model) -> str:

@@ -29,6 +29,9 @@ class LayerRow:
     out_zero_point: int
     weight_scale: tuple[float, float] | None = None  # (min, max) over channels
     sqnr_db: float | None = None
+    cycles: int | None = None  # accel target: emulated cycles per inference
+    macs: int | None = None
+    utilization: float | None = None  # macs / (cycles * PE count)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Report:
     float_ops: list[str] = field(default_factory=list)
     output_sqnr_db: float | None = None
     compile_seconds: float | None = None
+    accel: dict | None = None  # accel target: config, total cycles, latency_us, host_layers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,12 +61,19 @@ class Report:
     def __str__(self) -> str:
         head = ("layer", "op", "shape", "bits", "in scale", "out scale (zp)", "w scale min..max",
                 "SQNR dB")
+        on_accel = any(r.cycles is not None for r in self.layers)
+        if on_accel:
+            head = (*head, "cycles", "MACs", "util")
         rows = [head]
         for r in self.layers:
             w = "" if r.weight_scale is None else "{:.2e}..{:.2e}".format(*r.weight_scale)
-            rows.append((r.name, r.op, "x".join(map(str, r.shape)), str(r.bits),
-                         f"{r.in_scale:.3e}", f"{r.out_scale:.3e} ({r.out_zero_point})", w,
-                         _fmt_db(r.sqnr_db)))
+            row = (r.name, r.op, "x".join(map(str, r.shape)), str(r.bits),
+                   f"{r.in_scale:.3e}", f"{r.out_scale:.3e} ({r.out_zero_point})", w,
+                   _fmt_db(r.sqnr_db))
+            if on_accel:
+                row = (*row, *(("-",) * 3 if r.cycles is None else
+                               (str(r.cycles), str(r.macs), f"{100 * r.utilization:.0f}%")))
+            rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = [f"tvmq report: {self.model} -> {self.target} [{_label(self.config)}]"]
         for i, row in enumerate(rows):
@@ -71,6 +82,15 @@ class Report:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(f"output SQNR vs float: {_fmt_db(self.output_sqnr_db)} dB")
         lines.append("float ops (not quantized): " + (", ".join(self.float_ops) or "none"))
+        if self.accel is not None:
+            hw = self.accel["config"]
+            pes = f"{hw['t_oc']}x{hw['t_ic']} PEs"
+            lines.append(
+                f"accelerator {hw['name']} ({pes}, {hw['clock_mhz']:g} MHz):"
+                f" {self.accel['cycles']} cycles = {self.accel['latency_us']:.1f} us per inference"
+                f" for the conv/matmul layers; other ops run on the host"
+                + (f", and so do {', '.join(self.accel['host_layers'])}"
+                   if self.accel["host_layers"] else ""))
         if self.compile_seconds is not None:
             lines.append(f"compile time: {self.compile_seconds:.1f} s")
         return "\n".join(lines)
