@@ -46,6 +46,21 @@ def count_uses(func: relax.Function) -> dict[relax.Var, int]:
     return uses
 
 
+def bindings_of(func: relax.Function) -> dict[relax.Var, relax.Expr]:
+    """Every variable bound in `func`, mapped to its value."""
+    return {b.var: b.value for block in func.body.blocks for b in block.bindings}
+
+
+def emit_like(mutator: relax.PyExprMutator, old_var: relax.Var, value: relax.Expr,
+              name: str | None = None) -> relax.Var:
+    """Emit `value` as the new binding of `old_var` (dataflow or output var alike) and remap it."""
+    builder = mutator.builder_
+    emit = builder.emit if isinstance(old_var, relax.DataflowVar) else builder.emit_output
+    new_var = emit(value, old_var.name if name is None else name)
+    mutator.set_var_remap(old_var, new_var)
+    return new_var
+
+
 def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:
     """Apply a PyExprMutator class to every Relax function of `mod` (module-pass body)."""
     mutator = mutator_cls(mod, *args)

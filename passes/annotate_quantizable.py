@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
-from ._util import op_name, shape_of
+from ._util import emit_like, op_name, shape_of
 
 MAX_CONCAT_INPUTS = 8
 
@@ -127,12 +127,8 @@ class _Renamer(relax.PyExprMutator):
         if label is None:
             name = op_name(value)
             label = name.rsplit(".", 1)[-1] if name else "t"
-        name = f"{label}_{self.index}"
+        emit_like(self, binding.var, value, f"{label}_{self.index}")
         self.index += 1
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
-            self.builder_.emit_output
-        new_var = emit(value, name)
-        self.set_var_remap(binding.var, new_var)
 
 
 @tvm.transform.module_pass(opt_level=0, name="AnnotateQuantizable")

@@ -31,7 +31,7 @@ from tvmq.numerics import QParams, Requant, quantize
 from tvmq.numerics.weights import quantize_bias, quantize_weight
 
 from ._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
-from ._util import const_value, op_name, shape_of
+from ._util import const_value, emit_like, op_name, shape_of
 from .annotate_quantizable import composite_kind
 
 ADD_LEFT_SHIFT = 20
@@ -228,11 +228,8 @@ class _Realizer(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         name = binding.var.name
         kind = composite_kind(self.mod_, binding.value)
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
-            self.builder_.emit_output
         if kind is None:
-            new_var = emit(self.visit_expr(binding.value), name)
-            self.set_var_remap(binding.var, new_var)
+            emit_like(self, binding.var, self.visit_expr(binding.value))
             return
         comp = _Composite(self.mod_[binding.value.op])
         inputs = [self._int_input(arg) for arg in binding.value.args]
@@ -241,7 +238,7 @@ class _Realizer(relax.PyExprMutator):
         y = self.builder_.emit(y, f"{name}_q")
         self.q[name] = (y, qp)
         deq = relax.op.dequantize(y, relax.const(qp.scale), relax.const(qp.zero_point), axis=-1)
-        self.set_var_remap(binding.var, emit(deq, name))
+        emit_like(self, binding.var, deq)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RealizeQuantization")

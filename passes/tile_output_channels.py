@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from ._requant_kernel import requant_prim_func
-from ._util import RequantChain, const_value, op_name, shape_of
+from ._util import RequantChain, bindings_of, const_value, emit_like, op_name, shape_of
 
 
 def tile_bounds(channels: int, t_oc: int) -> list[tuple[int, int]]:
@@ -32,13 +32,7 @@ class _Tiler(relax.PyExprMutator):
     def __init__(self, mod, t_oc):
         super().__init__(mod)
         self.mod_, self.t_oc = mod, t_oc
-        self.bindings: dict = {}
-
-    def visit_function_(self, func):
-        for block in func.body.blocks:
-            for b in block.bindings:
-                self.bindings[b.var] = b.value
-        return super().visit_function_(func)
+        self.bindings = bindings_of(mod["main"])
 
     def visit_var_binding_(self, binding):
         value = binding.value
@@ -49,9 +43,7 @@ class _Tiler(relax.PyExprMutator):
             new_value = self.visit_expr(value)
         else:
             new_value = self._tiled(chain, binding.var.name)
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
-            self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(new_value, binding.var.name))
+        emit_like(self, binding.var, new_value)
 
     def _tiled(self, chain: RequantChain, name: str) -> relax.Expr:
         is_conv = op_name(chain.op) == "relax.nn.conv2d"

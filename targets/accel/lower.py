@@ -15,7 +15,15 @@ import itertools
 import numpy as np
 import tvm
 from tvm import relax
-from tvmq.passes._util import RequantChain, const_value, dtype_of, op_name, shape_of
+from tvmq.passes._util import (
+    RequantChain,
+    bindings_of,
+    const_value,
+    dtype_of,
+    emit_like,
+    op_name,
+    shape_of,
+)
 
 from tvmq.numerics import Requant
 
@@ -85,13 +93,7 @@ class _Lowerer(relax.PyExprMutator):
     def __init__(self, mod, runtime: AccelRuntime):
         super().__init__(mod)
         self.mod_, self.runtime = mod, runtime
-        self.bindings: dict = {}
-
-    def visit_function_(self, func):
-        for block in func.body.blocks:
-            for b in block.bindings:
-                self.bindings[b.var] = b.value
-        return super().visit_function_(func)
+        self.bindings = bindings_of(mod["main"])
 
     def visit_var_binding_(self, binding):
         value, name = binding.value, binding.var.name
@@ -106,9 +108,7 @@ class _Lowerer(relax.PyExprMutator):
                 self.runtime.host_layers.append(layer)
         if new_value is None:
             new_value = self.visit_expr(value)
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else \
-            self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(new_value, name))
+        emit_like(self, binding.var, new_value)
 
     def _packed_call(self, chain, layer, x, zp, out_var):
         hw = self.runtime.hw
