@@ -8,8 +8,11 @@ point, clamp, out dtype) which is what the NumPy oracle interprets.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import te, tirx
+
+from tvmq.numerics import Requant
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -128,3 +131,21 @@ def requant_prim_func(
         "out_dtype": out_dtype,
     }
     return func.with_attr("tvmq.requant", attrs)
+
+
+def golden_requant(prim: tvm.tirx.PrimFunc, params: list[np.ndarray]):
+    """What a `requant_prim_func` kernel computes, for tvmq.numerics.requantize.
+
+    Returns (Requant, axis or None, {"zero_point", "qmin", "qmax"}, out_dtype); per-tensor
+    parameters, which travel as length-1 tensors, come back as scalars.
+    """
+    a = prim.attrs["tvmq.requant"]
+    axis = None if int(a["axis"]) < 0 else int(a["axis"])
+    if axis is None:
+        params = [np.asarray(p).reshape(()) for p in params]
+    if str(a["kind"]) == "fp32":
+        rq = Requant("fp32", None, None, None, params[0])
+    else:
+        rq = Requant("mult_shift", str(a["rounding"]), params[0], params[1], None)
+    clamp = {k: int(a[k]) for k in ("zero_point", "qmin", "qmax")}
+    return rq, axis, clamp, str(a["out_dtype"])

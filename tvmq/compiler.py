@@ -37,7 +37,8 @@ TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's intege
 
 @dataclass(frozen=True)
 class Layer:
-    """One quantized op of the annotated graph: its binding name, kind, inputs and op call."""
+    """One quantized op of the annotated graph: binding name, kind, input names, output shape,
+    and the float weight of a conv2d/matmul."""
 
     name: str
     kind: str

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tvm import relax
 
 from . import numerics
+from .passes._requant_kernel import golden_requant
 from .passes._util import op_name
 
 
@@ -136,17 +137,8 @@ _SHAPE_ARGS = {"relax.reshape", "relax.clip", "relax.strided_slice"}
 
 def requantize_call(prim: tvm.tirx.PrimFunc, acc: np.ndarray, params: list[np.ndarray]):
     """Evaluate a tvmq requant kernel with the golden numerics."""
-    a = prim.attrs["tvmq.requant"]
-    axis = None if int(a["axis"]) < 0 else int(a["axis"])
-    if axis is None:  # per-tensor parameters travel as length-1 tensors
-        params = [p.reshape(()) for p in params]
-    if str(a["kind"]) == "fp32":
-        rq = numerics.Requant("fp32", None, None, None, params[0])
-    else:
-        rq = numerics.Requant("mult_shift", str(a["rounding"]), params[0], params[1], None)
-    out = numerics.requantize(acc, rq, zero_point=int(a["zero_point"]), qmin=int(a["qmin"]),
-                              qmax=int(a["qmax"]), axis=axis)
-    return out.astype(str(a["out_dtype"]))
+    rq, axis, clamp, out_dtype = golden_requant(prim, params)
+    return numerics.requantize(acc, rq, axis=axis, **clamp).astype(out_dtype)
 
 
 class Oracle:

@@ -15,6 +15,7 @@ import itertools
 import numpy as np
 import tvm
 from tvm import relax
+from tvmq.passes._requant_kernel import golden_requant
 from tvmq.passes._util import (
     RequantChain,
     bindings_of,
@@ -24,8 +25,6 @@ from tvmq.passes._util import (
     op_name,
     shape_of,
 )
-
-from tvmq.numerics import Requant
 
 from . import emulator
 from .config import AccelConfig
@@ -76,18 +75,6 @@ def _int8_input(expr, bindings) -> tuple[relax.Expr, int] | None:
     return None
 
 
-def _requant_of(chain: RequantChain) -> tuple[Requant, dict]:
-    attrs = chain.prim.attrs["tvmq.requant"]
-    per_channel = int(attrs["axis"]) >= 0
-    params = [const_value(p) if per_channel else const_value(p).reshape(())
-              for p in chain.params]
-    if str(attrs["kind"]) == "fp32":
-        rq = Requant("fp32", None, None, None, params[0])
-    else:
-        rq = Requant("mult_shift", str(attrs["rounding"]), params[0], params[1], None)
-    return rq, {k: int(attrs[k]) for k in ("zero_point", "qmin", "qmax")}
-
-
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
     def __init__(self, mod, runtime: AccelRuntime):
@@ -112,7 +99,7 @@ class _Lowerer(relax.PyExprMutator):
 
     def _packed_call(self, chain, layer, x, zp, out_var):
         hw = self.runtime.hw
-        rq, q = _requant_of(chain)
+        rq, _, q, _ = golden_requant(chain.prim, [const_value(p) for p in chain.params])
         bias = None if chain.bias is None else chain.bias.reshape(-1).astype(np.int32)
         if op_name(chain.op) == "relax.nn.conv2d":
             a = chain.op.attrs
