@@ -27,7 +27,7 @@ from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow, Report, sqnr_db
-from .targets.accel import AccelConfig, preset
+from .targets.accel import AccelConfig, emulator, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
 
@@ -112,7 +112,12 @@ class CompiledModel:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            self.host.executable.export_library(str(tmp / "model.so"))
+            options = []
+            if self.accel is not None:  # the tile loops call the emulator: link it (rpath);
+                lib = emulator.build()  # TVM puts options before the objects, so no --as-needed
+                options = [f"-L{lib.parent}", f"-Wl,-rpath,{lib.parent}", "-Wl,--no-as-needed",
+                           f"-l:{lib.name}"]
+            self.host.executable.export_library(str(tmp / "model.so"), options=options)
             (tmp / "model.relax").write_text(self.quant_mod.script(show_meta=False))
             (tmp / "report.json").write_text(self._report.to_json())
             (tmp / "report.txt").write_text(str(self._report) + "\n")
@@ -300,7 +305,7 @@ def _measure_cycles(report: Report, runtime: AccelRuntime, host: HostModule, inp
             row.utilization = c["macs"] / max(1, c["cycles"] * hw.macs_per_cycle)
     cycles = sum(c["cycles"] for c in runtime.counters.values())
     report.accel = {"config": hw.to_dict(), "cycles": cycles,
-                    "latency_us": cycles / hw.clock_mhz, "host_layers": runtime.host_layers}
+                    "latency_us": cycles / hw.clock_mhz, "host_layers": dict(runtime.host_layers)}
     runtime.reset()
 
 

@@ -45,7 +45,7 @@ class Report:
     float_ops: list[str] = field(default_factory=list)
     output_sqnr_db: float | None = None
     compile_seconds: float | None = None
-    accel: dict | None = None  # accel target: config, total cycles, latency_us, host_layers
+    accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,9 +88,9 @@ class Report:
             lines.append(
                 f"accelerator {hw['name']} ({pes}, {hw['clock_mhz']:g} MHz):"
                 f" {self.accel['cycles']} cycles = {self.accel['latency_us']:.1f} us per inference"
-                f" for the conv/matmul layers; other ops run on the host"
-                + (f", and so do {', '.join(self.accel['host_layers'])}"
-                   if self.accel["host_layers"] else ""))
+                f" for the conv/matmul layers; other ops run on the host")
+            for layer, why in self.accel["host_layers"].items():
+                lines.append(f"  {layer} runs on the host: {why}")
         if self.compile_seconds is not None:
             lines.append(f"compile time: {self.compile_seconds:.1f} s")
         return "\n".join(lines)

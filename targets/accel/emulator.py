@@ -67,6 +67,14 @@ class _Counters(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in COUNTERS]
 
 
+# The layer descriptor's int32 fields, in the order of accel.h's ACCEL_D_* enum.
+DESC_FIELDS = ("C", "H", "W", "in_zp", "O", "KH", "KW", "groups", "stride_h", "stride_w",
+               "pad_top", "pad_left", "pad_bottom", "pad_right", "dil_h", "dil_w", "kind",
+               "per_channel", "out_zp", "qmin", "qmax", "OH", "OW", "t_oc", "t_ic",
+               "weight_buffer_bytes", "act_buffer_bytes", "acc_buffer_bytes",
+               "dma_bytes_per_cycle", "counter_slot")
+
+
 def find_compiler() -> str | None:
     """Path of the C compiler: ``$CC`` if set, else ``cc``, else ``gcc``; None if none found."""
     names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]
@@ -119,13 +127,18 @@ def build() -> Path:
     return lib
 
 
-_LOADED: dict[Path, ctypes.CDLL] = {}
+_LOADED: dict[str, ctypes.CDLL] = {}
 
 
 def load() -> ctypes.CDLL:
-    """The emulator library (built if needed), with argument types declared."""
+    """The emulator library (built if needed), with argument types declared.
+
+    One copy per build hash per process, wherever it is cached: compiled models resolve the
+    `accel_*` symbols globally, so their counter bank must be the one Python reads.
+    """
     path = build()
-    if path not in _LOADED:
+    key = path.parent.name
+    if key not in _LOADED:
         lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         lib.accel_requant.argtypes = [_i32p, ctypes.c_int64, ctypes.c_int, _i32p, _i32p, _f32p,
                                       ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _i32p]
@@ -135,8 +148,22 @@ def load() -> ctypes.CDLL:
         lib.accel_conv2d.restype = ctypes.c_int
         lib.accel_last_error.argtypes = []
         lib.accel_last_error.restype = ctypes.c_char_p
-        _LOADED[path] = lib
-    return _LOADED[path]
+        lib.accel_desc_len.restype = ctypes.c_int
+        lib.accel_conv2d_check.argtypes = [_i32p, _i32p]
+        lib.accel_conv2d_check.restype = ctypes.c_int
+        lib.accel_conv2d_tile.argtypes = [_i32p, _i8p, _i8p, _i32p, _i32p, _i8p, ctypes.c_int32]
+        lib.accel_conv2d_tile.restype = ctypes.c_int
+        lib.accel_counters_alloc.argtypes = [ctypes.c_int32]
+        lib.accel_counters_alloc.restype = ctypes.c_int32
+        lib.accel_counters_read.argtypes = [ctypes.c_int32, ctypes.POINTER(_Counters)]
+        lib.accel_counters_read.restype = ctypes.c_int
+        lib.accel_counters_clear.argtypes = [ctypes.c_int32]
+        lib.accel_counters_clear.restype = ctypes.c_int
+        if lib.accel_desc_len() != len(DESC_FIELDS):
+            raise RuntimeError(f"{path}: accel.h has {lib.accel_desc_len()} descriptor fields, "
+                               f"emulator.py {len(DESC_FIELDS)}; update DESC_FIELDS")
+        _LOADED[key] = lib
+    return _LOADED[key]
 
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
@@ -237,8 +264,35 @@ def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.n
     lib = load()
     if x.ndim != 4 or x.shape[0] != 1 or w.ndim != 4:
         raise ValueError(f"x must be NCHW with N == 1 and w OIHW, got x{x.shape}, w{w.shape}")
-    _, c, h, wd = (int(v) for v in x.shape)
-    o, _, kh, kw = (int(v) for v in w.shape)
+    desc, rq = conv2d_descriptor(hw, x.shape, w.shape, in_zp, strides, padding, dilation,
+                                 groups, requant, out_zp, qmin, qmax, _scratch_slot())
+    x8 = np.ascontiguousarray(x, np.int8)
+    w8 = np.ascontiguousarray(w, np.int8)
+    o, oh, ow = (int(desc[DESC_FIELDS.index(f)]) for f in ("O", "OH", "OW"))
+    b32 = None if bias is None else np.ascontiguousarray(bias, np.int32).reshape(-1)
+    if b32 is not None and b32.size != o:
+        raise ValueError(f"bias has {b32.size} entries, conv2d has O={o}")
+    y = np.empty((1, o, oh, ow), np.int8)
+    _check(lib, lib.accel_counters_clear(_scratch_slot()), "accel_counters_clear")
+    for o0 in range(0, o, hw.t_oc):  # the tile loop a compiled model runs in TIR
+        _check(lib, lib.accel_conv2d_tile(_ptr(desc, _i32p), _ptr(x8, _i8p), _ptr(w8, _i8p),
+                                          _ptr(b32, _i32p), _ptr(rq, _i32p), _ptr(y, _i8p), o0),
+               "accel_conv2d_tile")
+    return y, read_counters(_scratch_slot())
+
+
+def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, padding, dilation,
+                      groups: int, requant: Requant, out_zp: int, qmin: int, qmax: int,
+                      counter_slot: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layer descriptor (int32, DESC_FIELDS) and requant register file (int32, (P, 2)) of a
+    conv2d with NCHW input `x_shape` (N == 1) and OIHW weights `w_shape`.
+
+    The register file holds {M0, shift} per parameter set for mult_shift, {float32 bits of the
+    scale, 0} for fp32; P = O per channel, else 1. Raises ValueError for shapes or parameters the
+    accelerator cannot take (the reason comes from the C checker, see `check_layer`).
+    """
+    _, c, h, wd = (int(v) for v in x_shape)
+    o, _, kh, kw = (int(v) for v in w_shape)
     sh, sw = (int(v) for v in strides)
     pt, pl, pb, pr = (int(v) for v in padding)
     dh, dw = (int(v) for v in dilation)
@@ -246,29 +300,69 @@ def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.n
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
         raise ValueError(f"conv2d output would be {oh}x{ow} for input {h}x{wd}, kernel {kh}x{kw}")
-    if w.shape[1] * groups != c:
-        raise ValueError(f"w{w.shape} with groups={groups} needs C == {w.shape[1] * groups}, "
-                         f"got C={c}")
+    if int(w_shape[1]) * groups != c:
+        raise ValueError(f"w{tuple(w_shape)} with groups={groups} needs C == "
+                         f"{int(w_shape[1]) * groups}, got C={c}")
     k = _kind(requant.kind, requant.rounding)
-    mult, shf, sc = _params(k, requant.multiplier, requant.shift, requant.scale)
-    n_params = (sc if sc is not None else mult).size
-    per_channel = (requant.scale if k == KINDS["fp32"] else requant.multiplier).ndim == 1
-    if per_channel and n_params != o:
-        raise ValueError(f"per-channel requant has {n_params} entries, conv2d has O={o}")
-    x8 = np.ascontiguousarray(x, np.int8)
-    w8 = np.ascontiguousarray(w, np.int8)
-    b32 = None if bias is None else np.ascontiguousarray(bias, np.int32).reshape(-1)
-    if b32 is not None and b32.size != o:
-        raise ValueError(f"bias has {b32.size} entries, conv2d has O={o}")
-    y = np.empty((1, o, oh, ow), np.int8)
-    args = _ConvArgs(
-        _ptr(x8, _i8p), c, h, wd, int(in_zp), _ptr(w8, _i8p), o, kh, kw, int(groups),
-        sh, sw, pt, pl, pb, pr, dh, dw, _ptr(b32, _i32p), k, _ptr(mult, _i32p), _ptr(shf, _i32p),
-        _ptr(sc, _f32p), int(per_channel), int(out_zp), int(qmin), int(qmax), _ptr(y, _i8p),
-        oh, ow)
-    hw_c = _Hw(hw.t_oc, hw.t_ic, hw.weight_buffer_bytes, hw.act_buffer_bytes,
-               hw.acc_buffer_bytes, hw.dma_bytes_per_cycle)
-    counters = _Counters()
-    _check(lib, lib.accel_conv2d(ctypes.byref(hw_c), ctypes.byref(args), ctypes.byref(counters)),
-           "accel_conv2d")
-    return y, {name: int(getattr(counters, name)) for name in COUNTERS}
+    if k == KINDS["fp32"]:
+        params = np.asarray(requant.scale, np.float32)
+        rq = np.stack([params.reshape(-1).view(np.int32),
+                       np.zeros(params.size, np.int32)], axis=1)
+    else:
+        params = np.asarray(requant.multiplier)
+        rq = np.stack([params.reshape(-1), np.asarray(requant.shift).reshape(-1)],
+                      axis=1).astype(np.int32)
+    per_channel = params.ndim == 1
+    if per_channel and params.size != o:
+        raise ValueError(f"per-channel requant has {params.size} entries, conv2d has O={o}")
+    fields = dict(C=c, H=h, W=wd, in_zp=in_zp, O=o, KH=kh, KW=kw, groups=groups, stride_h=sh,
+                  stride_w=sw, pad_top=pt, pad_left=pl, pad_bottom=pb, pad_right=pr, dil_h=dh,
+                  dil_w=dw, kind=k, per_channel=int(per_channel), out_zp=out_zp, qmin=qmin,
+                  qmax=qmax, OH=oh, OW=ow, t_oc=hw.t_oc, t_ic=hw.t_ic,
+                  weight_buffer_bytes=hw.weight_buffer_bytes,
+                  act_buffer_bytes=hw.act_buffer_bytes, acc_buffer_bytes=hw.acc_buffer_bytes,
+                  dma_bytes_per_cycle=hw.dma_bytes_per_cycle, counter_slot=counter_slot)
+    desc = np.array([int(fields[f]) for f in DESC_FIELDS], np.int32)
+    rq = np.ascontiguousarray(rq)
+    reason = check_layer(desc, rq)
+    if reason is not None:
+        raise ValueError(reason)
+    return desc, rq
+
+
+def check_layer(desc: np.ndarray, rq: np.ndarray) -> str | None:
+    """None if the accelerator can run the layer, else the C checker's reason."""
+    lib = load()
+    if lib.accel_conv2d_check(_ptr(desc, _i32p), _ptr(rq, _i32p)) == 0:
+        return None
+    return lib.accel_last_error().decode()
+
+
+def alloc_counters(n: int) -> int:
+    """The first of `n` new zeroed slots of the emulator's counter bank."""
+    slot = load().accel_counters_alloc(n)
+    if slot < 0:
+        raise MemoryError(f"the accel counter bank cannot grow by {n} slots")
+    return slot
+
+
+def read_counters(slot: int) -> dict[str, int]:
+    lib, out = load(), _Counters()
+    _check(lib, lib.accel_counters_read(slot, ctypes.byref(out)), "accel_counters_read")
+    return {name: int(getattr(out, name)) for name in COUNTERS}
+
+
+def clear_counters(slot: int) -> None:
+    lib = load()
+    _check(lib, lib.accel_counters_clear(slot), "accel_counters_clear")
+
+
+_SCRATCH: dict[int, int] = {}
+
+
+def _scratch_slot() -> int:
+    """The counter slot `conv2d` uses for one call (one per loaded library)."""
+    lib = id(load())
+    if lib not in _SCRATCH:
+        _SCRATCH[lib] = alloc_counters(1)
+    return _SCRATCH[lib]

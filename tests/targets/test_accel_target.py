@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ def test_emulated_model_equals_oracle(compile_digits, digits, mode, t_oc):
                              rounding=mode.get("rounding"))
     runtime = AccelRuntime(hw)
     lowered = LowerToAccel(runtime)(cm.quant_mod)
-    assert len(runtime.counters) == 7 and runtime.host_layers == []  # 5 conv, avg pool, matmul
+    assert len(runtime.counters) == 7 and runtime.host_layers == {}  # 5 conv, avg pool, matmul
     accel, oracle = build(lowered), cm.oracle()
     for x in digits[1][:8]:
         np.testing.assert_array_equal(accel.run(x[None]), oracle.run(x[None]))
@@ -46,8 +48,35 @@ def test_compile_for_accel_reports_cycles(digits, tmp_path):
     assert "cycles" in str(rep) and "npu-small" in str(rep)
     np.testing.assert_array_equal(cm.run(digits[1][:4]), np.concatenate(
         [cm.oracle().run(x[None]) for x in digits[1][:4]]))
-    saved = json.loads((cm.export(tmp_path / "out") / "report.json").read_text())
+    out = cm.export(tmp_path / "out")
+    saved = json.loads((out / "report.json").read_text())
     assert tvmq.Report.from_dict(saved).accel["cycles"] == rep.accel["cycles"]
+    # model.so links the emulator itself: a fresh process loads and runs it without tvmq.
+    x = digits[1][:1]
+    np.save(tmp_path / "x.npy", x)
+    script = ("import numpy as np, tvm, sys\n"
+              "from tvm import relax\n"
+              f"vm = relax.VirtualMachine(tvm.runtime.load_module({str(out / 'model.so')!r}), "
+              "tvm.cpu())\n"
+              f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+              f"np.save({str(tmp_path / 'y.npy')!r}, vm['main'](tvm.runtime.tensor(x)).numpy())\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), cm.run(x))
+
+
+def test_layer_the_accelerator_cannot_hold_runs_on_the_host(compile_digits, digits):
+    cm = compile_digits()
+    # 8x8 PEs but a 1 KiB weight buffer: conv2d_4's 8-channel tile needs 8*32*3*3 = 2304 bytes.
+    hw = AccelConfig(t_oc=8, t_ic=8, weight_buffer_bytes=1024)
+    runtime = AccelRuntime(hw)
+    lowered = LowerToAccel(runtime)(cm.quant_mod)
+    assert "conv2d_4" in runtime.host_layers and "conv2d_4" not in runtime.slots
+    assert "weight_buffer_bytes=1024 too small" in runtime.host_layers["conv2d_4"]
+    assert "2304 bytes" in runtime.host_layers["conv2d_4"]
+    assert "conv2d_0" in runtime.slots  # 8 x 1 x 3 x 3 = 72 bytes fits
+    accel, oracle = build(lowered), cm.oracle()
+    for x in digits[1][:4]:
+        np.testing.assert_array_equal(accel.run(x[None]), oracle.run(x[None]))
 
 
 def test_accel_config_must_match_quant_config(digits):

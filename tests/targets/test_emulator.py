@@ -177,6 +177,45 @@ def test_bad_arguments_are_errors():
     assert call() == 0 and (counters.tiles, counters.cycles) == (2, 2 * cycles)  # accumulated
 
 
+def test_tile_calls_and_counter_bank():
+    hw = AccelConfig(t_oc=4, t_ic=4)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, 6, 5, 5), dtype=np.int8)
+    w = rng.integers(-127, 128, (10, 6, 3, 3), dtype=np.int8)
+    rq = Requant.from_scale(np.full(10, 0.01, np.float32), "mult_shift", "double")
+    a, b = emu.alloc_counters(1), emu.alloc_counters(2)
+    assert b == a + 1 and emu.read_counters(b + 1)["tiles"] == 0
+    desc, regs = emu.conv2d_descriptor(hw, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                                       rq, 0, -128, 127, counter_slot=b)
+    assert dict(zip(emu.DESC_FIELDS, desc.tolist()))["counter_slot"] == b
+    assert regs.shape == (10, 2) and (regs[:, 0] == rq.multiplier).all()
+    lib, y = emu.load(), np.zeros((1, 10, 3, 3), np.int8)
+
+    def tile(o0):
+        return lib.accel_conv2d_tile(emu._ptr(desc, emu._i32p), emu._ptr(x, emu._i8p),
+                                     emu._ptr(w, emu._i8p), None, emu._ptr(regs, emu._i32p),
+                                     emu._ptr(y, emu._i8p), o0)
+
+    assert [tile(o0) for o0 in (0, 4, 8)] == [0, 0, 0]
+    want, counts = emu.conv2d(hw, x, 0, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, rq, 0, -128, 127)
+    np.testing.assert_array_equal(y, want)
+    assert emu.read_counters(b) == counts and emu.read_counters(a)["tiles"] == 0
+    for o0, why in ((2, b"o0=2: use a multiple of t_oc=4"), (12, b"in [0, O=10)")):
+        assert tile(o0) != 0 and why in lib.accel_last_error()
+    emu.clear_counters(b)
+    assert emu.read_counters(b)["cycles"] == 0
+    with pytest.raises(ValueError, match="counter slot -1"):
+        emu.read_counters(-1)
+    assert lib.accel_counters_alloc(0) == -1
+    hw_small = AccelConfig(t_oc=4, t_ic=4, weight_buffer_bytes=64)
+    bad = desc.copy()
+    bad[emu.DESC_FIELDS.index("weight_buffer_bytes")] = 64
+    assert "weight_buffer_bytes=64 too small" in emu.check_layer(bad, regs)
+    with pytest.raises(ValueError, match="needs 216 bytes"):
+        emu.conv2d_descriptor(hw_small, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                              rq, 0, -128, 127, counter_slot=b)
+
+
 def test_build_is_cached_and_needs_a_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))
     lib = emu.build()

@@ -5,9 +5,10 @@
  * (-ffp-contract=off: no FMA may be formed in the fp32 requant; -fwrapv: the int32
  *  accumulators wrap like hardware instead of being undefined on overflow.)
  *
- * Data flow of accel_conv2d: output-channel tiles of t_oc (outer), then output positions,
- * then the input channels and kernel taps of each lane's group, accumulating t_oc int32
- * lanes (+ bias), then the tile's requant units (+ out_zp, clamp) write int8.
+ * Data flow of accel_conv2d: output-channel tiles of t_oc (outer; accel_conv2d_tile runs one,
+ * which is how compiled models call it), then output positions, then the input channels and
+ * kernel taps of each lane's group, accumulating t_oc int32 lanes (+ bias), then the tile's
+ * requant units (+ out_zp, clamp) write int8.
  *
  * Cycle model (all integer, deterministic). Per call:
  *   Cg = C / groups, Og = O / groups, resident = (C*H*W <= act_buffer_bytes).
@@ -171,15 +172,14 @@ int accel_requant(const int32_t* acc, int64_t n, int kind, const int32_t* mult,
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
-  if (!hw || !a) return fail("hw or args is NULL");
+/* Everything but the data pointers: can this hardware run this layer? */
+static int check_layer(const accel_hw* hw, const accel_conv_args* a) {
   if (hw->t_oc < 1 || hw->t_ic < 1 || hw->weight_buffer_bytes < 1 || hw->act_buffer_bytes < 1 ||
       hw->acc_buffer_bytes < 1 || hw->dma_bytes_per_cycle < 1)
     return fail("accel_hw: t_oc=%d t_ic=%d weight_buffer_bytes=%d act_buffer_bytes=%d "
                 "acc_buffer_bytes=%d dma_bytes_per_cycle=%d: all must be >= 1",
                 hw->t_oc, hw->t_ic, hw->weight_buffer_bytes, hw->act_buffer_bytes,
                 hw->acc_buffer_bytes, hw->dma_bytes_per_cycle);
-  if (!a->x || !a->w || !a->y) return fail("x, w or y is NULL");
   if (a->C < 1 || a->H < 1 || a->W < 1 || a->O < 1 || a->KH < 1 || a->KW < 1 || a->groups < 1)
     return fail("C=%d H=%d W=%d O=%d KH=%d KW=%d groups=%d: all must be >= 1", a->C, a->H, a->W,
                 a->O, a->KH, a->KW, a->groups);
@@ -217,20 +217,25 @@ static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
   return 0;
 }
 
-/* Cycle model of one tile (see the top of this file), added into cnt. */
+static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
+  if (!hw || !a) return fail("hw or args is NULL");
+  if (!a->x || !a->w || !a->y) return fail("x, w or y is NULL");
+  return check_layer(hw, a);
+}
+
+/* Cycle model of one tile (see the top of this file), added into cnt. Tiles run in order from
+ * o0 = 0, so the input channels earlier tiles loaded are those below the previous tile's end. */
 static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0, int64_t tile_o,
-                       int resident, int64_t* loaded_end, accel_counters* cnt) {
+                       accel_counters* cnt) {
   int64_t cg = a->C / a->groups, og = a->O / a->groups, hw_in = (int64_t)a->H * a->W;
   int64_t pos = (int64_t)a->OH * a->OW, taps = (int64_t)a->KH * a->KW;
   int64_t g_lo = o0 / og, g_hi = (o0 + tile_o - 1) / og;
   int64_t ch_lo = g_lo * cg, ch_hi = (g_hi + 1) * cg; /* input channels [ch_lo, ch_hi) read */
-  int64_t act;
-  if (resident) {
-    int64_t from = ch_lo > *loaded_end ? ch_lo : *loaded_end;
+  int64_t loaded_end = o0 == 0 ? 0 : ((o0 - 1) / og + 1) * cg;
+  int64_t act = (ch_hi - ch_lo) * hw_in;
+  if ((int64_t)a->C * hw_in <= hw->act_buffer_bytes) { /* resident: pay only for new channels */
+    int64_t from = ch_lo > loaded_end ? ch_lo : loaded_end;
     act = ch_hi > from ? (ch_hi - from) * hw_in : 0;
-    if (ch_hi > *loaded_end) *loaded_end = ch_hi;
-  } else {
-    act = (ch_hi - ch_lo) * hw_in;
   }
   int64_t bytes = tile_o * cg * taps + act + tile_o * pos;
   int64_t compute = pos * taps * ceil_div(cg, hw->t_ic);
@@ -245,60 +250,178 @@ static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0,
   cnt->tiles += 1;
 }
 
-int accel_conv2d(const accel_hw* hw, const accel_conv_args* a, accel_counters* cnt) {
-  if (check_conv(hw, a)) return 1;
-  if (!cnt) return fail("counters is NULL");
-  const int32_t C = a->C, O = a->O, KH = a->KH, KW = a->KW, OH = a->OH, OW = a->OW;
-  const int32_t cg = C / a->groups, og = O / a->groups;
+/* One output-channel tile [o0, o0 + tile_o) of a checked conv: the PE array's work, the
+ * tile's requant units, and its counters. */
+static int conv_tile(const accel_hw* hw, const accel_conv_args* a, int32_t o0,
+                     accel_counters* cnt) {
+  const int32_t KH = a->KH, KW = a->KW, OH = a->OH, OW = a->OW;
+  const int32_t cg = a->C / a->groups, og = a->O / a->groups;
+  const int32_t tile_o = a->O - o0 < hw->t_oc ? a->O - o0 : hw->t_oc;
+  const int32_t ch_lo = o0 / og * cg, ch_hi = ((o0 + tile_o - 1) / og + 1) * cg;
   const int64_t hp = (int64_t)a->H + a->pad_top + a->pad_bottom;
   const int64_t wp = (int64_t)a->W + a->pad_left + a->pad_right;
-  /* The input as the PE array sees it: x - in_zp, zero in the padding (x == in_zp there). */
-  int32_t* xp = calloc((size_t)(C * hp * wp), sizeof *xp);
-  int32_t* acc = malloc((size_t)hw->t_oc * sizeof *acc);
+  const int64_t plane = hp * wp, ksize = (int64_t)cg * KH * KW;
+  /* The tile's input channels as the PE array sees them: x - in_zp, zero in the padding. */
+  int32_t* xp = calloc((size_t)((ch_hi - ch_lo) * plane), sizeof *xp);
+  int32_t* acc = malloc((size_t)tile_o * sizeof *acc);
   if (!xp || !acc) {
     free(xp);
     free(acc);
-    return fail("out of memory for the padded input (%lld bytes)", (long long)(C * hp * wp * 4));
+    return fail("out of memory for the padded input (%lld bytes)",
+                (long long)((ch_hi - ch_lo) * plane * 4));
   }
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = ch_lo; c < ch_hi; ++c)
     for (int64_t i = 0; i < a->H; ++i) {
       const int8_t* src = a->x + (c * a->H + i) * a->W;
-      int32_t* dst = xp + (c * hp + i + a->pad_top) * wp + a->pad_left;
+      int32_t* dst = xp + ((c - ch_lo) * hp + i + a->pad_top) * wp + a->pad_left;
       for (int64_t j = 0; j < a->W; ++j) dst[j] = (int32_t)src[j] - a->in_zp;
     }
-  const int resident = (int64_t)C * a->H * a->W <= hw->act_buffer_bytes;
-  int64_t loaded_end = 0;
-  const int64_t plane = hp * wp, ksize = (int64_t)cg * KH * KW;
-  for (int32_t o0 = 0; o0 < O; o0 += hw->t_oc) {
-    const int32_t tile_o = O - o0 < hw->t_oc ? O - o0 : hw->t_oc;
-    for (int32_t oy = 0; oy < OH; ++oy)
-      for (int32_t ox = 0; ox < OW; ++ox) {
-        const int64_t origin = (int64_t)oy * a->stride_h * wp + (int64_t)ox * a->stride_w;
-        for (int32_t l = 0; l < tile_o; ++l) { /* the t_oc lanes */
-          const int32_t o = o0 + l;
-          const int32_t* xg = xp + (int64_t)(o / og) * cg * plane + origin;
-          const int8_t* wo = a->w + (int64_t)o * ksize;
-          int32_t s = a->bias ? a->bias[o] : 0;
-          for (int32_t c = 0; c < cg; ++c)
-            for (int32_t ky = 0; ky < KH; ++ky) {
-              const int32_t* row = xg + c * plane + (int64_t)ky * a->dil_h * wp;
-              const int8_t* wr = wo + ((int64_t)c * KH + ky) * KW;
-              for (int32_t kx = 0; kx < KW; ++kx) s += row[(int64_t)kx * a->dil_w] * wr[kx];
-            }
-          acc[l] = s;
-        }
-        for (int32_t l = 0; l < tile_o; ++l) { /* the tile's requant units */
-          const int32_t o = o0 + l, p = a->per_channel ? o : 0;
-          const int32_t m = a->kind == ACCEL_RQ_FP32 ? 0 : a->mult[p];
-          const int32_t sh = a->kind == ACCEL_RQ_FP32 ? 0 : a->shift[p];
-          const float sc = a->kind == ACCEL_RQ_FP32 ? a->scale[p] : 0.0f;
-          a->y[((int64_t)o * OH + oy) * OW + ox] =
-              (int8_t)requant_one(a->kind, acc[l], m, sh, sc, a->out_zp, a->qmin, a->qmax);
-        }
+  for (int32_t oy = 0; oy < OH; ++oy)
+    for (int32_t ox = 0; ox < OW; ++ox) {
+      const int64_t origin = (int64_t)oy * a->stride_h * wp + (int64_t)ox * a->stride_w;
+      for (int32_t l = 0; l < tile_o; ++l) { /* the t_oc lanes */
+        const int32_t o = o0 + l;
+        const int32_t* xg = xp + (int64_t)(o / og * cg - ch_lo) * plane + origin;
+        const int8_t* wo = a->w + (int64_t)o * ksize;
+        int32_t s = a->bias ? a->bias[o] : 0;
+        for (int32_t c = 0; c < cg; ++c)
+          for (int32_t ky = 0; ky < KH; ++ky) {
+            const int32_t* row = xg + c * plane + (int64_t)ky * a->dil_h * wp;
+            const int8_t* wr = wo + ((int64_t)c * KH + ky) * KW;
+            for (int32_t kx = 0; kx < KW; ++kx) s += row[(int64_t)kx * a->dil_w] * wr[kx];
+          }
+        acc[l] = s;
       }
-    count_tile(hw, a, o0, tile_o, resident, &loaded_end, cnt);
-  }
+      for (int32_t l = 0; l < tile_o; ++l) { /* the tile's requant units */
+        const int32_t o = o0 + l, p = a->per_channel ? o : 0;
+        const int32_t m = a->kind == ACCEL_RQ_FP32 ? 0 : a->mult[p];
+        const int32_t sh = a->kind == ACCEL_RQ_FP32 ? 0 : a->shift[p];
+        const float sc = a->kind == ACCEL_RQ_FP32 ? a->scale[p] : 0.0f;
+        a->y[((int64_t)o * OH + oy) * OW + ox] =
+            (int8_t)requant_one(a->kind, acc[l], m, sh, sc, a->out_zp, a->qmin, a->qmax);
+      }
+    }
+  count_tile(hw, a, o0, tile_o, cnt);
   free(xp);
   free(acc);
   return 0;
+}
+
+int accel_conv2d(const accel_hw* hw, const accel_conv_args* a, accel_counters* cnt) {
+  if (check_conv(hw, a)) return 1;
+  if (!cnt) return fail("counters is NULL");
+  for (int32_t o0 = 0; o0 < a->O; o0 += hw->t_oc)
+    if (conv_tile(hw, a, o0, cnt)) return 1;
+  return 0;
+}
+
+/* ---- layer descriptors and the counter bank (the interface of compiled models) ------------ */
+
+static accel_counters* g_bank = NULL;
+static int32_t g_bank_size = 0;
+enum { MAX_SLOTS = 1 << 20 };
+
+/* Grow the bank to `size` zeroed slots. */
+static int grow_bank(int64_t size) {
+  if (size <= g_bank_size) return 0;
+  if (size > MAX_SLOTS) return fail("counter bank: %lld slots exceed the limit %d",
+                                    (long long)size, MAX_SLOTS);
+  accel_counters* grown = realloc(g_bank, (size_t)size * sizeof *grown);
+  if (!grown) return fail("counter bank: out of memory for %lld slots", (long long)size);
+  memset(grown + g_bank_size, 0, (size_t)(size - g_bank_size) * sizeof *grown);
+  g_bank = grown;
+  g_bank_size = (int32_t)size;
+  return 0;
+}
+
+int32_t accel_counters_alloc(int32_t n) {
+  if (n < 1 || grow_bank((int64_t)g_bank_size + n)) return -1;
+  return g_bank_size - n;
+}
+
+static accel_counters* slot_of(int32_t slot) {
+  if (slot < 0 || slot >= g_bank_size) {
+    fail("counter slot %d: allocate it with accel_counters_alloc (%d slots exist)", slot,
+         g_bank_size);
+    return NULL;
+  }
+  return &g_bank[slot];
+}
+
+int accel_counters_read(int32_t slot, accel_counters* out) {
+  const accel_counters* c = slot_of(slot);
+  if (!c || !out) return c ? fail("out is NULL") : 1;
+  *out = *c;
+  return 0;
+}
+
+int accel_counters_clear(int32_t slot) {
+  accel_counters* c = slot_of(slot);
+  if (!c) return 1;
+  memset(c, 0, sizeof *c);
+  return 0;
+}
+
+int accel_desc_len(void) { return ACCEL_D_LEN; }
+
+/* A descriptor's requant register file as the mult/shift/scale arrays of accel_conv_args; the
+ * caller frees *mult (one allocation holds all three). */
+static int unpack(const int32_t* d, const int32_t* rq, accel_hw* hw, accel_conv_args* a) {
+  if (!d || !rq) return fail("desc or rq is NULL");
+  *hw = (accel_hw){d[ACCEL_D_T_OC], d[ACCEL_D_T_IC], d[ACCEL_D_WEIGHT_BUFFER],
+                   d[ACCEL_D_ACT_BUFFER], d[ACCEL_D_ACC_BUFFER], d[ACCEL_D_DMA]};
+  memset(a, 0, sizeof *a);
+  a->C = d[ACCEL_D_C], a->H = d[ACCEL_D_H], a->W = d[ACCEL_D_W], a->in_zp = d[ACCEL_D_IN_ZP];
+  a->O = d[ACCEL_D_O], a->KH = d[ACCEL_D_KH], a->KW = d[ACCEL_D_KW];
+  a->groups = d[ACCEL_D_GROUPS];
+  a->stride_h = d[ACCEL_D_STRIDE_H], a->stride_w = d[ACCEL_D_STRIDE_W];
+  a->pad_top = d[ACCEL_D_PAD_TOP], a->pad_left = d[ACCEL_D_PAD_LEFT];
+  a->pad_bottom = d[ACCEL_D_PAD_BOTTOM], a->pad_right = d[ACCEL_D_PAD_RIGHT];
+  a->dil_h = d[ACCEL_D_DIL_H], a->dil_w = d[ACCEL_D_DIL_W];
+  a->kind = d[ACCEL_D_KIND], a->per_channel = d[ACCEL_D_PER_CHANNEL];
+  a->out_zp = d[ACCEL_D_OUT_ZP], a->qmin = d[ACCEL_D_QMIN], a->qmax = d[ACCEL_D_QMAX];
+  a->OH = d[ACCEL_D_OH], a->OW = d[ACCEL_D_OW];
+  if (a->O < 1) return fail("O=%d: must be >= 1", a->O);
+  const int32_t n = a->per_channel ? a->O : 1;
+  int32_t* mem = malloc((size_t)n * (2 * sizeof(int32_t) + sizeof(float)));
+  if (!mem) return fail("out of memory for %d requant parameter sets", n);
+  int32_t* mult = mem;
+  int32_t* shift = mem + n;
+  float* scale = (float*)(mem + 2 * n);
+  for (int32_t i = 0; i < n; ++i) {
+    mult[i] = rq[2 * i];
+    shift[i] = rq[2 * i + 1];
+    memcpy(&scale[i], &rq[2 * i], sizeof scale[i]); /* fp32: the register holds the bits */
+  }
+  a->mult = mult, a->shift = shift, a->scale = scale;
+  return 0;
+}
+
+int accel_conv2d_check(const int32_t* desc, const int32_t* rq) {
+  accel_hw hw;
+  accel_conv_args a;
+  if (unpack(desc, rq, &hw, &a)) return 1;
+  int status = check_layer(&hw, &a);
+  if (!status && (desc[ACCEL_D_COUNTER_SLOT] < 0 || desc[ACCEL_D_COUNTER_SLOT] >= MAX_SLOTS))
+    status = fail("counter_slot=%d: use [0, %d)", desc[ACCEL_D_COUNTER_SLOT], MAX_SLOTS);
+  free((void*)a.mult);
+  return status;
+}
+
+int accel_conv2d_tile(const int32_t* desc, const int8_t* x, const int8_t* w, const int32_t* bias,
+                      const int32_t* rq, int8_t* y, int32_t o0) {
+  accel_hw hw;
+  accel_conv_args a;
+  if (unpack(desc, rq, &hw, &a)) return 1;
+  a.x = x, a.w = w, a.bias = bias, a.y = y;
+  /* A model loaded in a new process finds an empty bank: its slots are created on first use. */
+  const int32_t slot = desc[ACCEL_D_COUNTER_SLOT];
+  int status = slot < 0 ? fail("counter_slot=%d: use >= 0", slot) : grow_bank((int64_t)slot + 1);
+  accel_counters* cnt = status ? NULL : slot_of(slot);
+  status = status || check_conv(&hw, &a);
+  if (!status && (o0 < 0 || o0 >= a.O || o0 % hw.t_oc))
+    status = fail("o0=%d: use a multiple of t_oc=%d in [0, O=%d)", o0, hw.t_oc, a.O);
+  if (!status) status = conv_tile(&hw, &a, o0, cnt);
+  free((void*)a.mult);
+  return status;
 }

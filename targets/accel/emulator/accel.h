@@ -53,6 +53,41 @@ int accel_requant(const int32_t* acc, int64_t n, int kind, const int32_t* mult,
 /* Conv2d on the accelerator: output-channel tiles of t_oc, counters per the cycle model. */
 int accel_conv2d(const accel_hw* hw, const accel_conv_args* a, accel_counters* cnt);
 
+/* ---- the interface of compiled models: layer descriptors, per-tile calls, counter bank ----
+ *
+ * A layer descriptor is ACCEL_D_LEN int32s: one conv2d's geometry and requant settings, the
+ * hardware, and the counter slot its tiles add to. Its requant register file `rq` holds two
+ * int32 per parameter set (O sets if per_channel, else 1): {M0, shift} for kinds 0..2, {the
+ * float32 bits of the scale, 0} for kind 3. A compiled model's TIR loops over the tiles. */
+enum {
+  ACCEL_D_C, ACCEL_D_H, ACCEL_D_W, ACCEL_D_IN_ZP, ACCEL_D_O, ACCEL_D_KH, ACCEL_D_KW,
+  ACCEL_D_GROUPS, ACCEL_D_STRIDE_H, ACCEL_D_STRIDE_W, ACCEL_D_PAD_TOP, ACCEL_D_PAD_LEFT,
+  ACCEL_D_PAD_BOTTOM, ACCEL_D_PAD_RIGHT, ACCEL_D_DIL_H, ACCEL_D_DIL_W, ACCEL_D_KIND,
+  ACCEL_D_PER_CHANNEL, ACCEL_D_OUT_ZP, ACCEL_D_QMIN, ACCEL_D_QMAX, ACCEL_D_OH, ACCEL_D_OW,
+  ACCEL_D_T_OC, ACCEL_D_T_IC, ACCEL_D_WEIGHT_BUFFER, ACCEL_D_ACT_BUFFER, ACCEL_D_ACC_BUFFER,
+  ACCEL_D_DMA, ACCEL_D_COUNTER_SLOT, ACCEL_D_LEN
+};
+
+/* ACCEL_D_LEN, so callers can check they agree on the layout. */
+int accel_desc_len(void);
+
+/* Validate a descriptor and its register file without running anything (what every tile call
+ * checks): 0 if the accelerator can run the layer. */
+int accel_conv2d_check(const int32_t* desc, const int32_t* rq);
+
+/* One output-channel tile: channels [o0, o0 + min(t_oc, O - o0)), o0 a multiple of t_oc.
+ * bias may be NULL. Tiles of a call run in order from o0 = 0 (the DMA model skips input
+ * channels earlier tiles loaded). Counters are added into the descriptor's slot, which is
+ * created if the bank is smaller (a compiled model loaded in a fresh process). */
+int accel_conv2d_tile(const int32_t* desc, const int8_t* x, const int8_t* w, const int32_t* bias,
+                      const int32_t* rq, int8_t* y, int32_t o0);
+
+/* The counter bank (at most 2**20 slots): accel_counters_alloc(n) returns the first of n new
+ * zeroed slots (-1 if n < 1 or no room); read copies a slot out, clear zeroes it. */
+int32_t accel_counters_alloc(int32_t n);
+int accel_counters_read(int32_t slot, accel_counters* out);
+int accel_counters_clear(int32_t slot);
+
 /* The reason for the last nonzero return. */
 const char* accel_last_error(void);
 
