@@ -19,6 +19,8 @@ EPILOG = """examples:
   tvmq compile model.onnx --calib calib.npz --requant fp32 --out build/model
   tvmq compile cls.onnx --input-shape 1,3,48,192 --calib lines.npz --observer kl --out build/cls
   tvmq report build/model
+  tvmq hw-report
+  tvmq hw-report cls.onnx --input-shape 1,3,48,192 --calib lines.npz --eval test.npz
 """
 
 
@@ -54,6 +56,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated ints, e.g. 4,8,16") \
+            from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tvmq", description="tvmq: quantize a float ONNX model for real hardware arithmetic.",
@@ -85,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="print the report saved by `tvmq compile --out DIR`")
     p.add_argument("dir", help="folder written by tvmq compile")
+
+    p = sub.add_parser("hw-report", help="requant unit area per t_oc next to accuracy",
+                       description="Compile MODEL with each requant option (mult/shift with "
+                       "double, single, tonearest rounding; FP32) and print the requant units' "
+                       "area for each output-channel tile width t_oc next to the accuracy.")
+    p.add_argument("model", nargs="?", help="float ONNX model (default: the bundled digits CNN "
+                   "with its calibration and test data)")
+    p.add_argument("--calib", metavar="DATA.npz", help="calibration inputs (required with MODEL)")
+    p.add_argument("--eval", metavar="DATA.npz", help="evaluation data: 'x' (N, ...) and "
+                   "optionally labels 'y' (else: agreement with FP32); required with MODEL")
+    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
+                   help="static input shape for models with symbolic dimensions")
+    p.add_argument("--t-oc", type=_ints, default=(4, 8, 16, 32, 64), metavar="4,8,...",
+                   help="output-channel tile widths (default 4,8,16,32,64)")
+    p.add_argument("--t-ic", type=int, default=8, help="input lanes of the PE array (default 8)")
+    p.add_argument("--observer", default="minmax", choices=OBSERVERS)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -144,9 +171,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_hw_report(args) -> int:
+    from . import data
+    from .hw_report import hw_report
+
+    if args.model is None:
+        calib, x_eval, y_eval = data.load_digits()
+        model = data.digits_model_path()
+    else:
+        if not (args.calib and args.eval):
+            raise CompileError("hw-report MODEL needs --calib DATA.npz and --eval DATA.npz.")
+        model, calib = args.model, args.calib
+        x_eval, y_eval = _eval_data(args.eval)
+    print(hw_report(model, calib, x_eval, y_eval, t_ocs=args.t_oc, t_ic=args.t_ic,
+                    input_shape=args.input_shape, observer=args.observer,
+                    progress=not args.quiet))
+    return 0
+
+
+def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if not Path(path).is_file():
+        raise CompileError(f"--eval {path}: file not found.")
+    with np.load(path) as npz:
+        if "x" not in npz:
+            raise CompileError(f"--eval {path}: no array 'x' (has {sorted(npz.files)}); save "
+                               "the inputs as 'x' and optional labels as 'y'.")
+        return npz["x"], (npz["y"] if "y" in npz else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"compile": cmd_compile, "demo": cmd_demo, "report": cmd_report}[args.command]
+    handler = {"compile": cmd_compile, "demo": cmd_demo, "report": cmd_report,
+               "hw-report": cmd_hw_report}[args.command]
     try:
         return handler(args)
     except (CompileError, ValueError) as err:
