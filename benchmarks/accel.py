@@ -1,0 +1,259 @@
+"""Accelerator benchmark: bit-exactness, cycles, utilization, requant area vs accuracy, emulator
+speed.
+
+Run from the repository root::
+
+    python benchmarks/accel.py [--models digits,ppocr_cls] [--quick] [--test N] [--check N]
+
+For each model, each requant option (mult_shift with double / single / tonearest rounding, fp32;
+minmax observer) is compiled once for the host. Then:
+
+1. bit-exact: the realized model is lowered to the accelerator (npu-mid with t_oc in 4, 16, 64),
+   built, and its output on ``--check`` inputs compared with the NumPy oracle bit for bit; the
+   table shows the emulated cycles of one inference beside it.
+2. presets: the default option on npu-small and npu-mid: cycles, latency at the preset clock,
+   MAC-array utilization (MACs / (cycles * t_oc * t_ic)) per layer and in total, and the layers
+   left on the host with the reason.
+3. requant area vs accuracy (``tvmq hw-report``): the requant units' estimated area for t_oc in
+   4..64 next to each option's top-1 on the test set (host == accel, so one evaluation each).
+4. emulator speed: the model's largest conv run alone through ``accel_conv2d_tile`` (the call
+   the compiled tile loop makes), in emulated int8 MACs per second of wall time (target: 200 M/s
+   on one core for the bundled model), and whole inferences on the accel and host targets side
+   by side (ratio beside the absolute times: this machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from models import fetch_model
+from textlines import CLS_IMAGE_SHAPE, make_cls_dataset
+from tqdm import tqdm
+from tvm import relax
+from tvmq.targets.accel import area, emulator, preset
+from tvmq.targets.accel.lower import AccelRuntime, LowerToAccel
+from tvmq.targets.host import build
+
+import tvmq
+from tvmq.data import digits_model_path, load_digits
+from tvmq.hw_report import HwReport, RequantResult
+
+T_OCS_CHECKED = (4, 16, 64)
+T_OCS_AREA = (4, 8, 16, 32, 64)
+OPTIONS = area.KINDS  # (requant, rounding)
+SPEED_TARGET_MACS = 200e6
+
+
+@dataclasses.dataclass
+class Model:
+    name: str
+    path: Path
+    input_shape: tuple[int, ...] | None
+    x_calib: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_models(names: list[str], quick: bool, n_test: int | None) -> list[Model]:
+    out = []
+    for name in names:
+        if name == "digits":
+            x_calib, x_test, y_test = load_digits()
+            out.append(Model(name, digits_model_path(), None, x_calib, x_test, y_test))
+        else:
+            x_calib, _ = make_cls_dataset(16 if quick else 64, seed=1)
+            x_test, y_test = make_cls_dataset(100 if quick else 400, seed=0)
+            out.append(Model(name, fetch_model("ppocr_cls"), (1, *CLS_IMAGE_SHAPE), x_calib,
+                             x_test, y_test))
+        if n_test is not None:
+            out[-1].x_test, out[-1].y_test = out[-1].x_test[:n_test], out[-1].y_test[:n_test]
+    return out
+
+
+def lower(cm, hw) -> tuple[AccelRuntime, object]:
+    runtime = AccelRuntime(hw)
+    return runtime, LowerToAccel(runtime)(cm.quant_mod)
+
+
+def one_inference_counters(runtime: AccelRuntime, module, x) -> dict[str, dict[str, int]]:
+    runtime.reset()
+    module.run(x[None])
+    counters = runtime.counters
+    runtime.reset()
+    return counters
+
+
+def table(head, rows, left=(0, 1)) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def bit_exact_section(m: Model, compiled: dict, n_check: int) -> str:
+    rows = []
+    for (requant, rounding), cm in compiled.items():
+        oracle = cm.oracle()
+        want = [oracle.run(x[None]) for x in m.x_test[:n_check]]
+        for t_oc in T_OCS_CHECKED:
+            hw = dataclasses.replace(preset("npu-mid"), t_oc=t_oc, requant=requant,
+                                     rounding=rounding)
+            runtime, lowered = lower(cm, hw)
+            module = build(lowered)
+            same = sum(np.array_equal(module.run(x[None]), w)
+                       for x, w in zip(m.x_test[:n_check], want))
+            cycles = sum(c["cycles"] for c in
+                         one_inference_counters(runtime, module, m.x_test[0]).values())
+            rows.append([area.kind_label(requant, rounding), t_oc, f"{same}/{n_check}",
+                         len(runtime.slots), len(runtime.host_layers), f"{cycles:,}"])
+    return (f"{m.name}: accel (npu-mid, t_oc varied) == NumPy oracle, bit for bit\n"
+            + table(["requant", "t_oc", "equal", "accel layers", "host layers", "cycles"], rows))
+
+
+def presets_section(m: Model, cm) -> str:
+    out = []
+    for name in ("npu-small", "npu-mid"):
+        hw = dataclasses.replace(preset(name), requant=cm.config.requant,
+                                 rounding=cm.config.rounding)
+        runtime, lowered = lower(cm, hw)
+        counters = one_inference_counters(runtime, build(lowered), m.x_test[0])
+        rows = []
+        for layer, c in counters.items():
+            util = c["macs"] / (c["cycles"] * hw.macs_per_cycle)
+            rows.append([layer, c["tiles"], f"{c['macs']:,}", f"{c['cycles']:,}",
+                         f"{c['compute_cycles']:,}", f"{c['dma_cycles']:,}",
+                         f"{c['dma_bytes']:,}", f"{util:.0%}"])
+        macs = sum(c["macs"] for c in counters.values())
+        cycles = sum(c["cycles"] for c in counters.values())
+        rows.append(["total", sum(c["tiles"] for c in counters.values()), f"{macs:,}",
+                     f"{cycles:,}", "", "", f"{sum(c['dma_bytes'] for c in counters.values()):,}",
+                     f"{macs / (cycles * hw.macs_per_cycle):.0%}"])
+        lines = [f"{m.name} on {name} ({hw.t_oc}x{hw.t_ic} PEs, {hw.clock_mhz:g} MHz, "
+                 f"{hw.dma_bytes_per_cycle} B/cycle DMA): {cycles:,} cycles = "
+                 f"{cycles / hw.clock_mhz:,.1f} us per inference",
+                 table(["layer", "tiles", "MACs", "cycles", "compute", "DMA", "DMA bytes", "util"],
+                       rows, left=(0,))]
+        lines += [f"  on the host: {layer}: {why}" for layer, why in runtime.host_layers.items()]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def area_section(m: Model, compiled: dict) -> str:
+    fp32 = build(tvmq.frontend.load_model(m.path, m.input_shape)[0])
+    float_top1 = float(np.mean([fp32.run(x[None]).argmax() == y
+                                for x, y in zip(m.x_test, m.y_test)]))
+    results = []
+    for (requant, rounding), cm in compiled.items():
+        top = cm.run(m.x_test).reshape(len(m.x_test), -1).argmax(axis=1)
+        results.append(RequantResult(requant, rounding, float(np.mean(top == m.y_test)),
+                                     cm.report().output_sqnr_db))
+    rep = HwReport(m.path.name, "top-1 accuracy", float_top1, tuple(results), T_OCS_AREA,
+                   preset("npu-small").t_ic)
+    return f"{m.name}: requant area vs accuracy ({len(m.x_test)} test samples)\n{rep}"
+
+
+def speed_section(m: Model, cm) -> str:
+    hw = dataclasses.replace(preset("npu-small"), requant=cm.config.requant,
+                             rounding=cm.config.rounding)
+    runtime, lowered = lower(cm, hw)
+    layer, args = largest_conv(lowered, runtime)
+    desc = args["desc"]
+    fields = dict(zip(emulator.DESC_FIELDS, desc.tolist()))
+    x = np.random.default_rng(0).integers(-128, 128, args["x_shape"], dtype=np.int8)
+    y = np.empty(args["y_shape"], np.int8)
+    lib = emulator.load()
+    ptrs = [emulator._ptr(a, t) for a, t in ((desc, emulator._i32p), (x, emulator._i8p),
+                                              (args["w"], emulator._i8p),
+                                              (args["bias"], emulator._i32p),
+                                              (args["rq"], emulator._i32p), (y, emulator._i8p))]
+    tiles = range(0, fields["O"], fields["t_oc"])
+
+    def run_layer():
+        for o0 in tiles:
+            assert lib.accel_conv2d_tile(*ptrs, o0) == 0
+
+    runtime.reset()
+    run_layer()
+    macs = runtime.counters[layer]["macs"]
+    seconds = timed(run_layer)
+    accel_module, host_module = build(lowered), cm.host
+    xs = m.x_test[:1]
+    accel_s, host_s = timed(lambda: accel_module.run(xs)), timed(lambda: host_module.run(xs))
+    rate = macs / seconds
+    ok = "meets" if rate >= SPEED_TARGET_MACS else "misses"
+    return "\n".join([
+        f"{m.name}: emulator speed (one core, npu-small tiles of {fields['t_oc']})",
+        f"  largest conv {layer}: {fields['C']}x{fields['H']}x{fields['W']} -> "
+        f"{fields['O']}x{fields['OH']}x{fields['OW']}, {fields['KH']}x{fields['KW']}, "
+        f"groups {fields['groups']}: {macs:,} MACs in {1e6 * seconds:.1f} us = "
+        f"{rate / 1e6:,.0f} M int8 MAC/s ({ok} the {SPEED_TARGET_MACS / 1e6:.0f} M MAC/s target)",
+        f"  whole inference: accel target {1e3 * accel_s:.3f} ms, host target "
+        f"{1e3 * host_s:.3f} ms (accel / host = {accel_s / host_s:.2f}x)"])
+
+
+def largest_conv(lowered, runtime: AccelRuntime):
+    """(layer, its call_tir arguments) with the most MACs per the descriptors."""
+    best = None
+    for binding in (b for block in lowered["main"].body.blocks for b in block.bindings):
+        value = binding.value
+        if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir"
+                and value.args[0].name_hint.startswith("accel_")):
+            continue
+        x, w, bias, rq, desc = value.args[1].fields
+        d = dict(zip(emulator.DESC_FIELDS, desc.value.numpy().tolist()))
+        macs = d["O"] * d["OH"] * d["OW"] * d["C"] // d["groups"] * d["KH"] * d["KW"]
+        if best is None or macs > best[0]:
+            args = dict(x_shape=[int(s) for s in x.ty.shape], w=w.value.numpy(),
+                        bias=bias.value.numpy(), rq=rq.value.numpy(), desc=desc.value.numpy(),
+                        y_shape=[int(s) for s in binding.var.ty.shape])
+            best = (macs, value.args[0].name_hint.removeprefix("accel_"), args)
+    return best[1], best[2]
+
+
+def timed(fn, min_seconds: float = 0.5) -> float:
+    """Seconds per call of fn, over as many calls as fit in min_seconds after one warm-up."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds:
+        fn()
+        reps += 1
+    return elapsed / reps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="digits,ppocr_cls",
+                        help="comma-separated: digits, ppocr_cls (default both)")
+    parser.add_argument("--quick", action="store_true", help="fewer PP-OCR lines")
+    parser.add_argument("--test", type=int, help="test samples per model")
+    parser.add_argument("--check", type=int, default=8,
+                        help="inputs compared with the oracle per (option, t_oc) (default 8)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    for m in load_models(args.models.split(","), args.quick, args.test):
+        compiled = {}
+        for requant, rounding in tqdm(OPTIONS, desc=f"{m.name}: compile", unit="option",
+                                      file=sys.stderr, leave=False):
+            config = tvmq.QuantConfig(requant=requant, rounding=rounding or "double",
+                                      sqnr_samples=8)
+            compiled[(requant, rounding)] = tvmq.compile(
+                m.path, config=config, calib=m.x_calib, input_shape=m.input_shape,
+                progress=False)
+        default = compiled[OPTIONS[0]]
+        print(f"\n{m.name}: compile {default.report().compile_seconds:.1f} s per option")
+        for section in (bit_exact_section(m, compiled, args.check), presets_section(m, default),
+                        area_section(m, compiled), speed_section(m, default)):
+            print()
+            print(section)
+    print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
