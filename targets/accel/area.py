@@ -59,8 +59,9 @@ _PRIMARY = (
              f"{_HOROWITZ}, row '8b Mult'; {_SECONDARY}: quoted as '282 um^2 for an 8-bit "
              "multiplier'"),
     UnitArea("int_mult32", 3495.0, "um^2",
-             f"{_HOROWITZ}, row '32b Mult'; not verified: no copy or quote of this cell was "
-             "found, value as given in the task brief; taken as a 32x32 -> 64 bit multiplier"),
+             f"{_HOROWITZ}, row '32b Mult'; not verified: recalled from the table, no copy or "
+             "quote of this cell was found to re-check it; taken as a 32x32 -> 64 bit "
+             "multiplier"),
     UnitArea("fp32_mult", 7700.0, "um^2",
              f"{_HOROWITZ}, row '32b FP Mult'; {_SECONDARY}: quoted as 7,700 um^2 in two "
              "independent documents (with 16b FP add 1,360, 32b FP add 4,184, 16b FP mult 1,640)"),
