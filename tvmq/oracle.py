@@ -4,18 +4,25 @@ It walks `main`'s bindings and evaluates each op with plain NumPy integer arithm
 accumulation, then the binding's dtype); requantization `call_tir`s are evaluated by reading their
 `tvmq.requant` attribute and calling `tvmq.numerics.requantize`. It shares no code with TVM's
 execution, so `host output == oracle output` bit for bit is the test every backend reuses.
-Float ops outside the integer graph are evaluated with float32 NumPy (not bit-exact with TVM);
-unknown ops raise NotImplementedError naming the op.
+
+Float ops left between dequantize and quantize (hard-swish, hard-sigmoid, softmax, ...) mirror the
+float32 arithmetic of TVM's llvm build: elementwise add/subtract/multiply/divide/clip, and the
+`call_tir`s to TOPI broadcast maximum/minimum that the ONNX importer emits for Clip, are exact.
+`exp` (softmax, sigmoid) is C `expf` in TVM; the oracle evaluates it in float64 and rounds once,
+which differs from glibc's expf by 1 ulp on 0.004% of all finite float32 inputs (NumPy's float32
+exp: 4.9%, up to 3 ulp). Float conv2d/matmul/mean are not bit-exact. Unknown ops and PrimFuncs
+raise NotImplementedError naming them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 import tvm
 from numpy.lib.stride_tricks import sliding_window_view
-from tvm import relax
+from tvm import relax, s_tir, tirx
 
 from . import numerics
 from .passes._requant_kernel import golden_requant
@@ -62,10 +69,28 @@ def _wide(x: np.ndarray) -> np.ndarray:
     return x.astype(np.int64 if x.dtype.kind in "iu" else np.float64)
 
 
+def _expf(x: np.ndarray) -> np.ndarray:
+    """float32 exp as C's expf computes it: in float64, rounded once to float32."""
+    with np.errstate(over="ignore", under="ignore"):
+        return np.exp(np.asarray(x, np.float32).astype(np.float64)).astype(np.float32)
+
+
+def _sigmoid(call, x):
+    """TVM's sigmoid: 1 / (1 + expf(0 - x)) in float32."""
+    x = np.asarray(x, np.float32)
+    one = np.float32(1)
+    return one / (one + _expf(np.float32(0) - x))
+
+
 def _softmax(call, x):
-    axis = int(_attr(call, "axis"))
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    """TOPI softmax in float32: m = max, e = expf(x - m), s = e summed in order, e / s."""
+    x = np.asarray(x, np.float32)
+    axis = int(_attr(call, "axis")) % x.ndim
+    e = _expf(x - x.max(axis=axis, keepdims=True))
+    total = np.zeros_like(e.take([0], axis=axis))
+    for k in range(x.shape[axis]):  # sequential, like TVM's reduction loop (not pairwise)
+        total = total + e.take([k], axis=axis)
+    return e / total
 
 
 def _strided_slice(call, x):
@@ -110,7 +135,7 @@ _OPS: dict[str, Callable] = {
     "relax.clip": lambda call, x: np.clip(x, float(call.args[1].value),
                                           float(call.args[2].value)),
     "relax.nn.relu": lambda call, x: np.maximum(x, 0),
-    "relax.sigmoid": lambda call, x: 1 / (1 + np.exp(-x)),
+    "relax.sigmoid": _sigmoid,
     "relax.nn.softmax": _softmax,
     "relax.matmul": lambda call, a, b: np.matmul(_wide(a), _wide(b)),
     "relax.sum": lambda call, x: np.sum(
@@ -141,6 +166,87 @@ def requantize_call(prim: tvm.tirx.PrimFunc, acc: np.ndarray, params: list[np.nd
     return numerics.requantize(acc, rq, axis=axis, **clamp).astype(out_dtype)
 
 
+def _requant_args(prim, acc, *params):
+    return requantize_call(prim, acc, list(params))
+
+
+_TIR_BINARY = {tirx.Max: np.maximum, tirx.Min: np.minimum}
+
+
+def _shape(buffer_var) -> list[int]:
+    return [int(d) for d in buffer_var.ty.shape]
+
+
+def _broadcast_operand(expr, inputs, out_vars, out_shape):
+    """An operand of a broadcast PrimFunc: ("param", index), ("const", value) or None.
+
+    A load must index its input like NumPy broadcasting does: right-aligned to the output, each
+    index the output's block variable, or 0 on a dimension of extent 1.
+    """
+    if isinstance(expr, tirx.IntImm | tirx.FloatImm):
+        return "const", np.asarray(expr.value, str(expr.ty.dtype))
+    if not isinstance(expr, tvm.ir.expr.TensorLoad):
+        return None
+    index = next((i for i, p in enumerate(inputs) if expr.source.same_as(p)), None)
+    if index is None:
+        return None
+    shape = _shape(inputs[index])
+    offset = len(out_shape) - len(shape)
+    if offset < 0 or len(expr.indices) != len(shape):
+        return None
+    for j, (idx, extent) in enumerate(zip(expr.indices, shape)):
+        axis_var = out_vars[offset + j]
+        if idx.same_as(axis_var) and extent == out_shape[offset + j]:
+            continue
+        if isinstance(idx, tirx.IntImm) and int(idx) == 0 and extent == 1:
+            continue
+        return None
+    return "param", index
+
+
+def tir_broadcast_binary(prim: tvm.tirx.PrimFunc) -> Callable | None:
+    """NumPy version of a TOPI broadcast maximum/minimum PrimFunc, or None for any other.
+
+    Matches one spatial block over the whole output, `out[i] = max|min(a, b)`, where a and b
+    are broadcast loads of the inputs or constants (what `emit_te(topi.maximum, x, lo)` gives).
+    """
+    *inputs, out = prim.params
+    root = prim.body
+    if not isinstance(root, s_tir.SBlockRealize) or len(root.block.alloc_buffers):
+        return None
+    stmt, loops = root.block.body, []
+    while isinstance(stmt, tirx.For):
+        loops.append(stmt)
+        stmt = stmt.body
+    if not isinstance(stmt, s_tir.SBlockRealize):
+        return None
+    block, store = stmt.block, stmt.block.body
+    if block.init is not None or not isinstance(store, tirx.BufferStore):
+        return None
+    ufunc = _TIR_BINARY.get(type(store.value))
+    out_shape = _shape(out)
+    out_vars = [iv.var for iv in block.iter_vars]
+    if (ufunc is None or not store.buffer.same_as(out)
+            or [int(lp.extent) for lp in loops] != out_shape
+            or any(int(lp.min) != 0 for lp in loops)
+            or any(not v.same_as(lp.loop_var) for v, lp in zip(stmt.iter_values, loops))
+            or any(int(iv.iter_type) != 0 for iv in block.iter_vars)  # 0: spatial
+            or len(store.indices) != len(out_vars)
+            or any(not i.same_as(v) for i, v in zip(store.indices, out_vars))):
+        return None
+    operands = [_broadcast_operand(e, inputs, out_vars, out_shape)
+                for e in (store.value.a, store.value.b)]
+    if None in operands:
+        return None
+    dtype = str(out.ty.dtype)
+
+    def run(*args):
+        a, b = (args[v] if kind == "param" else v for kind, v in operands)
+        return np.broadcast_to(ufunc(a, b), out_shape).astype(dtype)
+
+    return run
+
+
 class Oracle:
     """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)`.
 
@@ -150,6 +256,7 @@ class Oracle:
     def __init__(self, mod: tvm.IRModule):
         self.mod = mod
         self.func = mod["main"]
+        self._prims: dict[str, Callable] = {}
 
     def run(self, x: np.ndarray, keep: bool = False):
         env: dict = {self.func.params[0]: np.asarray(x, np.float32)}
@@ -177,13 +284,25 @@ class Oracle:
             return self._eval(expr.tuple_value, env)[expr.index]
         name = op_name(expr)
         if name == "relax.call_tir":
-            prim = self.mod[expr.args[0]]
-            if "tvmq.requant" not in (prim.attrs or {}):
-                raise NotImplementedError(f"oracle: call_tir to {expr.args[0].name_hint}")
-            acc, *params = (self._eval(a, env) for a in expr.args[1].fields)
-            return requantize_call(prim, acc, params)
+            args = [self._eval(a, env) for a in expr.args[1].fields]
+            return self._prim(expr.args[0])(*args)
         if name not in _OPS:
             raise NotImplementedError(f"oracle: no NumPy implementation of {name or expr}")
         n_tensor_args = 1 if name in _SHAPE_ARGS else len(expr.args)
         args = [self._eval(a, env) for a in expr.args[:n_tensor_args]]
         return _OPS[name](expr, *args)
+
+    def _prim(self, gv) -> Callable:
+        """NumPy implementation of the PrimFunc a call_tir calls (cached per function)."""
+        if gv.name_hint not in self._prims:
+            prim = self.mod[gv]
+            if "tvmq.requant" in (prim.attrs or {}):
+                impl = functools.partial(_requant_args, prim)
+            else:
+                impl = tir_broadcast_binary(prim)
+            if impl is None:
+                raise NotImplementedError(
+                    f"oracle: call_tir to {gv.name_hint}, which is neither a tvmq requant kernel "
+                    "nor a TOPI broadcast maximum/minimum")
+            self._prims[gv.name_hint] = impl
+        return self._prims[gv.name_hint]
