@@ -1,7 +1,8 @@
 """SimplifyClip: turn the ONNX importer's clip lowering back into one `R.clip`.
 
 TVM's ONNX frontend lowers `Clip(x, lo, hi)` to `call_tir(maximum, (x, lo))` followed by
-`call_tir(minimum, (.., hi))` (two TOPI PrimFuncs). Quantization needs to see a clip, so this pass
+`call_tir(minimum, (.., hi))` (two TOPI PrimFuncs, named `maximum`, `maximum1`, ... one per input
+shape by the BlockBuilder). Quantization needs to see a clip, so this pass
 rewrites those calls, when the bound is a scalar constant, into `R.clip(x, lo, inf)` /
 `R.clip(x, -inf, hi)`, and merges a clip of a clip into one. Run right after import + FoldConstant.
 """
@@ -9,6 +10,7 @@ rewrites those calls, when the bound is a scalar constant, into `R.clip(x, lo, i
 from __future__ import annotations
 
 import math
+import re
 
 import tvm
 from tvm import relax
@@ -16,6 +18,7 @@ from tvm import relax
 from ._util import const_value, op_name, rewrite_functions
 
 _TOPI_BOUND = {"maximum": 0, "minimum": 1}  # PrimFunc name -> which clip bound it sets
+_TOPI_NAME = re.compile(r"(maximum|minimum)\d*")  # the BlockBuilder numbers each new shape
 
 
 def _clip_bounds(call: relax.Call) -> tuple[float, float]:
@@ -33,14 +36,14 @@ class _Rewriter(relax.PyExprMutator):
         if op_name(call) != "relax.call_tir":
             return None
         gv, args = call.args[0], call.args[1]
-        which = _TOPI_BOUND.get(gv.name_hint)
-        if which is None or len(args.fields) != 2:
+        match = _TOPI_NAME.fullmatch(gv.name_hint)
+        if match is None or len(args.fields) != 2:
             return None
         bound = const_value(args.fields[1])
         if bound is None or bound.shape != () or not str(bound.dtype).startswith("float"):
             return None
         bounds = [-math.inf, math.inf]
-        bounds[which] = float(bound)
+        bounds[_TOPI_BOUND[match.group(1)]] = float(bound)
         return relax.op.clip(args.fields[0], *bounds)
 
     def visit_call_(self, call):

@@ -56,8 +56,8 @@ def _hard_swish_onnx(x, out, tag):
 
 @pytest.fixture(scope="module")
 def mobilenet_v3_block():
-    """Conv, two PP-OCR hard-swishes of different shapes (the second Clip stays a TOPI call_tir
-    pair, as in PP-OCR), an SE block with HardSigmoid, an ONNX HardSwish, conv."""
+    """Conv, two PP-OCR hard-swishes of different shapes (the importer names the second Clip's
+    PrimFuncs maximum1/minimum1), an SE block with HardSigmoid, an ONNX HardSwish, conv."""
     rng = np.random.default_rng(0)
     w = {"w0": rng.normal(0, 0.5, (8, 3, 3, 3)), "b0": rng.normal(0, 0.5, 8),
          "w1": rng.normal(0, 0.4, (12, 8, 1, 1)), "b1": rng.normal(0, 0.2, 12),
@@ -117,8 +117,7 @@ def test_hard_swish_and_hard_sigmoid(mobilenet_v3_block, mode):
 
 
 def test_every_binding_of_the_float_islands(mobilenet_v3_block):
-    """Float bindings too (add, multiply, divide, and the TOPI maximum/minimum call_tirs that
-    the importer's Clip lowering leaves when SimplifyClip does not catch them)."""
+    """Float bindings too (add, multiply, divide around the quantized clips)."""
     model, xs = mobilenet_v3_block
     _assert_every_binding_equal(_compile(model, xs[:8], MODES[0]).quant_mod, xs[8:])
 

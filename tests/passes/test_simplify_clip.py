@@ -44,3 +44,19 @@ def test_tensor_bound_is_left_alone():
 
     mod = _module(before)
     tvm.ir.assert_structural_equal(SimplifyClip()(mod), mod)
+
+
+def test_clips_of_other_shapes_too():
+    """The BlockBuilder names the PrimFunc of each new shape maximum1, minimum1, ..."""
+    def before(bb, x):
+        a = bb.emit_te(topi.minimum, bb.emit_te(topi.maximum, x, relax.const(0.0, "float32")),
+                       relax.const(6.0, "float32"))
+        y = bb.emit(relax.op.reshape(a, (2, 2)))
+        b = bb.emit_te(topi.maximum, y, relax.const(0.0, "float32"))
+        return bb.emit_te(topi.minimum, b, relax.const(6.0, "float32"))
+
+    mod = _module(before)
+    assert {gv.name_hint for gv in mod.functions} >= {"maximum1", "minimum1"}
+    after = SimplifyClip()(mod)
+    assert set(after.functions) == {after.get_global_var("main")}
+    assert after.script().count("R.clip") == 2
