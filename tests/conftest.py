@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tvmq
 from tvmq import data
+from tvmq.oracle import Oracle
 
 
 def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_shape,
@@ -25,6 +26,23 @@ def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_sh
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def assert_taps_equal_oracle(mod, names, xs) -> None:
+    """Build `mod` with the bindings `names` tapped; on each input of `xs` its output and every
+    tap equal the NumPy oracle's values bit for bit (dtype too)."""
+    from tvmq.passes.insert_taps import InsertTaps
+    from tvmq.targets.host import build
+
+    tapped = build(InsertTaps(names)(mod))
+    oracle = Oracle(mod)
+    for x in xs:
+        out, *taps = tapped.run(x[None])
+        want, named = oracle.run(x[None], keep=True)
+        np.testing.assert_array_equal(out, want)
+        for name, got in zip(names, taps):
+            assert got.dtype == named[name].dtype, name
+            np.testing.assert_array_equal(got, named[name], err_msg=name)
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from tvmq.passes.insert_taps import InsertTaps
-from tvmq.targets.host import build
 
 import tvmq
+from tests.conftest import assert_taps_equal_oracle
 from tvmq import data
 
 MODES = [dict(requant="mult_shift", rounding="double"),
@@ -23,15 +22,7 @@ def test_host_equals_oracle_bit_for_bit(compile_digits, digits, mode):
     names = [b.var.name for b in cm.quant_mod["main"].body.blocks[0].bindings
              if b.var.name.endswith("_q")]
     assert len(names) >= 10
-    tapped = build(InsertTaps(names)(cm.quant_mod))
-    oracle = cm.oracle()
-    for x in digits[1][:24]:
-        out, *taps = tapped.run(x[None])
-        want, named = oracle.run(x[None], keep=True)
-        np.testing.assert_array_equal(out, want)
-        for name, got in zip(names, taps):
-            assert got.dtype == named[name].dtype, name
-            np.testing.assert_array_equal(got, named[name], err_msg=name)
+    assert_taps_equal_oracle(cm.quant_mod, names, digits[1][:24])
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.get("rounding", m["requant"]))

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from onnx import helper
 from tvm import relax, te, topi
-from tvmq.passes.insert_taps import InsertTaps
 from tvmq.targets.host import build
 
 import tvmq
-from tests.conftest import make_onnx
+from tests.conftest import assert_taps_equal_oracle, make_onnx
 from tvmq.compiler import TAPS_FUNCTION
 from tvmq.oracle import Oracle
 
@@ -33,17 +32,9 @@ def _compile(model, calib, mode):
 
 
 def _assert_every_binding_equal(mod, xs):
-    """Build `mod` with every binding of `main` tapped; compare each with the oracle's value."""
+    """Every binding of `main`, tapped on the host, equals the oracle's value."""
     names = [b.var.name for blk in mod["main"].body.blocks for b in blk.bindings]
-    tapped = build(InsertTaps(names)(mod))
-    oracle = Oracle(mod)
-    for x in xs:
-        out, *taps = tapped.run(x[None])
-        want, named = oracle.run(x[None], keep=True)
-        np.testing.assert_array_equal(out, want)
-        for name, got in zip(names, taps):
-            assert got.dtype == named[name].dtype, name
-            np.testing.assert_array_equal(got, named[name], err_msg=name)
+    assert_taps_equal_oracle(mod, names, xs)
 
 
 def _hard_swish_onnx(x, out, tag):
