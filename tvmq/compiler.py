@@ -168,7 +168,13 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
-    runtime = AccelRuntime(_accel_config(accel, config)) if target == "accel" else None
+    runtime = None
+    if target == "accel":
+        runtime = AccelRuntime(_accel_config(accel, config))
+        try:
+            emulator.load()  # builds the C emulator on first use
+        except RuntimeError as err:
+            raise CompileError(f"target='accel': {err}") from None
     with tqdm(total=len(STAGES), unit="stage", disable=not progress,
               bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
         return _compile(model, target, config, calib, input_shape, progress, stages, start,

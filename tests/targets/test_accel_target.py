@@ -85,3 +85,11 @@ def test_accel_config_must_match_quant_config(digits):
         tvmq.compile(data.digits_model_path(), target="accel", accel=hw,
                      config=tvmq.QuantConfig(requant="fp32"), calib=digits[0][:2],
                      progress=False)
+
+
+def test_no_c_compiler_is_a_compile_error(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-cc-for-tvmq")
+    with pytest.raises(tvmq.CompileError, match="needs a C compiler: \\$CC='no-such-cc-for-tvmq'"):
+        tvmq.compile(data.digits_model_path(), target="accel", calib=digits[0][:2],
+                     progress=False)
