@@ -1,0 +1,201 @@
+"""LBFP, logarithmic block floating point: the golden definition every backend is tested against.
+
+The paper (Ni et al., APCCAS 2020) gives no bit layout; this one is ours and configurable.
+
+Element. `bits` = 1 sign bit + a (bits-1)-bit unsigned code c. With c_max = 2^(bits-1) - 1:
+
+    value = (-1)^s * 2^(E - c / 2^frac_bits)    for c in [0, c_max)
+    value = 0                                   for c == c_max (stored with s = 0)
+
+so code 0 is the block's largest magnitude 2^E and each step divides by 2^(2^-frac_bits);
+frac_bits = 0 is pure power-of-two. E is an integer exponent shared by a block of `block_size`
+consecutive elements along `block_axis` (the last block may be shorter). A code word is stored
+as `s << (bits - 1) | c` in a uint8.
+
+Encoding (`encode`) rounds in the log domain by comparing with a table, so every backend that
+gets the same table encodes the same way with comparisons only (no log2, no libm):
+m = |x| * 2^-E (exact: a power-of-two scaling in float64), and
+
+    c = #{k in [0, c_max) : m < T[k]},   T[k] = 2^(-(k + 1/2) / 2^frac_bits)   (float64)
+
+i.e. the nearest code in log2 distance, ties towards the larger magnitude; m >= 2^E saturates to
+code 0; m below the last threshold (half a code step under the smallest magnitude) is zero.
+NaN and Inf are refused.
+
+Product. For two elements with codes a, b in blocks with exponents Ea, Eb, the magnitude is
+2^(Ea + Eb) * 2^-((a + b) / 2^f). With s = a + b, q = s >> f, r = s & (2^f - 1) it is
+2^(Ea + Eb - q) * 2^(-r / 2^f): an integer shift q and a fractional factor from a table of 2^f
+entries `LUT[r] = round(2^(lut_bits - r / 2^f))` (lut_bits fractional bits; LUT[0] = 2^lut_bits).
+
+Dot product (`dot`). A conv/matmul output sums products over a reduction whose blocks have static
+exponents (weights from the weights, activations from calibration), so the sum is aligned to
+one reference exponent E_ref = max over the reduction's block pairs of (Ea + Eb), known at
+compile time. Each product contributes `sign * (LUT[r] >> (q + E_ref - Ea - Eb))` (a right shift
+truncating the magnitude) to an int64 accumulator in units of 2^(E_ref - lut_bits). Zero codes
+contribute 0.
+
+Back to LBFP (`acc_to_lbfp`). The accumulator's value acc * 2^(E_ref - lut_bits) is encoded with
+the next layer's block exponent by the same threshold rule (the scaling is exact in float64 for
+|acc| < 2^53).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+MAX_BITS = 8
+MAX_FRAC_BITS = 4
+EXPONENT_RANGE = (-126, 127)  # a shared exponent fits an int8
+
+
+@dataclass(frozen=True)
+class LBFPFormat:
+    """bits in [2, 8] (sign + code), frac_bits in [0, min(4, bits - 2)], block_size >= 1,
+    block_axis: the axis blocks run along; lut_bits in [1, 30]: fractional bits of the product
+    table. Invalid settings raise ValueError naming the field and the allowed range."""
+
+    bits: int = 8
+    frac_bits: int = 2
+    block_size: int = 16
+    block_axis: int = 1
+    lut_bits: int = 15
+
+    def __post_init__(self):
+        _field("bits", self.bits, 2, MAX_BITS)
+        _field("frac_bits", self.frac_bits, 0, min(MAX_FRAC_BITS, self.bits - 2))
+        _field("block_size", self.block_size, 1, 2**20)
+        if isinstance(self.block_axis, bool) or not isinstance(self.block_axis, int):
+            raise ValueError(f"LBFPFormat.block_axis={self.block_axis!r}: use an int axis")
+        _field("lut_bits", self.lut_bits, 1, 30)
+
+    @property
+    def c_max(self) -> int:
+        """The zero code; magnitudes use codes 0 .. c_max - 1."""
+        return 2 ** (self.bits - 1) - 1
+
+    @cached_property
+    def thresholds(self) -> np.ndarray:
+        """T[k] = 2^(-(k + 1/2) / 2^frac_bits), k in [0, c_max), float64, decreasing."""
+        k = np.arange(self.c_max, dtype=np.float64)
+        return np.exp2(-(k + 0.5) / 2**self.frac_bits)
+
+    @cached_property
+    def magnitudes(self) -> np.ndarray:
+        """2^(-c / 2^frac_bits) for c in [0, c_max), then 0 for the zero code; float64."""
+        c = np.arange(self.c_max, dtype=np.float64)
+        return np.append(np.exp2(-c / 2**self.frac_bits), 0.0)
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """LUT[r] = round(2^(lut_bits - r / 2^frac_bits)), r in [0, 2^frac_bits), int64."""
+        r = np.arange(2**self.frac_bits, dtype=np.float64)
+        return np.rint(np.exp2(self.lut_bits - r / 2**self.frac_bits)).astype(np.int64)
+
+
+def _field(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
+        raise ValueError(f"LBFPFormat.{name}={value!r}: use an integer in [{lo}, {hi}]")
+
+
+def n_blocks(length: int, fmt: LBFPFormat) -> int:
+    return -(-length // fmt.block_size)
+
+
+def expand_exponents(exponents: np.ndarray, shape, fmt: LBFPFormat) -> np.ndarray:
+    """Per-element exponents from per-block ones (block axis of length ceil(n / block_size))."""
+    axis = fmt.block_axis % len(shape)
+    full = np.repeat(np.asarray(exponents, np.int64), fmt.block_size, axis=axis)
+    return np.take(full, np.arange(shape[axis]), axis=axis)
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"{what} holds {x[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}: "
+                         "LBFP encodes finite values only")
+
+
+def encode(x: np.ndarray, exponents: np.ndarray, fmt: LBFPFormat) -> np.ndarray:
+    """Code words (uint8, `s << (bits-1) | c`) of float `x` with per-block `exponents`."""
+    x = np.asarray(x, np.float64)
+    _check_finite(x, "x")
+    e = expand_exponents(exponents, x.shape, fmt)
+    m = np.ldexp(np.abs(x), -e)
+    ascending = fmt.thresholds[::-1]  # c = how many thresholds lie strictly above m
+    c = fmt.c_max - np.searchsorted(ascending, m, side="right")
+    sign = (x < 0) & (c < fmt.c_max)
+    return ((sign.astype(np.int64) << (fmt.bits - 1)) | c).astype(np.uint8)
+
+
+def split(words: np.ndarray, fmt: LBFPFormat) -> tuple[np.ndarray, np.ndarray]:
+    """(sign 0/1, code) int64 arrays of code words."""
+    w = np.asarray(words).astype(np.int64)
+    return w >> (fmt.bits - 1), w & fmt.c_max
+
+
+def decode(words: np.ndarray, exponents: np.ndarray, fmt: LBFPFormat) -> np.ndarray:
+    """float64 values of code words: (-1)^s * 2^(E - c / 2^frac_bits), zero for c == c_max."""
+    sign, c = split(words, fmt)
+    e = expand_exponents(exponents, np.shape(words), fmt)
+    return np.where(sign == 1, -1.0, 1.0) * np.ldexp(fmt.magnitudes[c], e)
+
+
+def max_exponents(x: np.ndarray, fmt: LBFPFormat) -> np.ndarray:
+    """Per-block E = ceil(log2(max |x|)) (the smallest 2^E >= every |x| of the block), exact via
+    frexp; 0 for an all-zero block. Clipped to EXPONENT_RANGE."""
+    x = np.asarray(x, np.float64)
+    _check_finite(x, "x")
+    amax = block_reduce(np.abs(x), fmt, np.max)
+    mant, e = np.frexp(amax)  # amax = mant * 2^e, mant in [0.5, 1)
+    e = np.where(mant == 0.5, e - 1, e)
+    return np.clip(np.where(amax == 0, 0, e), *EXPONENT_RANGE).astype(np.int64)
+
+
+def block_reduce(x: np.ndarray, fmt: LBFPFormat, reduce) -> np.ndarray:
+    """`reduce` (e.g. np.max) over each block along the block axis (a short last block is padded
+    by repeating its own values, which leaves max/min unchanged)."""
+    axis = fmt.block_axis % x.ndim
+    n = x.shape[axis]
+    nb = n_blocks(n, fmt)
+    pad = nb * fmt.block_size - n
+    if pad:
+        last = (nb - 1) * fmt.block_size
+        fill = last + np.arange(pad) % (n - last)
+        x = np.concatenate([x, np.take(x, fill, axis=axis)], axis=axis)
+    shape = (*x.shape[:axis], nb, fmt.block_size, *x.shape[axis + 1:])
+    return reduce(x.reshape(shape), axis=axis + 1)
+
+
+def product_terms(a_words, b_words, shift, fmt: LBFPFormat) -> np.ndarray:
+    """sign * (LUT[r] >> (q + shift)) for each pair of code words (s = a + b, q = s >> f,
+    r = s & (2^f - 1)); 0 where either is zero. int64, broadcasting."""
+    sa, ca = split(a_words, fmt)
+    sb, cb = split(b_words, fmt)
+    s = ca + cb
+    q, r = s >> fmt.frac_bits, s & (2**fmt.frac_bits - 1)
+    total = q + np.asarray(shift, np.int64)
+    mag = np.where(total >= 63, 0, fmt.lut[r] >> np.minimum(total, 62))
+    mag = np.where((ca == fmt.c_max) | (cb == fmt.c_max), 0, mag)
+    return np.where((sa ^ sb) == 1, -mag, mag)
+
+
+def dot(a_words, a_exp, b_words, b_exp, fmt: LBFPFormat) -> tuple[int, int]:
+    """(acc, E_ref) of the dot product of two 1-D LBFP vectors with per-element exponents
+    `a_exp`, `b_exp`: acc * 2^(E_ref - lut_bits) approximates sum(a * b) (see the module text)."""
+    pair = np.asarray(a_exp, np.int64) + np.asarray(b_exp, np.int64)
+    e_ref = int(pair.max())
+    return int(product_terms(a_words, b_words, e_ref - pair, fmt).sum()), e_ref
+
+
+def acc_to_lbfp(acc, e_ref, exponents, fmt: LBFPFormat, acc_fmt: LBFPFormat | None = None):
+    """Code words of accumulator values acc * 2^(e_ref - acc_fmt.lut_bits) with per-block
+    `exponents` of `fmt` (the next layer's format; acc_fmt defaults to it)."""
+    lut_bits = (acc_fmt or fmt).lut_bits
+    acc = np.asarray(acc, np.int64)
+    if np.any(np.abs(acc) >= 2**53):
+        raise ValueError("acc_to_lbfp: |acc| >= 2^53 cannot be scaled exactly in float64")
+    return encode(np.ldexp(acc.astype(np.float64), np.asarray(e_ref, np.int64) - lut_bits),
+                  exponents, fmt)
