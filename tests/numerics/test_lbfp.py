@@ -144,3 +144,41 @@ def test_bad_format_fields_name_the_field(field, value, allowed):
     with pytest.raises(ValueError, match="block_axis"):
         LBFPFormat(block_axis="1")
     assert math.isclose(LBFPFormat().thresholds[0], 2 ** -0.125)
+
+
+def _log_uniform(rng, n, lo, hi):
+    return rng.choice([-1, 1], n) * np.exp2(rng.uniform(lo, hi, n))
+
+
+def test_kl_keeps_the_max_exponent_without_outliers():
+    fmt = LBFPFormat(bits=4, frac_bits=0, block_size=1, block_axis=1)  # 6 magnitudes: 2^E..2^E-5
+    x = _log_uniform(np.random.default_rng(3), 5000, -4.5, 1.0).reshape(-1, 1)
+    assert lbfp.max_exponents(x, fmt, shared_axes=(0,)).tolist() == [[1]]
+    assert lbfp.kl_exponents(x, fmt, shared_axes=(0,)).tolist() == [[1]]
+
+
+def test_kl_saturates_a_rare_outlier():
+    fmt = LBFPFormat(bits=4, frac_bits=0, block_size=1, block_axis=1)
+    x = np.append(_log_uniform(np.random.default_rng(4), 5000, -4.5, 1.0), 8.0).reshape(-1, 1)
+    assert lbfp.max_exponents(x, fmt, shared_axes=(0,)).tolist() == [[3]]
+    e = lbfp.kl_exponents(x, fmt, shared_axes=(0,))
+    assert e.tolist() in ([[0]], [[1]])  # clip the one outlier instead of flushing half the data
+    err = {k: np.abs(lbfp.decode(lbfp.encode(x, [[k]], fmt), [[k]], fmt) - x).sum() for k in (3, 1)}
+    assert err[1] < err[3]
+
+
+def test_kl_exponents_per_activation_block():
+    fmt = LBFPFormat(bits=8, frac_bits=2, block_size=2, block_axis=1)
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 1, (6, 2, 3, 3))
+    x = np.concatenate([base, 16 * base, np.zeros((6, 1, 3, 3))], axis=1)
+    e = lbfp.kl_exponents(x, fmt, shared_axes=(0, 2, 3))
+    e_max = lbfp.max_exponents(x, fmt, shared_axes=(0, 2, 3))
+    assert e.shape == e_max.shape == (1, 3, 1, 1)
+    assert e[0, 2, 0, 0] == e_max[0, 2, 0, 0] == 0  # the all-zero channel block
+    assert np.all((e <= e_max) & (e >= e_max - 3))
+    assert e[0, 1, 0, 0] - e[0, 0, 0, 0] == 4  # 16x the values: exactly 4 more
+    words = lbfp.encode(x, e, fmt)
+    assert words.shape == x.shape and np.all(lbfp.decode(words, e, fmt)[:, 4] == 0)
+    with pytest.raises(ValueError, match="bins_per_step"):
+        lbfp.kl_exponents(x, fmt, bins_per_step=3)

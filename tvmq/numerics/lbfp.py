@@ -34,6 +34,16 @@ compile time. Each product contributes `sign * (LUT[r] >> (q + E_ref - Ea - Eb))
 truncating the magnitude) to an int64 accumulator in units of 2^(E_ref - lut_bits). Zero codes
 contribute 0.
 
+Shared exponents. `max_exponents`: E = ceil(log2 max|x|) per block, nothing saturates.
+`kl_exponents` (the paper's choice): among E_max + d for d in `candidates`, the E minimising
+KL(P || Q) between the block's calibration values and their LBFP version, both as histograms on
+a log2 grid of `bins_per_step` bins per code step: P holds the values, with those above 2^E
+(saturated) added to the top kept bin and those under the zero threshold added to the zero bin;
+Q spreads each code's share of the unclipped values evenly over the bins of that code where P is
+non-zero (TensorRT's entropy calibration, moved to the log domain), and holds only the true zeros
+in the zero bin. Exponents are shared across `shared_axes` (e.g. batch and spatial axes of
+activations).
+
 Back to LBFP (`acc_to_lbfp`). The accumulator's value acc * 2^(E_ref - lut_bits) is encoded with
 the next layer's block exponent by the same threshold rule (the scaling is exact in float64 for
 |acc| < 2^53).
@@ -143,15 +153,83 @@ def decode(words: np.ndarray, exponents: np.ndarray, fmt: LBFPFormat) -> np.ndar
     return np.where(sign == 1, -1.0, 1.0) * np.ldexp(fmt.magnitudes[c], e)
 
 
-def max_exponents(x: np.ndarray, fmt: LBFPFormat) -> np.ndarray:
+def max_exponents(x: np.ndarray, fmt: LBFPFormat, shared_axes: tuple[int, ...] = ()) -> np.ndarray:
     """Per-block E = ceil(log2(max |x|)) (the smallest 2^E >= every |x| of the block), exact via
-    frexp; 0 for an all-zero block. Clipped to EXPONENT_RANGE."""
+    frexp; 0 for an all-zero block; clipped to EXPONENT_RANGE. `shared_axes` are reduced too
+    (kept as size 1)."""
     x = np.asarray(x, np.float64)
     _check_finite(x, "x")
-    amax = block_reduce(np.abs(x), fmt, np.max)
+    amax = block_reduce(np.abs(x).max(axis=shared_axes, keepdims=True), fmt, np.max)
     mant, e = np.frexp(amax)  # amax = mant * 2^e, mant in [0.5, 1)
     e = np.where(mant == 0.5, e - 1, e)
     return np.clip(np.where(amax == 0, 0, e), *EXPONENT_RANGE).astype(np.int64)
+
+
+def kl_exponents(x: np.ndarray, fmt: LBFPFormat, shared_axes: tuple[int, ...] = (),
+                 candidates: tuple[int, ...] = (-3, -2, -1, 0), bins_per_step: int = 8
+                 ) -> np.ndarray:
+    """Per-block exponents of calibration values `x` by minimum KL divergence over
+    E_max + candidates (see the module text); same shape as `max_exponents`."""
+    if bins_per_step < 2 or bins_per_step % 2:
+        raise ValueError(f"bins_per_step={bins_per_step}: use an even integer >= 2 (code "
+                         "boundaries fall on half steps)")
+    e_max = max_exponents(x, fmt, shared_axes)
+    values = _block_values(np.abs(np.asarray(x, np.float64)), fmt, shared_axes)
+    out = np.empty(e_max.size, np.int64)
+    for i, (e0, v) in enumerate(zip(e_max.reshape(-1), values)):
+        if not np.any(v > 0):  # all zero: nothing to choose
+            out[i] = e0
+            continue
+        scores = [_kl(v, int(e0) + d, fmt, bins_per_step) for d in candidates]
+        out[i] = int(e0) + candidates[int(np.argmin(scores))]
+    return np.clip(out.reshape(e_max.shape), *EXPONENT_RANGE)
+
+
+def _block_values(a: np.ndarray, fmt: LBFPFormat, shared_axes) -> list[np.ndarray]:
+    """The values of each block (in the order of `max_exponents`'s output), as 1-D arrays."""
+    axis = fmt.block_axis % a.ndim
+    shared = tuple(ax % a.ndim for ax in shared_axes)
+    keep = [ax for ax in range(a.ndim) if ax not in shared]
+    moved = np.moveaxis(a, [*keep, *shared], range(a.ndim))  # kept axes first, in order
+    kept_shape = moved.shape[:len(keep)]
+    block_pos = keep.index(axis)
+    out_shape = list(kept_shape)
+    out_shape[block_pos] = n_blocks(kept_shape[block_pos], fmt)
+    blocks = []
+    for index in np.ndindex(*out_shape):
+        sl = list(index)
+        b = index[block_pos] * fmt.block_size
+        sl[block_pos] = slice(b, b + fmt.block_size)
+        blocks.append(moved[tuple(sl)].reshape(-1))
+    return blocks
+
+
+def _kl(v: np.ndarray, e: int, fmt: LBFPFormat, bins_per_step: int) -> float:
+    """KL(P || Q) of block values |v| against their LBFP version with exponent e."""
+    step = 2.0**-fmt.frac_bits
+    zeros = int(np.sum(v == 0))
+    logs = np.log2(v[v > 0])
+    width = step / bins_per_step
+    lo = e - (fmt.c_max - 0.5) * step  # zero threshold: below it values flush to zero
+    top_edge = max(float(logs.max()), e) + width
+    edges = lo + width * np.arange(int(np.ceil((top_edge - lo) / width)) + 1)
+    hist, _ = np.histogram(logs, edges)
+    under = int(np.sum(logs < lo))
+    centers = (edges[:-1] + edges[1:]) / 2
+    kept = centers < e + step / 2  # code 0 covers [e - step/2, e + step/2); above it saturates
+    n_kept = int(kept.sum())
+    p = hist[:n_kept].astype(np.float64)
+    p[-1] += hist[n_kept:].sum()  # saturated values land on the top code
+    code = np.clip(np.floor((e - centers[:n_kept]) / step + 0.5), 0, fmt.c_max - 1).astype(int)
+    clean = hist[:n_kept].astype(np.float64)
+    share = np.bincount(code, clean, fmt.c_max)
+    support = np.bincount(code, clean > 0, fmt.c_max)
+    q = np.where(clean > 0, share[code] / np.maximum(support[code], 1), 0.0)
+    p = np.append(p, zeros + under)
+    q = np.append(q, zeros)
+    p, q = p / p.sum(), q / max(q.sum(), 1e-300)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] / np.maximum(q[nz], 1e-12))))
 
 
 def block_reduce(x: np.ndarray, fmt: LBFPFormat, reduce) -> np.ndarray:
