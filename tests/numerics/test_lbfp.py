@@ -182,3 +182,42 @@ def test_kl_exponents_per_activation_block():
     assert words.shape == x.shape and np.all(lbfp.decode(words, e, fmt)[:, 4] == 0)
     with pytest.raises(ValueError, match="bins_per_step"):
         lbfp.kl_exponents(x, fmt, bins_per_step=3)
+
+
+@pytest.mark.parametrize("groups,padding,strides", [(1, (1, 1, 1, 1), (1, 1)),
+                                                    (3, (0, 1, 2, 0), (2, 1))])
+def test_conv2d_is_the_dot_of_every_window(groups, padding, strides):
+    fmt_x = LBFPFormat(bits=8, frac_bits=2, block_size=2, block_axis=1)
+    fmt_w = LBFPFormat(bits=8, frac_bits=2, block_size=2, block_axis=1)
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (2, 6, 5, 5)) * np.array([1, 4, 4, 0.25, 1, 1])[None, :, None, None]
+    w = rng.normal(0, 0.3, (6, 6 // groups, 3, 3))
+    xe = lbfp.max_exponents(x, fmt_x, shared_axes=(0, 2, 3))
+    we = lbfp.max_exponents(w, fmt_w)
+    xw, ww = lbfp.encode(x, xe, fmt_x), lbfp.encode(w, we, fmt_w)
+    x_e = lbfp.expand_exponents(xe, (1, 6, 1, 1), fmt_x).reshape(6)
+    w_e = lbfp.expand_exponents(we, w.shape, fmt_w)
+    acc, e_ref = lbfp.conv2d(xw, x_e, ww, w_e, fmt_x, fmt_w, strides=strides, padding=padding,
+                             groups=groups)
+    top, left, bottom, right = padding
+    xp = np.pad(xw, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fmt_x.c_max)
+    cg = 6 // groups
+    for n, oc, y, z in np.ndindex(*acc.shape):
+        g = oc // (6 // groups)
+        patch = xp[n, g * cg:(g + 1) * cg, y * strides[0]:y * strides[0] + 3,
+                   z * strides[1]:z * strides[1] + 3]
+        pe = np.broadcast_to(x_e[g * cg:(g + 1) * cg, None, None], patch.shape)
+        want, want_ref = lbfp.dot(patch.reshape(-1), pe.reshape(-1), ww[oc].reshape(-1),
+                                  w_e[oc].reshape(-1), fmt_w)
+        assert (acc[n, oc, y, z], e_ref[oc]) == (want, want_ref)
+    approx = acc * np.exp2(e_ref - fmt_w.lut_bits)[None, :, None, None]
+    exact = oracle_conv(lbfp.decode(xw, xe, fmt_x), lbfp.decode(ww, we, fmt_w), strides, padding,
+                        groups)
+    assert np.abs(approx - exact).max() < 0.01 * np.abs(exact).max()
+    bias = lbfp.bias_to_acc(np.array([0.5, -1.25, 3.0, 0, 0, 0]), e_ref, fmt_w)
+    np.testing.assert_array_equal(bias[:3] * np.exp2(e_ref[:3] - fmt_w.lut_bits), [0.5, -1.25, 3])
+
+
+def oracle_conv(x, w, strides, padding, groups):
+    from tvmq.oracle import conv2d
+    return conv2d(x, w, strides, padding, (1, 1), groups)

@@ -277,3 +277,49 @@ def acc_to_lbfp(acc, e_ref, exponents, fmt: LBFPFormat, acc_fmt: LBFPFormat | No
         raise ValueError("acc_to_lbfp: |acc| >= 2^53 cannot be scaled exactly in float64")
     return encode(np.ldexp(acc.astype(np.float64), np.asarray(e_ref, np.int64) - lut_bits),
                   exponents, fmt)
+
+
+def conv2d(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat, *,
+           strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):
+    """LBFP conv2d, NCHW / OIHW: (acc int64 (N, O, OH, OW), e_ref int64 (O,)).
+
+    `x_exp` holds one exponent per input channel (activation exponents are shared over batch and
+    space: shape (C,) or broadcastable (1, C, 1, 1)); `w_exp` one per weight element (blocks
+    expanded, shape of `w_words`). Per output channel o, e_ref[o] = max over its reduction of
+    x_exp[c] + w_exp[o, c, kh, kw], and acc[n, o, y, x] = sum of `product_terms` shifted by
+    e_ref[o] - (x_exp + w_exp), so acc * 2^(e_ref - fmt_w.lut_bits) approximates the conv of the
+    decoded values. Padding is the zero code. fmt_x and fmt_w must share frac_bits and lut_bits
+    (one product table).
+    """
+    if (fmt_x.frac_bits, fmt_x.lut_bits, fmt_x.bits) != (fmt_w.frac_bits, fmt_w.lut_bits,
+                                                         fmt_w.bits):
+        raise ValueError("lbfp.conv2d: activations and weights need the same bits, frac_bits "
+                         "and lut_bits (one code adder and product table)")
+    x_words, w_words = np.asarray(x_words), np.asarray(w_words)
+    n, c, _, _ = x_words.shape
+    o, cg, kh, kw = w_words.shape
+    x_e = np.asarray(x_exp, np.int64).reshape(c)
+    w_e = np.asarray(w_exp, np.int64)
+    top, left, bottom, right = padding
+    xp = np.pad(x_words, ((0, 0), (0, 0), (top, bottom), (left, right)),
+                constant_values=fmt_x.c_max)
+    sh, sw = strides
+    dh, dw = dilation
+    win = np.lib.stride_tricks.sliding_window_view(
+        xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    og = o // groups
+    acc = np.zeros((n, o, win.shape[2], win.shape[3]), np.int64)
+    e_ref = np.zeros(o, np.int64)
+    for oc in range(o):
+        chans = slice(oc // og * cg, oc // og * cg + cg)
+        pair = x_e[chans][:, None, None] + w_e[oc]  # (Cg, KH, KW)
+        e_ref[oc] = pair.max()
+        terms = product_terms(win[:, chans].transpose(0, 2, 3, 1, 4, 5), w_words[oc],
+                              e_ref[oc] - pair, fmt_w)  # (N, OH, OW, Cg, KH, KW)
+        acc[:, oc] = terms.sum(axis=(3, 4, 5))
+    return acc, e_ref
+
+
+def bias_to_acc(bias: np.ndarray, e_ref: np.ndarray, fmt: LBFPFormat) -> np.ndarray:
+    """Float bias in accumulator units 2^(e_ref - lut_bits): rint (half to even), int64."""
+    return np.rint(np.ldexp(np.asarray(bias, np.float64), fmt.lut_bits - e_ref)).astype(np.int64)
