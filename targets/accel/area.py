@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from .config import REQUANTS, ROUNDINGS
 
 __all__ = ["KINDS", "UNIT_AREAS", "AreaEstimate", "Component", "UnitArea", "area_table",
-           "format_area_table", "kind_label", "pe_array_area", "requant_area"]
+           "format_area_table", "kind_label", "lbfp_multiplier_area", "pe_array_area",
+           "requant_area"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,26 @@ def pe_array_area(t_oc: int, t_ic: int) -> AreaEstimate:
     logic = [("int8 multiplier (8b mult)", t_ic, _um2("int_mult8")),
              ("int32 accumulate adder (32b add)", t_ic, _um2("int_add32"))]
     return _estimate(logic, [("int32 accumulator register (bits)", 32, _um2("dff"))], t_oc)
+
+
+def lbfp_multiplier_area(bits: int = 8, frac_bits: int = 2, lut_bits: int = 15) -> AreaEstimate:
+    """One LBFP multiplier (tvmq.numerics.lbfp): sign XOR, a `bits`-wide code adder, the
+    2^frac_bits-entry table of 2^(-r/2^f) as a mux tree per output bit (none for f = 0), and a
+    barrel shifter over the lut_bits + 1 product bits whose ceil(log2(lut_bits + 2)) stages
+    shift up to the width (larger shifts give 0). Next to `UNIT_AREAS["int_mult8"]` it answers
+    the paper's "45% less area than an 8-bit fixed-point multiplier"."""
+    _check_count("lbfp_multiplier_area", "bits", bits)
+    _check_count("lbfp_multiplier_area", "lut_bits", lut_bits)
+    if not isinstance(frac_bits, int) or isinstance(frac_bits, bool) or frac_bits < 0:
+        raise ValueError(f"lbfp_multiplier_area: frac_bits={frac_bits!r}: use an integer >= 0.")
+    width = lut_bits + 1
+    logic = [("sign XOR (4 NAND2 GE)", 4, _um2("nand2")),
+             (f"code adder ({bits}b add)", 1, _adder(bits))]
+    if frac_bits:
+        logic.append((f"2^-r/2^f table: {2**frac_bits}:1 mux per product bit ({width} bits)",
+                      width * (2**frac_bits - 1), _um2("mux2")))
+    logic.append(_shifter("product shift", width, width))
+    return _estimate(logic, [], 1)
 
 
 def area_table(t_ocs=(4, 8, 16, 32, 64), t_ic: int = 16) -> list[dict]:

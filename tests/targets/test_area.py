@@ -168,3 +168,17 @@ def test_format_area_table_lists_every_row_aligned():
     assert all(line[col:].startswith(r["requant"]) for line, r in zip(lines[1:], rows, strict=True))
     assert "9,685.5" not in text and "38,742.0" in text  # 4 fp32 lanes, thousands separated
     assert "73.5%" in text
+
+
+def test_lbfp_multiplier_by_hand():
+    from tvmq.targets.accel.area import lbfp_multiplier_area
+    u = {k: v.value for k, v in UNIT_AREAS.items()}
+    # 8-bit, f = 2, 15-bit table: XOR 4 GE, 8b add, 16 bits x 3 mux2 (4:1), 16b x 5-stage shifter
+    want = 4 * u["nand2"] + 8 * u["int_add32"] / 32 + 16 * 3 * u["mux2"] + 16 * 5 * u["mux2"]
+    assert lbfp_multiplier_area(8, 2, 15).total_um2 == pytest.approx(want)
+    # f = 0 has no table: pure power-of-two products are a shift
+    assert lbfp_multiplier_area(8, 0, 15).total_um2 == pytest.approx(want - 48 * u["mux2"])
+    assert lbfp_multiplier_area(8, 0, 15).total_um2 < 0.7 * u["int_mult8"]
+    assert lbfp_multiplier_area(8, 2, 15).register_bits == 0
+    with pytest.raises(ValueError, match="frac_bits=-1"):
+        lbfp_multiplier_area(8, -1)
