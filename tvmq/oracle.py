@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import numpy as np
 import tvm
-from numpy.lib.stride_tricks import sliding_window_view
 from tvm import relax, s_tir, tirx
 
 from . import numerics
+from .numerics.windows import pad_nchw, windows
 from .passes._requant_kernel import golden_requant
 from .passes._util import op_name
 
@@ -33,24 +33,11 @@ def _ints(v) -> list[int]:
     return [int(i) for i in v]
 
 
-def _pad_nchw(x: np.ndarray, padding, value) -> np.ndarray:
-    top, left, bottom, right = _ints(padding) if len(padding) == 4 else _ints(padding) * 2
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
-
-
-def _windows(x: np.ndarray, kh, kw, strides, dilation) -> np.ndarray:
-    """(N, C, OH, OW, kh, kw) view of the input windows."""
-    sh, sw = _ints(strides)
-    dh, dw = _ints(dilation)
-    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    return win[:, :, ::sh, ::sw, ::dh, ::dw]
-
-
 def conv2d(x, w, strides, padding, dilation, groups):
     """NCHW / OIHW conv2d; integer inputs accumulate exactly in int64 (float ones in float64)."""
-    x = _pad_nchw(_wide(x), padding, 0)
+    x = pad_nchw(_wide(x), padding, 0)
     o, cg, kh, kw = w.shape
-    win = _windows(x, kh, kw, strides, dilation)
+    win = windows(x, kh, kw, strides, dilation)
     n, c, oh, ow = win.shape[:4]
     win = win.reshape(n, groups, c // groups, oh, ow, kh, kw)
     wg = _wide(w).reshape(groups, o // groups, cg, kh, kw)
@@ -60,7 +47,7 @@ def conv2d(x, w, strides, padding, dilation, groups):
 
 def max_pool2d(x, pool_size, strides, padding, dilation):
     fill = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
-    win = _windows(_pad_nchw(x, padding, fill), *_ints(pool_size), strides, dilation)
+    win = windows(pad_nchw(x, padding, fill), *_ints(pool_size), strides, dilation)
     return win.max(axis=(4, 5)).astype(x.dtype)
 
 

@@ -56,6 +56,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .windows import pad_nchw, windows
+
 MAX_BITS = 8
 MAX_FRAC_BITS = 4
 EXPONENT_RANGE = (-126, 127)  # a shared exponent fits an int8
@@ -300,13 +302,7 @@ def conv2d(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat,
     o, cg, kh, kw = w_words.shape
     x_e = np.asarray(x_exp, np.int64).reshape(c)
     w_e = np.asarray(w_exp, np.int64)
-    top, left, bottom, right = padding
-    xp = np.pad(x_words, ((0, 0), (0, 0), (top, bottom), (left, right)),
-                constant_values=fmt_x.c_max)
-    sh, sw = strides
-    dh, dw = dilation
-    win = np.lib.stride_tricks.sliding_window_view(
-        xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    win = windows(pad_nchw(x_words, padding, fmt_x.c_max), kh, kw, strides, dilation)
     og = o // groups
     acc = np.zeros((n, o, win.shape[2], win.shape[3]), np.int64)
     e_ref = np.zeros(o, np.int64)
