@@ -80,14 +80,6 @@ def lower(cm, hw) -> tuple[AccelRuntime, object]:
     return runtime, LowerToAccel(runtime)(cm.quant_mod)
 
 
-def one_inference_counters(runtime: AccelRuntime, module, x) -> dict[str, dict[str, int]]:
-    runtime.reset()
-    module.run(x[None])
-    counters = runtime.counters
-    runtime.reset()
-    return counters
-
-
 def table(head, rows, left=(0, 1)) -> str:
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -109,7 +101,7 @@ def bit_exact_section(m: Model, compiled: dict, n_check: int) -> str:
             same = sum(np.array_equal(module.run(x[None]), w)
                        for x, w in zip(m.x_test[:n_check], want))
             cycles = sum(c["cycles"] for c in
-                         one_inference_counters(runtime, module, m.x_test[0]).values())
+                         runtime.one_inference(module, m.x_test[:1]).values())
             rows.append([area.kind_label(requant, rounding), t_oc, f"{same}/{n_check}",
                          len(runtime.slots), len(runtime.host_layers), f"{cycles:,}"])
     return (f"{m.name}: accel (npu-mid, t_oc varied) == NumPy oracle, bit for bit\n"
@@ -122,7 +114,7 @@ def presets_section(m: Model, cm) -> str:
         hw = dataclasses.replace(preset(name), requant=cm.config.requant,
                                  rounding=cm.config.rounding)
         runtime, lowered = lower(cm, hw)
-        counters = one_inference_counters(runtime, build(lowered), m.x_test[0])
+        counters = runtime.one_inference(build(lowered), m.x_test[:1])
         rows = []
         for layer, c in counters.items():
             util = c["macs"] / (c["cycles"] * hw.macs_per_cycle)
@@ -162,28 +154,16 @@ def speed_section(m: Model, cm) -> str:
     hw = dataclasses.replace(preset("npu-small"), requant=cm.config.requant,
                              rounding=cm.config.rounding)
     runtime, lowered = lower(cm, hw)
-    layer, args = largest_conv(lowered, runtime)
+    layer, args = largest_conv(lowered)
     desc = args["desc"]
     fields = dict(zip(emulator.DESC_FIELDS, desc.tolist()))
     x = np.random.default_rng(0).integers(-128, 128, args["x_shape"], dtype=np.int8)
     y = np.empty(args["y_shape"], np.int8)
-    lib = emulator.load()
-    ptrs = [emulator._ptr(a, t) for a, t in ((desc, emulator._i32p), (x, emulator._i8p),
-                                              (args["w"], emulator._i8p),
-                                              (args["bias"], emulator._i32p),
-                                              (args["rq"], emulator._i32p), (y, emulator._i8p))]
-    tiles = range(0, fields["O"], fields["t_oc"])
 
-    def run_layer():
-        for o0 in tiles:
-            assert lib.accel_conv2d_tile(*ptrs, o0) == 0
-
-    runtime.reset()
-    run_layer()
-    macs = runtime.counters[layer]["macs"]
+    run_layer = emulator.tile_runner(desc, args["rq"], x, args["w"], args["bias"], y)
+    accel_module, host_module, xs = build(lowered), cm.host, m.x_test[:1]
+    macs = runtime.one_inference(accel_module, xs)[layer]["macs"]
     seconds = timed(run_layer)
-    accel_module, host_module = build(lowered), cm.host
-    xs = m.x_test[:1]
     accel_s, host_s = timed(lambda: accel_module.run(xs)), timed(lambda: host_module.run(xs))
     rate = macs / seconds
     ok = "meets" if rate >= SPEED_TARGET_MACS else "misses"
@@ -197,7 +177,7 @@ def speed_section(m: Model, cm) -> str:
         f"{1e3 * host_s:.3f} ms (accel / host = {accel_s / host_s:.2f}x)"])
 
 
-def largest_conv(lowered, runtime: AccelRuntime):
+def largest_conv(lowered):
     """(layer, its call_tir arguments) with the most MACs per the descriptors."""
     best = None
     for binding in (b for block in lowered["main"].body.blocks for b in block.bindings):

@@ -301,18 +301,16 @@ def _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host: HostModu
 
 def _measure_cycles(report: Report, runtime: AccelRuntime, host: HostModule, inp) -> None:
     """Per-layer emulator counters of one inference (they depend on shapes, not on values)."""
-    runtime.reset()
-    host.run(np.zeros(inp.shape, np.float32))
+    counters = runtime.one_inference(host, np.zeros(inp.shape, np.float32))
     hw = runtime.hw
     for row in report.layers:
-        c = runtime.counters.get(row.name)
+        c = counters.get(row.name)
         if c is not None:
             row.cycles, row.macs = c["cycles"], c["macs"]
             row.utilization = c["macs"] / max(1, c["cycles"] * hw.macs_per_cycle)
-    cycles = sum(c["cycles"] for c in runtime.counters.values())
+    cycles = sum(c["cycles"] for c in counters.values())
     report.accel = {"config": hw.to_dict(), "cycles": cycles,
                     "latency_us": cycles / hw.clock_mhz, "host_layers": dict(runtime.host_layers)}
-    runtime.reset()
 
 
 def _model_name(model) -> str:

@@ -53,6 +53,15 @@ class AccelRuntime:
         for slot in self.slots.values():
             emulator.clear_counters(slot)
 
+    def one_inference(self, module, x: np.ndarray) -> dict[str, dict[str, int]]:
+        """Per-layer counters of `module.run(x)` alone (counters are cleared before and after;
+        they depend on shapes, not on values)."""
+        self.reset()
+        module.run(x)
+        counters = self.counters
+        self.reset()
+        return counters
+
 
 def tile_loop(x_shape, w_shape, rq_rows: int, y_shape, t_oc: int) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w, bias, rq, desc, y): for each of ceil(O / t_oc) output-channel tiles, call
