@@ -79,10 +79,13 @@ def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
               observer: str = "minmax", keep: int = 0, progress: bool = True):
     """Observe tensors `names` of the annotated float `mod` over the calibration data.
 
+    `observer` is an observer name (tvmq.calibration.OBSERVERS) or a factory name -> observer.
+
     Returns (observers by name, float outputs of the first `keep` samples by name, the samples).
     """
     runner = build(InsertTaps(names)(mod))
-    observers = {n: calibration.make_observer(observer, name=n) for n in names}
+    observers = {n: observer(n) if callable(observer) else
+                 calibration.make_observer(observer, name=n) for n in names}
     kept_values: dict[str, list[np.ndarray]] = {n: [] for n in ["output", *names]}
     kept_inputs: list[np.ndarray] = []
     samples = tqdm(iter_samples(data, inp), desc="calibrate", unit="sample", leave=False,

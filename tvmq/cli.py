@@ -31,8 +31,13 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="int32 -> int8 rescaling: integer multiplier+shift or one float32 multiply")
     g.add_argument("--rounding", default="double", choices=ROUNDINGS,
                    help="mult_shift rounding: gemmlowp double, CMSIS-NN single, TVM tonearest")
-    g.add_argument("--observer", default="minmax", choices=OBSERVERS,
-                   help="activation range from calibration data (default minmax)")
+    g.add_argument("--observer", default=None, choices=OBSERVERS,
+                   help="activation range from calibration data (default minmax); LBFP block "
+                   "exponents: kl (default) or minmax")
+    g.add_argument("--lbfp-frac-bits", type=int, default=None,
+                   help="LBFP fractional bits of the log code (default 4/2/1 for lbfp8/6/4)")
+    g.add_argument("--lbfp-block-size", type=int, default=16,
+                   help="LBFP elements sharing one exponent (default 16)")
     g.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
@@ -42,7 +47,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 def _config(args) -> QuantConfig:
     return QuantConfig(scheme=args.scheme, requant=args.requant, rounding=args.rounding,
                        observer=args.observer, per_channel_weights=not args.per_tensor_weights,
-                       symmetric_activations=args.symmetric_activations)
+                       symmetric_activations=args.symmetric_activations,
+                       lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -140,14 +146,15 @@ def cmd_demo(args) -> int:
     cm = compile(data.digits_model_path(), config=_config(args), calib=x_calib,
                  progress=not args.quiet)
     seconds = time.perf_counter() - start
-    int8 = cm.run(x_test)
+    quant = cm.run(x_test)
+    scheme = cm.config.scheme.upper()
     print(cm.report())
     oracle = cm.oracle()
     exact = sum(np.array_equal(cm.run(x[None]), oracle.run(x[None])) for x in x_test[:50])
-    acc_f, acc_q = (fp32.argmax(1) == y_test).mean(), (int8.argmax(1) == y_test).mean()
+    acc_f, acc_q = (fp32.argmax(1) == y_test).mean(), (quant.argmax(1) == y_test).mean()
     rows = [("model", "accuracy", "vs FP32"),
             ("FP32 (TVM host)", f"{100 * acc_f:.2f}%", ""),
-            (f"INT8 ({cm.config.label.removeprefix('int8 ')})", f"{100 * acc_q:.2f}%",
+            (f"{scheme} ({cm.config.label.split(' ', 1)[1]})", f"{100 * acc_q:.2f}%",
              f"{100 * (acc_q - acc_f):+.2f} pts")]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"\nbundled digits CNN, {len(y_test)} test images (scikit-learn digits)")
@@ -155,7 +162,8 @@ def cmd_demo(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"top-1 agreement INT8 vs FP32: {100 * (int8.argmax(1) == fp32.argmax(1)).mean():.2f}%")
+    agree = 100 * (quant.argmax(1) == fp32.argmax(1)).mean()
+    print(f"top-1 agreement {scheme} vs FP32: {agree:.2f}%")
     print(f"host == NumPy oracle (bit-exact) on {exact}/50 inputs")
     print(f"compile time (calibrate + quantize + build): {seconds:.1f} s")
     return 0 if exact == 50 else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -17,14 +18,16 @@ from tqdm import tqdm
 from tvm import relax
 
 from .calibrate import calibrate
+from .calibration.lbfp_observer import LBFPObserver
 from .config import QuantConfig
 from .errors import CompileError
 from .frontend import load_model
-from .numerics import QParams, choose_qparams, dequantize
+from .numerics import QParams, choose_qparams, dequantize, lbfp
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
+from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP, weight_exponents, weight_format
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow, Report, sqnr_db
 from .targets.accel import AccelConfig, emulator, preset
@@ -209,34 +212,61 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     layers, float_ops = find_layers(annotated)
     if not layers:
         raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, ...).")
+    if config.is_lbfp:
+        float_ops += [f"{layer.name} ({layer.kind})" for layer in layers
+                      if layer.kind not in MAC_KINDS]
+        layers = [layer for layer in layers if layer.kind in MAC_KINDS]
+        if not layers:
+            raise CompileError(f"scheme {config.scheme!r} quantizes conv2d/matmul layers and "
+                               "this model has none.")
     tap_names = _tensor_names(layers)
     stage("calibrate")
+    observer = config.observer
+    if config.is_lbfp:
+        method = "kl" if config.observer == "kl" else "max"
+        fmt = config.lbfp_format
+
+        def observer(name):
+            return LBFPObserver(fmt, method, name)
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
-                                             observer=config.observer, keep=config.sqnr_samples,
+                                             observer=observer, keep=config.sqnr_samples,
                                              progress=progress)
     stage("quantize")
-    boundary = _output_names(annotated) | {inp.name}
-    act_qparams = {
-        # The model's input and outputs keep their observed range: the observer's clipping is for
-        # internal activations (clipped logits tie under argmax; inputs are often discrete).
-        n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()), config)
-        for n, obs in observers.items()
-    }
-    realize = RealizeQuantization(act_qparams, config.requant, config.rounding,
-                                  config.per_channel_weights)
-    quant_mod = realize(annotated)
+    if config.is_lbfp:
+        act_params = {n: obs.exponents() for n, obs in observers.items()}
+        quant_mod = RealizeLBFP(act_params, config.lbfp_format,
+                                weight_exponents=method)(annotated)
+        decoders = {layer.name: _lbfp_decoder(act_params[layer.name], layer.shape, fmt)
+                    for layer in layers}
+        rows = _lbfp_rows(layers, act_params, config)
+    else:
+        boundary = _output_names(annotated) | {inp.name}
+        act_params = {
+            # The model's input and outputs keep their observed range: the observer's clipping is
+            # for internal activations (clipped logits tie under argmax; inputs are often
+            # discrete).
+            n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()),
+                                  config)
+            for n, obs in observers.items()
+        }
+        realize = RealizeQuantization(act_params, config.requant, config.rounding,
+                                      config.per_channel_weights)
+        quant_mod = realize(annotated)
+        out_qparams = _output_qparams(layers, act_params)
+        decoders = {name: functools.partial(dequantize, qparams=qp)
+                    for name, qp in out_qparams.items()}
+        rows = _layer_rows(layers, act_params, out_qparams, config)
     stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
     lowered = quant_mod if runtime is None else LowerToAccel(runtime)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
-    out_qparams = _output_qparams(layers, act_qparams)
     report = Report(model=_model_name(model), target=target, config=config.to_dict(),
                     float_ops=float_ops)
-    report.layers = _layer_rows(layers, act_qparams, out_qparams, config)
+    report.layers = rows
     if kept_inputs:
-        _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host)
+        _measure_sqnr(report, layers, decoders, kept, kept_inputs, host)
     if runtime is not None:
         _measure_cycles(report, runtime, host, inp)
     report.compile_seconds = time.perf_counter() - start
@@ -244,7 +274,30 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     stages.refresh()
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
-                         act_qparams=act_qparams, accel=runtime)
+                         act_qparams=act_params, accel=runtime)
+
+
+def _lbfp_decoder(exponents, shape, fmt):
+    """Float32 values of a layer's LBFP words (per-channel exponents)."""
+    axis = lbfp.activation_axis(len(shape))
+    channel_fmt = dataclasses.replace(fmt, block_size=1, block_axis=axis)
+    per_channel = np.reshape(exponents, [-1 if i == axis else 1 for i in range(len(shape))])
+
+    def decode(words):
+        return lbfp.decode(words, per_channel, channel_fmt).astype(np.float32)
+    return decode
+
+
+def _lbfp_rows(layers, exponents, config) -> list[LayerRow]:
+    fmt = config.lbfp_format
+    method = "kl" if config.observer == "kl" else "max"
+    rows = []
+    for layer in layers:
+        w_exp = weight_exponents(layer.weight, weight_format(fmt, layer.kind), method)
+        span = (int(exponents[layer.name].min()), int(exponents[layer.name].max()))
+        rows.append(LayerRow(layer.name, layer.kind, layer.shape, fmt.bits, out_exponents=span,
+                             weight_exponents=(int(w_exp.min()), int(w_exp.max()))))
+    return rows
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
@@ -290,11 +343,12 @@ def _layer_rows(layers, act_qparams, out_qparams, config) -> list[LayerRow]:
     return rows
 
 
-def _measure_sqnr(report, layers, out_qparams, kept, kept_inputs, host: HostModule):
-    """SQNR of every layer output and of the model output, on the kept calibration samples."""
+def _measure_sqnr(report, layers, decoders, kept, kept_inputs, host: HostModule):
+    """SQNR of every layer output and of the model output, on the kept calibration samples.
+    `decoders` maps a layer name to the function from its integer output to float."""
     outs = [host.run(x, TAPS_FUNCTION) for x in kept_inputs]
     for i, (layer, row) in enumerate(zip(layers, report.layers)):
-        approx = [dequantize(o[1 + i], out_qparams[layer.name]) for o in outs]
+        approx = [decoders[layer.name](o[1 + i]) for o in outs]
         row.sqnr_db = sqnr_db(np.stack(kept[layer.name]), np.stack(approx))
     report.output_sqnr_db = sqnr_db(np.stack(kept["output"]), np.stack([o[0] for o in outs]))
 

@@ -10,8 +10,11 @@ float32 arithmetic of TVM's llvm build: elementwise add/subtract/multiply/divide
 `call_tir`s to TOPI broadcast maximum/minimum that the ONNX importer emits for Clip, are exact.
 `exp` (softmax, sigmoid) is C `expf` in TVM; the oracle evaluates it in float64 and rounds once,
 which differs from glibc's expf by 1 ulp on 0.004% of all finite float32 inputs (NumPy's float32
-exp: 4.9%, up to 3 ulp). Float conv2d/matmul/mean are not bit-exact. Unknown ops and PrimFuncs
-raise NotImplementedError naming them.
+exp: 4.9%, up to 3 ulp).
+Float mean and avg_pool2d sum in order and divide, like TOPI. Float conv2d/matmul are not
+bit-exact. LBFP kernels (attribute `tvmq.lbfp`) run the golden tvmq.numerics.lbfp functions,
+and calls to float composite functions left in an LBFP graph are evaluated op by op. Unknown
+ops and PrimFuncs raise NotImplementedError naming them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import tvm
 from tvm import relax, s_tir, tirx
 
 from . import numerics
+from .numerics import lbfp
 from .numerics.windows import pad_nchw, windows
+from .passes import _lbfp_kernels
 from .passes._requant_kernel import golden_requant
 from .passes._util import op_name
 
@@ -49,6 +54,44 @@ def max_pool2d(x, pool_size, strides, padding, dilation):
     fill = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
     win = windows(pad_nchw(x, padding, fill), *_ints(pool_size), strides, dilation)
     return win.max(axis=(4, 5)).astype(x.dtype)
+
+
+def _sum_in_order(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Float32 sum over `axes` one element at a time in row-major order (TVM's reduction loop),
+    keeping the reduced axes as size 1."""
+    rest = [a for a in range(x.ndim) if a not in axes]
+    moved = np.moveaxis(x, [*rest, *axes], range(x.ndim))
+    flat = moved.reshape(*moved.shape[:len(rest)], -1)
+    total = np.zeros(flat.shape[:-1], np.float32)
+    for r in range(flat.shape[-1]):
+        total = total + flat[..., r]
+    return np.expand_dims(total, tuple(axes))
+
+
+def _mean(call, x):
+    """TOPI mean: an in-order float32 sum, divided by the element count (integers: exact sum)."""
+    axes = tuple(sorted(int(a) % x.ndim for a in _attr(call, "axis")))
+    keep = bool(_attr(call, "keepdims"))
+    if x.dtype.kind in "iu":
+        return np.mean(x, axis=axes, keepdims=keep)
+    count = int(np.prod([x.shape[a] for a in axes]))
+    out = _sum_in_order(np.asarray(x, np.float32), axes) / np.float32(count)
+    return out if keep else out.reshape([d for i, d in enumerate(x.shape) if i not in axes])
+
+
+def _avg_pool2d(call, x):
+    """TOPI float32 avg_pool2d: in-order sum over each window (zero padding), divided by the
+    window size, or by the count of real pixels when count_include_pad is false."""
+    kh, kw = _ints(_attr(call, "pool_size"))
+    strides, padding = _attr(call, "strides"), _attr(call, "padding")
+    dilation = _attr(call, "dilation")
+    win = windows(pad_nchw(np.asarray(x, np.float32), padding, 0), kh, kw, strides, dilation)
+    total = _sum_in_order(win, (4, 5))[..., 0, 0]
+    if bool(_attr(call, "count_include_pad")):
+        return total / np.float32(kh * kw)
+    ones = windows(pad_nchw(np.ones((1, 1, *x.shape[2:]), np.float32), padding, 0), kh, kw,
+                   strides, dilation)
+    return total / ones.sum(axis=(4, 5)).astype(np.float32)
 
 
 def _wide(x: np.ndarray) -> np.ndarray:
@@ -129,8 +172,8 @@ _OPS: dict[str, Callable] = {
         _wide(x),
         axis=None if _attr(call, "axis") is None else tuple(_ints(_attr(call, "axis"))),
         keepdims=bool(_attr(call, "keepdims"))),
-    "relax.mean": lambda call, x: np.mean(
-        x, axis=tuple(_ints(_attr(call, "axis"))), keepdims=bool(_attr(call, "keepdims"))),
+    "relax.mean": _mean,
+    "relax.nn.avg_pool2d": _avg_pool2d,
     "relax.strided_slice": _strided_slice,
     "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(_attr(call, "axis"))),
     "relax.reshape": lambda call, x: x,  # the binding's static shape is applied afterwards
@@ -155,6 +198,57 @@ def requantize_call(prim: tvm.tirx.PrimFunc, acc: np.ndarray, params: list[np.nd
 
 def _requant_args(prim, acc, *params):
     return requantize_call(prim, acc, list(params))
+
+
+def _per_channel(exps, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(exps, np.int64).reshape(shape)
+
+
+def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
+    """NumPy version of a tvmq LBFP kernel (passes/_lbfp_kernels.py): the golden functions."""
+    a = prim.attrs[_lbfp_kernels.ATTR]
+    op = str(a["op"])
+    fmt = _lbfp_kernels.format_of(prim)
+    if op == "conv2d":
+        def run(x, w, x_exp, w_exp, e_ref, lut):
+            acc, golden_e_ref = lbfp.conv2d(
+                x, x_exp, w, w_exp, fmt, fmt, strides=_ints(a["strides"]),
+                padding=_ints(a["padding"]), dilation=_ints(a["dilation"]),
+                groups=int(a["groups"]))
+            _same_e_ref(golden_e_ref, e_ref, prim)
+            return acc
+    elif op == "matmul":
+        def run(x, w, x_exp, w_exp, e_ref, lut):
+            acc, golden_e_ref = lbfp.matmul(x, x_exp, w, w_exp, fmt, fmt)
+            _same_e_ref(golden_e_ref, e_ref, prim)
+            return acc
+    elif op == "decode":
+        def run(words, exps, mags):
+            axis = int(a["axis"])
+            channel_fmt = _lbfp_kernels.format_of(prim, axis)
+            return lbfp.decode(words, _per_channel(exps, words.ndim, axis),
+                               channel_fmt).astype(np.float32)
+    else:  # encode
+        lo = float(a["lo"]) if bool(a["has_lo"]) else -np.inf
+        hi = float(a["hi"]) if bool(a["has_hi"]) else np.inf
+
+        def run(x, *params):
+            axis = int(a["axis"])
+            channel_fmt = _lbfp_kernels.format_of(prim, axis)
+            exps = _per_channel(params[-2], x.ndim, axis)
+            if str(a["source"]) == "acc":
+                e_ref = _per_channel(params[0], x.ndim, axis)
+                return lbfp.acc_to_lbfp(x, e_ref, exps, channel_fmt, lo=lo, hi=hi)
+            return lbfp.encode(np.clip(x.astype(np.float64), lo, hi), exps, channel_fmt)
+    return run
+
+
+def _same_e_ref(golden, given, prim) -> None:
+    if not np.array_equal(golden, np.asarray(given, np.int64)):
+        raise ValueError("oracle: an LBFP kernel's e_ref parameter differs from the golden "
+                         "lbfp.conv_e_ref/matmul_e_ref of its exponents")
 
 
 _TIR_BINARY = {tirx.Max: np.maximum, tirx.Min: np.minimum}
@@ -246,19 +340,23 @@ class Oracle:
         self._prims: dict[str, Callable] = {}
 
     def run(self, x: np.ndarray, keep: bool = False):
-        env: dict = {self.func.params[0]: np.asarray(x, np.float32)}
-        named: dict[str, np.ndarray] = {}
-        for block in self.func.body.blocks:
+        named: dict[str, np.ndarray] | None = {} if keep else None
+        out = self._call(self.func, [np.asarray(x, np.float32)], named)
+        return (out, named) if keep else out
+
+    def _call(self, func: relax.Function, args: list, named: dict | None = None):
+        """Evaluate a Relax function (main, or a float composite left in the graph)."""
+        env: dict = dict(zip(func.params, args))
+        for block in func.body.blocks:
             for binding in block.bindings:
                 value = self._eval(binding.value, env)
                 ty = binding.var.ty
                 if isinstance(ty, relax.TensorType) and isinstance(value, np.ndarray):
                     value = value.reshape([int(d) for d in ty.shape]).astype(str(ty.dtype))
                 env[binding.var] = value
-                if keep:
+                if named is not None:
                     named[binding.var.name] = value
-        out = self._eval(self.func.body.body, env)
-        return (out, named) if keep else out
+        return self._eval(func.body.body, env)
 
     def _eval(self, expr, env):
         if isinstance(expr, relax.Var):
@@ -269,6 +367,8 @@ class Oracle:
             return [self._eval(f, env) for f in expr.fields]
         if isinstance(expr, relax.TupleGetItem):
             return self._eval(expr.tuple_value, env)[expr.index]
+        if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
+            return self._call(self.mod[expr.op], [self._eval(a, env) for a in expr.args])
         name = op_name(expr)
         if name == "relax.call_tir":
             args = [self._eval(a, env) for a in expr.args[1].fields]
@@ -285,11 +385,13 @@ class Oracle:
             prim = self.mod[gv]
             if "tvmq.requant" in (prim.attrs or {}):
                 impl = functools.partial(_requant_args, prim)
+            elif _lbfp_kernels.ATTR in (prim.attrs or {}):
+                impl = lbfp_call(prim)
             else:
                 impl = tir_broadcast_binary(prim)
             if impl is None:
                 raise NotImplementedError(
-                    f"oracle: call_tir to {gv.name_hint}, which is neither a tvmq requant kernel "
-                    "nor a TOPI broadcast maximum/minimum")
+                    f"oracle: call_tir to {gv.name_hint}, which is neither a tvmq requant or "
+                    "LBFP kernel nor a TOPI broadcast maximum/minimum")
             self._prims[gv.name_hint] = impl
         return self._prims[gv.name_hint]

@@ -24,10 +24,12 @@ class LayerRow:
     op: str
     shape: tuple[int, ...]
     bits: int
-    in_scale: float
-    out_scale: float
-    out_zero_point: int
+    in_scale: float | None = None  # int8 schemes
+    out_scale: float | None = None
+    out_zero_point: int | None = None
     weight_scale: tuple[float, float] | None = None  # (min, max) over channels
+    out_exponents: tuple[int, int] | None = None  # LBFP schemes: (min, max) block exponent
+    weight_exponents: tuple[int, int] | None = None
     sqnr_db: float | None = None
     cycles: int | None = None  # accel target: emulated cycles per inference
     macs: int | None = None
@@ -56,20 +58,32 @@ class Report:
     @classmethod
     def from_dict(cls, d: dict) -> Report:
         layers = [LayerRow(**{**row, "shape": tuple(row["shape"])}) for row in d.get("layers", [])]
+        for row in layers:
+            for name in ("weight_scale", "out_exponents", "weight_exponents"):
+                if getattr(row, name) is not None:
+                    setattr(row, name, tuple(getattr(row, name)))
         return cls(**{**d, "layers": layers})
 
     def __str__(self) -> str:
+        lbfp = any(r.out_exponents is not None for r in self.layers)
         head = ("layer", "op", "shape", "bits", "in scale", "out scale (zp)", "w scale min..max",
                 "SQNR dB")
+        if lbfp:
+            head = ("layer", "op", "shape", "bits", "out exp min..max", "w exp min..max",
+                    "SQNR dB")
         on_accel = any(r.cycles is not None for r in self.layers)
         if on_accel:
             head = (*head, "cycles", "MACs", "util")
         rows = [head]
         for r in self.layers:
-            w = "" if r.weight_scale is None else "{:.2e}..{:.2e}".format(*r.weight_scale)
-            row = (r.name, r.op, "x".join(map(str, r.shape)), str(r.bits),
-                   f"{r.in_scale:.3e}", f"{r.out_scale:.3e} ({r.out_zero_point})", w,
-                   _fmt_db(r.sqnr_db))
+            shape = "x".join(map(str, r.shape))
+            if lbfp:
+                row = (r.name, r.op, shape, str(r.bits), "{}..{}".format(*r.out_exponents),
+                       "{}..{}".format(*r.weight_exponents), _fmt_db(r.sqnr_db))
+            else:
+                w = "" if r.weight_scale is None else "{:.2e}..{:.2e}".format(*r.weight_scale)
+                row = (r.name, r.op, shape, str(r.bits), f"{r.in_scale:.3e}",
+                       f"{r.out_scale:.3e} ({r.out_zero_point})", w, _fmt_db(r.sqnr_db))
             if on_accel:
                 row = (*row, *(("-",) * 3 if r.cycles is None else
                                (str(r.cycles), str(r.macs), f"{100 * r.utilization:.0f}%")))
@@ -101,6 +115,11 @@ def _fmt_db(v: float | None) -> str:
 
 
 def _label(config: dict) -> str:
+    if config["scheme"].startswith("lbfp"):
+        frac = config.get("lbfp_frac_bits")
+        frac = "default" if frac is None else frac
+        return (f"{config['scheme']} frac_bits {frac}, block {config.get('lbfp_block_size')}, "
+                f"exponents {config['observer']}")
     rq = config["requant"] if config["requant"] == "fp32" else \
         f"{config['requant']}/{config['rounding']}"
     return f"{config['scheme']} {rq}, observer {config['observer']}"

@@ -112,6 +112,11 @@ def _field(name: str, value, lo: int, hi: int) -> None:
         raise ValueError(f"LBFPFormat.{name}={value!r}: use an integer in [{lo}, {hi}]")
 
 
+def activation_axis(ndim: int) -> int:
+    """The axis activation blocks run along: channels (axis 1) of NCHW, else the last axis."""
+    return 1 if ndim == 4 else ndim - 1
+
+
 def n_blocks(length: int, fmt: LBFPFormat) -> int:
     return -(-length // fmt.block_size)
 
@@ -172,66 +177,118 @@ def kl_exponents(x: np.ndarray, fmt: LBFPFormat, shared_axes: tuple[int, ...] = 
                  ) -> np.ndarray:
     """Per-block exponents of calibration values `x` by minimum KL divergence over
     E_max + candidates (see the module text); same shape as `max_exponents`."""
-    if bins_per_step < 2 or bins_per_step % 2:
-        raise ValueError(f"bins_per_step={bins_per_step}: use an even integer >= 2 (code "
-                         "boundaries fall on half steps)")
-    e_max = max_exponents(x, fmt, shared_axes)
-    values = _block_values(np.abs(np.asarray(x, np.float64)), fmt, shared_axes)
-    out = np.empty(e_max.size, np.int64)
-    for i, (e0, v) in enumerate(zip(e_max.reshape(-1), values)):
-        if not np.any(v > 0):  # all zero: nothing to choose
-            out[i] = e0
-            continue
-        scores = [_kl(v, int(e0) + d, fmt, bins_per_step) for d in candidates]
-        out[i] = int(e0) + candidates[int(np.argmin(scores))]
-    return np.clip(out.reshape(e_max.shape), *EXPONENT_RANGE)
+    hist = BlockLogHistograms(np.shape(x), fmt, shared_axes, bins_per_step)
+    hist.add(x)
+    return hist.kl_exponents(candidates)
 
 
-def _block_values(a: np.ndarray, fmt: LBFPFormat, shared_axes) -> list[np.ndarray]:
-    """The values of each block (in the order of `max_exponents`'s output), as 1-D arrays."""
-    axis = fmt.block_axis % a.ndim
-    shared = tuple(ax % a.ndim for ax in shared_axes)
-    keep = [ax for ax in range(a.ndim) if ax not in shared]
-    moved = np.moveaxis(a, [*keep, *shared], range(a.ndim))  # kept axes first, in order
-    kept_shape = moved.shape[:len(keep)]
-    block_pos = keep.index(axis)
-    out_shape = list(kept_shape)
-    out_shape[block_pos] = n_blocks(kept_shape[block_pos], fmt)
-    blocks = []
-    for index in np.ndindex(*out_shape):
-        sl = list(index)
-        b = index[block_pos] * fmt.block_size
-        sl[block_pos] = slice(b, b + fmt.block_size)
-        blocks.append(moved[tuple(sl)].reshape(-1))
-    return blocks
+class BlockLogHistograms:
+    """Streaming per-block statistics of |x| for exponent selection: the exact max and a
+    histogram of log2|x| on one global grid of bins 2^-frac_bits / bins_per_step wide (bin g
+    holds [g, g + 1) * width), plus the count of zeros. Every candidate exponent's code
+    boundaries fall on this grid, so `kl_exponents` reads the same bins for any candidate and
+    tensors of any number of calibration batches cost one histogram per block.
 
+    `shape` is one batch's shape; blocks run along fmt.block_axis and are shared over
+    `shared_axes` (for activations: every axis but the channel axis)."""
 
-def _kl(v: np.ndarray, e: int, fmt: LBFPFormat, bins_per_step: int) -> float:
-    """KL(P || Q) of block values |v| against their LBFP version with exponent e."""
-    step = 2.0**-fmt.frac_bits
-    zeros = int(np.sum(v == 0))
-    logs = np.log2(v[v > 0])
-    width = step / bins_per_step
-    lo = e - (fmt.c_max - 0.5) * step  # zero threshold: below it values flush to zero
-    top_edge = max(float(logs.max()), e) + width
-    edges = lo + width * np.arange(int(np.ceil((top_edge - lo) / width)) + 1)
-    hist, _ = np.histogram(logs, edges)
-    under = int(np.sum(logs < lo))
-    centers = (edges[:-1] + edges[1:]) / 2
-    kept = centers < e + step / 2  # code 0 covers [e - step/2, e + step/2); above it saturates
-    n_kept = int(kept.sum())
-    p = hist[:n_kept].astype(np.float64)
-    p[-1] += hist[n_kept:].sum()  # saturated values land on the top code
-    code = np.clip(np.floor((e - centers[:n_kept]) / step + 0.5), 0, fmt.c_max - 1).astype(int)
-    clean = hist[:n_kept].astype(np.float64)
-    share = np.bincount(code, clean, fmt.c_max)
-    support = np.bincount(code, clean > 0, fmt.c_max)
-    q = np.where(clean > 0, share[code] / np.maximum(support[code], 1), 0.0)
-    p = np.append(p, zeros + under)
-    q = np.append(q, zeros)
-    p, q = p / p.sum(), q / max(q.sum(), 1e-300)
-    nz = p > 0
-    return float(np.sum(p[nz] * np.log(p[nz] / np.maximum(q[nz], 1e-12))))
+    def __init__(self, shape, fmt: LBFPFormat, shared_axes: tuple[int, ...] = (),
+                 bins_per_step: int = 8):
+        if bins_per_step < 2 or bins_per_step % 2:
+            raise ValueError(f"bins_per_step={bins_per_step}: use an even integer >= 2 (code "
+                             "boundaries fall on half steps)")
+        self.shape, self.fmt, self.bins_per_step = tuple(shape), fmt, bins_per_step
+        ndim = len(self.shape)
+        self.shared = tuple(sorted(ax % ndim for ax in shared_axes))
+        self.axis = fmt.block_axis % ndim
+        out_shape = [1 if ax in self.shared else d for ax, d in enumerate(self.shape)]
+        out_shape[self.axis] = n_blocks(self.shape[self.axis], fmt)
+        self.out_shape = tuple(out_shape)
+        index = [np.zeros(1, np.int64) if ax in self.shared else np.arange(d)
+                 for ax, d in enumerate(self.shape)]
+        index[self.axis] = index[self.axis] // fmt.block_size
+        grids = np.ix_(*index)
+        self.block_of = np.broadcast_to(np.ravel_multi_index(grids, self.out_shape), self.shape)
+        self.n = int(np.prod(self.out_shape))
+        self.width = 2.0**-fmt.frac_bits / bins_per_step
+        self.amax = np.zeros(self.n)
+        self.zeros = np.zeros(self.n, np.int64)
+        self.origin = 0
+        self.counts = np.zeros((self.n, 0), np.int64)
+
+    def add(self, x: np.ndarray, what: str = "x") -> None:
+        x = np.asarray(x, np.float64)
+        if x.shape != self.shape:
+            raise ValueError(f"{what} has shape {x.shape}, expected {self.shape}")
+        _check_finite(x, what)
+        a, blocks = np.abs(x).reshape(-1), self.block_of.reshape(-1)
+        np.maximum.at(self.amax, blocks, a)
+        self.zeros += np.bincount(blocks[a == 0], minlength=self.n)
+        pos = a > 0
+        if not pos.any():
+            return
+        g = np.floor(np.log2(a[pos]) / self.width).astype(np.int64)
+        lo, hi = int(g.min()), int(g.max()) + 1
+        if self.counts.shape[1] == 0:
+            self.origin, self.counts = lo, np.zeros((self.n, hi - lo), np.int64)
+        new_lo, new_hi = min(lo, self.origin), max(hi, self.origin + self.counts.shape[1])
+        if (new_lo, new_hi) != (self.origin, self.origin + self.counts.shape[1]):
+            grown = np.zeros((self.n, new_hi - new_lo), np.int64)
+            at = self.origin - new_lo
+            grown[:, at:at + self.counts.shape[1]] = self.counts
+            self.origin, self.counts = new_lo, grown
+        width = self.counts.shape[1]
+        flat = blocks[pos] * width + (g - self.origin)
+        self.counts += np.bincount(flat, minlength=self.n * width).reshape(self.n, width)
+
+    def max_exponents(self) -> np.ndarray:
+        """E = ceil(log2 max|x|) per block (0 for all-zero blocks), like `max_exponents`."""
+        mant, e = np.frexp(self.amax)
+        e = np.where(mant == 0.5, e - 1, e)
+        e = np.where(self.amax == 0, 0, e)
+        return np.clip(e, *EXPONENT_RANGE).astype(np.int64).reshape(self.out_shape)
+
+    def kl_exponents(self, candidates: tuple[int, ...] = (-3, -2, -1, 0)) -> np.ndarray:
+        e_max = self.max_exponents().reshape(-1)
+        out = e_max.copy()
+        for i in range(self.n):
+            if self.amax[i] == 0:  # all zero: nothing to choose
+                continue
+            scores = [self._kl(i, int(e_max[i]) + d) for d in candidates]
+            out[i] = int(e_max[i]) + candidates[int(np.argmin(scores))]
+        return np.clip(out, *EXPONENT_RANGE).reshape(self.out_shape)
+
+    def _bins(self, i: int, g0: int, g1: int) -> np.ndarray:
+        """Counts of block i on grid bins [g0, g1), zero outside the stored range."""
+        out = np.zeros(max(g1 - g0, 0), np.int64)
+        lo, hi = max(g0, self.origin), min(g1, self.origin + self.counts.shape[1])
+        if hi > lo:
+            out[lo - g0:hi - g0] = self.counts[i, lo - self.origin:hi - self.origin]
+        return out
+
+    def _kl(self, i: int, e: int) -> float:
+        """KL(P || Q) of block i against its LBFP version with exponent e (module text)."""
+        fmt, per_step = self.fmt, self.bins_per_step
+        step = 2.0**-fmt.frac_bits
+        g_lo = e * 2**fmt.frac_bits * per_step - (2 * fmt.c_max - 1) * per_step // 2
+        g_top = e * 2**fmt.frac_bits * per_step + per_step // 2  # code 0 ends at e + step/2
+        total = self.counts[i].sum()
+        kept = self._bins(i, g_lo, g_top)
+        under = int(self._bins(i, self.origin, g_lo).sum())
+        p = kept.astype(np.float64)
+        p[-1] += total - kept.sum() - under  # saturated values land on the top code
+        centers = (np.arange(g_lo, g_top) + 0.5) * self.width
+        code = np.clip(np.floor((e - centers) / step + 0.5), 0, fmt.c_max - 1).astype(int)
+        clean = kept.astype(np.float64)
+        share = np.bincount(code, clean, fmt.c_max)
+        support = np.bincount(code, clean > 0, fmt.c_max)
+        q = np.where(clean > 0, share[code] / np.maximum(support[code], 1), 0.0)
+        zeros = int(self.zeros[i])
+        p = np.append(p, zeros + under)
+        q = np.append(q, zeros)
+        p, q = p / p.sum(), q / max(q.sum(), 1e-300)
+        nz = p > 0
+        return float(np.sum(p[nz] * np.log(p[nz] / np.maximum(q[nz], 1e-12))))
 
 
 def block_reduce(x: np.ndarray, fmt: LBFPFormat, reduce) -> np.ndarray:
@@ -270,15 +327,57 @@ def dot(a_words, a_exp, b_words, b_exp, fmt: LBFPFormat) -> tuple[int, int]:
     return int(product_terms(a_words, b_words, e_ref - pair, fmt).sum()), e_ref
 
 
-def acc_to_lbfp(acc, e_ref, exponents, fmt: LBFPFormat, acc_fmt: LBFPFormat | None = None):
-    """Code words of accumulator values acc * 2^(e_ref - acc_fmt.lut_bits) with per-block
-    `exponents` of `fmt` (the next layer's format; acc_fmt defaults to it)."""
+def acc_to_lbfp(acc, e_ref, exponents, fmt: LBFPFormat, acc_fmt: LBFPFormat | None = None,
+                lo: float = -np.inf, hi: float = np.inf):
+    """Code words of accumulator values x = acc * 2^(e_ref - acc_fmt.lut_bits), clipped to
+    [lo, hi] (a ReLU/Clip epilogue), with per-block `exponents` of `fmt` (the next layer's
+    format; acc_fmt defaults to it). e_ref broadcasts against acc."""
     lut_bits = (acc_fmt or fmt).lut_bits
     acc = np.asarray(acc, np.int64)
     if np.any(np.abs(acc) >= 2**53):
         raise ValueError("acc_to_lbfp: |acc| >= 2^53 cannot be scaled exactly in float64")
-    return encode(np.ldexp(acc.astype(np.float64), np.asarray(e_ref, np.int64) - lut_bits),
-                  exponents, fmt)
+    x = np.ldexp(acc.astype(np.float64), np.asarray(e_ref, np.int64) - lut_bits)
+    return encode(np.clip(x, lo, hi), exponents, fmt)
+
+
+def _same_product_table(fmt_x: LBFPFormat, fmt_w: LBFPFormat, op: str) -> None:
+    if (fmt_x.frac_bits, fmt_x.lut_bits, fmt_x.bits) != (fmt_w.frac_bits, fmt_w.lut_bits,
+                                                         fmt_w.bits):
+        raise ValueError(f"lbfp.{op}: activations and weights need the same bits, frac_bits "
+                         "and lut_bits (one code adder and product table)")
+
+
+def conv_e_ref(x_exp, w_exp, groups: int = 1) -> np.ndarray:
+    """e_ref[o] = max over output channel o's reduction of x_exp[c] + w_exp[o, c, kh, kw]
+    (x_exp: one exponent per input channel; w_exp: per weight element, OIHW)."""
+    w_e = np.asarray(w_exp, np.int64)
+    o, cg = w_e.shape[:2]
+    x_e = np.asarray(x_exp, np.int64).reshape(groups, 1, cg, 1, 1)
+    pair = x_e + w_e.reshape(groups, o // groups, cg, *w_e.shape[2:])
+    return pair.max(axis=(2, 3, 4)).reshape(o)
+
+
+def matmul_e_ref(x_exp, w_exp) -> np.ndarray:
+    """e_ref[n] = max over k of x_exp[k] + w_exp[k, n] (x (..., K) @ w (K, N))."""
+    return (np.asarray(x_exp, np.int64).reshape(-1, 1) + np.asarray(w_exp, np.int64)).max(axis=0)
+
+
+def matmul(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat):
+    """LBFP x (..., K) @ w (K, N): (acc int64 (..., N), e_ref int64 (N,)).
+
+    `x_exp` holds one exponent per reduction index k (shared over the leading axes), `w_exp` one
+    per weight element (K, N). acc[..., n] = sum over k of `product_terms` shifted by
+    e_ref[n] - (x_exp[k] + w_exp[k, n]); acc * 2^(e_ref - lut_bits) approximates x @ w.
+    """
+    _same_product_table(fmt_x, fmt_w, "matmul")
+    x_words, w_words = np.asarray(x_words), np.asarray(w_words)
+    x_e = np.asarray(x_exp, np.int64).reshape(-1)
+    e_ref = matmul_e_ref(x_e, w_exp)
+    shift = e_ref - (x_e[:, None] + np.asarray(w_exp, np.int64))  # (K, N)
+    flat = x_words.reshape(-1, x_words.shape[-1])
+    acc = np.stack([product_terms(row[:, None], w_words, shift, fmt_w).sum(axis=0)
+                    for row in flat]) if flat.shape[0] else np.zeros((0, w_words.shape[1]))
+    return acc.astype(np.int64).reshape(*x_words.shape[:-1], w_words.shape[1]), e_ref
 
 
 def conv2d(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat, *,
@@ -293,10 +392,7 @@ def conv2d(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat,
     decoded values. Padding is the zero code. fmt_x and fmt_w must share frac_bits and lut_bits
     (one product table).
     """
-    if (fmt_x.frac_bits, fmt_x.lut_bits, fmt_x.bits) != (fmt_w.frac_bits, fmt_w.lut_bits,
-                                                         fmt_w.bits):
-        raise ValueError("lbfp.conv2d: activations and weights need the same bits, frac_bits "
-                         "and lut_bits (one code adder and product table)")
+    _same_product_table(fmt_x, fmt_w, "conv2d")
     x_words, w_words = np.asarray(x_words), np.asarray(w_words)
     n, c, _, _ = x_words.shape
     o, cg, kh, kw = w_words.shape
@@ -305,11 +401,10 @@ def conv2d(x_words, x_exp, w_words, w_exp, fmt_x: LBFPFormat, fmt_w: LBFPFormat,
     win = windows(pad_nchw(x_words, padding, fmt_x.c_max), kh, kw, strides, dilation)
     og = o // groups
     acc = np.zeros((n, o, win.shape[2], win.shape[3]), np.int64)
-    e_ref = np.zeros(o, np.int64)
+    e_ref = conv_e_ref(x_e, w_e, groups)
     for oc in range(o):
         chans = slice(oc // og * cg, oc // og * cg + cg)
         pair = x_e[chans][:, None, None] + w_e[oc]  # (Cg, KH, KW)
-        e_ref[oc] = pair.max()
         terms = product_terms(win[:, chans].transpose(0, 2, 3, 1, 4, 5), w_words[oc],
                               e_ref[oc] - pair, fmt_w)  # (N, OH, OW, Cg, KH, KW)
         acc[:, oc] = terms.sum(axis=(3, 4, 5))
