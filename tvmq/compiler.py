@@ -253,8 +253,7 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
                                       config.per_channel_weights)
         quant_mod = realize(annotated)
         out_qparams = _output_qparams(layers, act_params)
-        decoders = {name: functools.partial(dequantize, qparams=qp)
-                    for name, qp in out_qparams.items()}
+        decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
         rows = _layer_rows(layers, act_params, out_qparams, config)
     stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
@@ -275,6 +274,10 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
                          act_qparams=act_params, accel=runtime)
+
+
+def _dequantize(qparams: QParams, q: np.ndarray) -> np.ndarray:
+    return dequantize(q, qparams)
 
 
 def _lbfp_decoder(exponents, shape, fmt):

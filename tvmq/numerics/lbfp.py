@@ -285,7 +285,7 @@ class BlockLogHistograms:
         q = np.where(clean > 0, share[code] / np.maximum(support[code], 1), 0.0)
         zeros = int(self.zeros[i])
         p = np.append(p, zeros + under)
-        q = np.append(q, zeros)
+        q = np.append(q, zeros + q[0])  # the zero code is an edge bin, like the top one
         p, q = p / p.sum(), q / max(q.sum(), 1e-300)
         nz = p > 0
         return float(np.sum(p[nz] * np.log(p[nz] / np.maximum(q[nz], 1e-12))))

@@ -1,0 +1,181 @@
+"""RealizeLBFP and its kernels: every kernel equals the golden lbfp functions, and compiled LBFP
+models equal the NumPy oracle bit for bit on small graphs of each MAC kind."""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from tvm import relax
+from tvmq.passes import _lbfp_kernels as kernels
+from tvmq.targets.host import build
+
+import tvmq
+from tests.conftest import assert_taps_equal_oracle, make_onnx
+from tvmq.errors import CompileError
+from tvmq.frontend import load_model
+from tvmq.numerics import lbfp
+
+RNG = np.random.default_rng(11)
+FORMATS = [(8, 4), (8, 2), (6, 2), (4, 1), (4, 0), (2, 0)]
+
+
+def _run(prim, out_shape, out_dtype, *args):
+    """Build one kernel behind a Relax call_tir and run it."""
+    args = [np.ascontiguousarray(a) for a in args]
+    params = [relax.Var(f"a{i}", relax.TensorType(a.shape, str(a.dtype)))
+              for i, a in enumerate(args)]
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        gv = bb.add_func(prim, "kernel")
+        bb.emit_func_output(bb.emit(relax.call_tir(gv, params,
+                                                   relax.TensorType(out_shape, out_dtype))))
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target="llvm"), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def _activation(shape):
+    x = RNG.normal(size=shape) * np.exp(RNG.normal(size=(1, shape[1], 1, 1)) * 2)
+    x[0, 0, 0, :2] = 0
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("bits,frac", FORMATS)
+def test_kernels_equal_the_golden_functions(bits, frac):
+    fmt = lbfp.LBFPFormat(bits=bits, frac_bits=frac, block_size=4, block_axis=1)
+    x = _activation((1, 6, 7, 5))
+    x_blocks = lbfp.max_exponents(x, fmt, (0, 2, 3))
+    words = lbfp.encode(x, x_blocks, fmt)
+    x_exp = lbfp.expand_exponents(x_blocks, x.shape, fmt)[0, :, 0, 0].astype(np.int32)
+    got = _run(kernels.encode_prim_func(x.shape, 1, fmt, "float", None, None), x.shape, "uint8",
+               x, x_exp, fmt.thresholds)
+    np.testing.assert_array_equal(got, words)
+    got = _run(kernels.decode_prim_func(x.shape, 1, fmt), x.shape, "float32", words, x_exp,
+               fmt.magnitudes)
+    np.testing.assert_array_equal(got, lbfp.decode(words, x_blocks, fmt).astype(np.float32))
+
+    fmt_w = lbfp.LBFPFormat(bits=bits, frac_bits=frac, block_size=2, block_axis=1)
+    channel_fmt = lbfp.LBFPFormat(bits=bits, frac_bits=frac, block_size=1, block_axis=1)
+    for groups, (o, cg) in [(1, (8, 6)), (2, (4, 3)), (6, (6, 1))]:
+        w = RNG.normal(size=(o, cg, 3, 3))
+        w_blocks = lbfp.max_exponents(w, fmt_w)
+        w_words = lbfp.encode(w, w_blocks, fmt_w)
+        w_exp = lbfp.expand_exponents(w_blocks, w.shape, fmt_w).astype(np.int32)
+        geometry = dict(strides=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), groups=groups)
+        acc, e_ref = lbfp.conv2d(words, x_exp, w_words, w_exp, fmt, fmt_w, **geometry)
+        prim = kernels.conv2d_prim_func(x.shape, w.shape, *geometry.values(), fmt)
+        got = _run(prim, acc.shape, "int64", words, w_words, x_exp, w_exp,
+                   e_ref.astype(np.int32), fmt.lut)
+        np.testing.assert_array_equal(got, acc)
+        out_exp = RNG.integers(-2, 3, o).astype(np.int32)
+        want = lbfp.acc_to_lbfp(acc, e_ref[:, None, None], out_exp.reshape(1, o, 1, 1),
+                                channel_fmt, lo=0.0, hi=6.0)
+        got = _run(kernels.encode_prim_func(acc.shape, 1, fmt, "acc", 0.0, 6.0), acc.shape,
+                   "uint8", acc, e_ref.astype(np.int32), out_exp, fmt.thresholds)
+        np.testing.assert_array_equal(got, want)
+
+    xm = words.reshape(1, 6, 35).transpose(0, 2, 1).copy()  # (1, T, K) like a sequence model
+    wm = RNG.integers(0, 2**bits, (6, 5)).astype(np.uint8)
+    xm_exp, wm_exp = RNG.integers(-3, 3, 6), RNG.integers(-3, 3, (6, 5))
+    acc, e_ref = lbfp.matmul(xm, xm_exp, wm, wm_exp, fmt, fmt)
+    got = _run(kernels.matmul_prim_func(xm.shape, wm.shape, fmt), acc.shape, "int64", xm, wm,
+               xm_exp.astype(np.int32), wm_exp.astype(np.int32), e_ref.astype(np.int32),
+               fmt.lut)
+    np.testing.assert_array_equal(got, acc)
+
+
+def _conv(name, x, out, w, b=None, **attrs):
+    return helper.make_node("Conv", [x, w, *([b] if b else [])], [out], name=name, **attrs)
+
+
+CASES = {
+    "conv_relu_conv_chain": (  # the second conv reads the first one's words directly
+        [_conv("a", "input", "a", "wa", "ba", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["a"], ["r"]),
+         _conv("b", "r", "output", "wb", strides=[2, 2], pads=[0, 1, 1, 0])],
+        {"wa": RNG.normal(size=(20, 3, 3, 3)), "ba": RNG.normal(size=20),
+         "wb": RNG.normal(size=(4, 20, 3, 3))}, [1, 3, 6, 6], [1, 4, 3, 3]),
+    "depthwise_clip_then_pool": (
+        [_conv("d", "input", "d", "wd", group=4, pads=[1, 1, 1, 1]),
+         helper.make_node("Clip", ["d", "lo", "hi"], ["c"]),
+         helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["output"])],
+        {"wd": RNG.normal(size=(4, 1, 3, 3)), "lo": np.array(0.0), "hi": np.array(1.5)},
+        [1, 4, 5, 5], [1, 4]),
+    "sequence_matmul_add": (  # (1, T, K) @ (K, N) + b, then a float residual add
+        [helper.make_node("MatMul", ["input", "w"], ["m"]),
+         helper.make_node("Add", ["m", "b"], ["h"]),
+         helper.make_node("Add", ["h", "input"], ["output"])],
+        {"w": RNG.normal(size=(24, 24)) * 0.3, "b": RNG.normal(size=24)}, [1, 5, 24],
+        [1, 5, 24]),
+}
+
+
+@pytest.mark.parametrize("scheme,observer", [("lbfp8", "minmax"), ("lbfp4", "kl")])
+@pytest.mark.parametrize("case", list(CASES))
+def test_lbfp_model_equals_oracle(case, scheme, observer):
+    nodes, inits, in_shape, out_shape = CASES[case]
+    model = make_onnx(nodes, inits, in_shape, out_shape)
+    calib = RNG.normal(size=(12, *in_shape[1:])).astype(np.float32)
+    config = tvmq.QuantConfig(scheme=scheme, observer=observer, sqnr_samples=4)
+    cm = tvmq.compile(model, config=config, calib=calib, progress=False)
+    names = [b.var.name for b in cm.quant_mod["main"].body.blocks[0].bindings
+             if b.var.name.endswith("_q")]
+    assert names and all(str(b.var.ty.dtype) == "uint8"
+                         for b in cm.quant_mod["main"].body.blocks[0].bindings
+                         if b.var.name in names)
+    assert_taps_equal_oracle(cm.quant_mod, names, calib[:3])
+    if scheme == "lbfp8":  # 2^(1/16) code steps, exponents covering the range
+        ref, got = build(load_model(model)[0]).run(calib[:1]), cm.run(calib[:1])
+        assert np.sum((ref - got) ** 2) / np.sum(ref**2) < 0.01
+
+
+def test_chained_convs_share_words():
+    """A conv that reads another conv's output uses its words: one encode of the model input,
+    one per layer output, no decode in between (only the model output is decoded)."""
+    nodes, inits, in_shape, out_shape = CASES["conv_relu_conv_chain"]
+    model = make_onnx(nodes, inits, in_shape, out_shape)
+    calib = RNG.normal(size=(4, *in_shape[1:])).astype(np.float32)
+    cm = tvmq.compile(model, config=tvmq.QuantConfig(scheme="lbfp8", sqnr_samples=0),
+                      calib=calib, progress=False)
+    mod = cm.quant_mod
+    ops = [str(mod[b.value.args[0]].attrs[kernels.ATTR]["op"])
+           for b in mod["main"].body.blocks[0].bindings
+           if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+    assert ops == ["encode", "conv2d", "encode", "conv2d", "encode", "decode"]
+
+
+def test_lbfp_report_and_float_ops(compile_digits):
+    cm = compile_digits(scheme="lbfp8")
+    rep = cm.report()
+    assert [row.op for row in rep.layers] == ["conv2d"] * 5 + ["matmul"]
+    assert all(row.out_exponents is not None and row.sqnr_db > 15 for row in rep.layers)
+    assert {op.split(" ")[1] for op in rep.float_ops} >= {"(add)", "(concat)", "(mean)"}
+    text = str(rep)
+    assert "out exp min..max" in text and "lbfp8" in text
+    assert tvmq.report.Report.from_dict(rep.to_dict()).layers == rep.layers
+
+
+def test_lbfp8_digits_within_a_point_of_fp32_and_bit_exact(compile_digits, digits):
+    _, x_test, y_test = digits
+    cm = compile_digits(scheme="lbfp8")
+    assert (cm.run(x_test).argmax(1) == y_test).mean() >= 0.9833 - 0.01
+    names = [b.var.name for b in cm.quant_mod["main"].body.blocks[0].bindings
+             if b.var.name.endswith("_q")]
+    # six layers' words, and the encoded float tensors they read: input, max pool, reshape
+    assert len(names) == 9
+    assert_taps_equal_oracle(cm.quant_mod, names, x_test[:12])
+
+
+def test_non_finite_activation_is_refused_at_calibration():
+    model = make_onnx([helper.make_node("MatMul", ["input", "w"], ["output"])],
+                      {"w": np.full((3, 2), 3e38)}, [1, 3], [1, 2])
+    with pytest.raises(CompileError, match="finite"):
+        tvmq.compile(model, config=tvmq.QuantConfig(scheme="lbfp8"),
+                     calib=np.full((2, 3), 10.0, np.float32), progress=False)
+
+
+def test_model_without_mac_layers_is_refused():
+    model = make_onnx([helper.make_node("Relu", ["input"], ["output"])], {}, [1, 3], [1, 3])
+    with pytest.raises(CompileError, match="conv2d/matmul"):
+        tvmq.compile(model, config=tvmq.QuantConfig(scheme="lbfp6"),
+                     calib=np.ones((2, 3), np.float32), progress=False)
