@@ -43,3 +43,15 @@ def test_bad_choices_and_shapes_are_usage_errors():
     args = parser.parse_args(["compile", "m.onnx", "--calib", "c", "--out", "o",
                               "--input-shape", "1,3,48,192"])
     assert args.input_shape == (1, 3, 48, 192)
+
+
+def test_compile_lbfp_scheme(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "build"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
+                 "lbfp6", "--observer", "minmax", "--lbfp-block-size", "8", "--out", str(out),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "lbfp6 frac_bits default, block 8, exponents minmax" in text
+    assert "out exp min..max" in text and (out / "model.so").is_file()

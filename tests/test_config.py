@@ -21,3 +21,26 @@ def test_label_and_frozen():
     assert QuantConfig(rounding="single").label == "int8 mult_shift/single minmax"
     with pytest.raises(AttributeError):
         cfg.requant = "mult_shift"
+
+
+def test_lbfp_schemes_default_format_and_observer():
+    cfg = QuantConfig(scheme="lbfp8")
+    assert cfg.observer == "kl" and cfg.is_lbfp and not QuantConfig().is_lbfp
+    fmt = cfg.lbfp_format
+    assert (fmt.bits, fmt.frac_bits, fmt.block_size) == (8, 4, 16)
+    assert QuantConfig(scheme="lbfp6").lbfp_format.frac_bits == 2
+    assert QuantConfig(scheme="lbfp4", observer="minmax").label == "lbfp4 f1 b16 minmax"
+    assert QuantConfig(scheme="lbfp8", lbfp_frac_bits=0, lbfp_block_size=4).label == \
+        "lbfp8 f0 b4 kl"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(scheme="lbfp4", lbfp_frac_bits=3), r"QuantConfig.lbfp_frac_bits=3: use an integer in "
+                                             r"\[0, 2\]"),
+    (dict(scheme="lbfp8", lbfp_block_size=0), r"QuantConfig.lbfp_block_size=0"),
+    (dict(scheme="lbfp8", observer="mse"), r"observer='mse' is not supported for scheme "
+                                           r"'lbfp8'; use one of \('kl', 'minmax'\)"),
+])
+def test_bad_lbfp_settings_name_the_field_and_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantConfig(**kwargs)

@@ -221,3 +221,20 @@ def test_conv2d_is_the_dot_of_every_window(groups, padding, strides):
 def oracle_conv(x, w, strides, padding, groups):
     from tvmq.oracle import conv2d
     return conv2d(x, w, strides, padding, (1, 1), groups)
+
+
+def test_streaming_histograms_equal_one_shot_exponents():
+    """Calibration adds one sample at a time; the exponents equal those of the whole set."""
+    from tvmq.calibration.lbfp_observer import LBFPObserver
+
+    fmt = LBFPFormat(bits=6, frac_bits=2, block_size=3)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(10, 7, 4, 4)) * np.exp(rng.normal(size=(1, 7, 1, 1)) * 3)
+    x[:, 2] = 0
+    x[3] *= 40  # one sample widens the histogram's range after the first ones
+    for method, whole in (("kl", lbfp.kl_exponents), ("max", lbfp.max_exponents)):
+        obs = LBFPObserver(fmt, method, "t")
+        for sample in x:
+            obs.observe(sample[None])
+        blocks = whole(x, dataclasses.replace(fmt, block_axis=1), shared_axes=(0, 2, 3))
+        np.testing.assert_array_equal(obs.exponents(), np.repeat(blocks.reshape(-1), 3)[:7])
