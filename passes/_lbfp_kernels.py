@@ -153,7 +153,8 @@ def conv2d_prim_func(x_shape, w_shape, strides, padding, dilation, groups: int,
         return te.sum(term, axis=[rc, ry, rx])
 
     out = te.compute([_i64(n), _i64(o), _i64(oh), _i64(ow)], acc, name="lbfp_conv2d")
-    attrs = {"op": "conv2d", **_fmt_attrs(fmt), "strides": list(strides),
+    attrs = {"op": "conv2d", **_fmt_attrs(fmt), "block_size": fmt.block_size,
+             "strides": list(strides),
              "padding": list(padding), "dilation": list(dilation), "groups": groups}
     return _finish([x, wt, x_exp, w_exp, e_ref, lut, out], attrs)
 
@@ -177,7 +178,8 @@ def matmul_prim_func(x_shape, w_shape, fmt: LBFPFormat) -> tvm.tirx.PrimFunc:
 
     out_shape = [_i64(d) for d in (*x_shape[:-1], n_dim)]
     out = te.compute(out_shape, acc, name="lbfp_matmul")
-    return _finish([x, wt, x_exp, w_exp, e_ref, lut, out], {"op": "matmul", **_fmt_attrs(fmt)})
+    return _finish([x, wt, x_exp, w_exp, e_ref, lut, out],
+                   {"op": "matmul", **_fmt_attrs(fmt), "block_size": fmt.block_size})
 
 
 def _finish(params, attrs: dict) -> tvm.tirx.PrimFunc:

@@ -28,14 +28,15 @@ def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_sh
     return model
 
 
-def assert_taps_equal_oracle(mod, names, xs) -> None:
+def assert_taps_equal_oracle(mod, names, xs, oracle_mod=None) -> None:
     """Build `mod` with the bindings `names` tapped; on each input of `xs` its output and every
-    tap equal the NumPy oracle's values bit for bit (dtype too)."""
+    tap equal the NumPy oracle's values bit for bit (dtype too). The oracle runs `oracle_mod`
+    (default `mod`; e.g. the realized module of an accel-lowered `mod`)."""
     from tvmq.passes.insert_taps import InsertTaps
     from tvmq.targets.host import build
 
     tapped = build(InsertTaps(names)(mod))
-    oracle = Oracle(mod)
+    oracle = Oracle(mod if oracle_mod is None else oracle_mod)
     for x in xs:
         out, *taps = tapped.run(x[None])
         want, named = oracle.run(x[None], keep=True)

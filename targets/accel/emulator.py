@@ -1,4 +1,5 @@
-"""Build, load and call the C emulator of the accelerator (``emulator/accel.c``).
+"""Build, load and call the C emulator of the accelerator (``emulator/accel.c``): INT8 layers
+(`conv2d`) and the LBFP MAC mode (`lbfp_conv2d`, bit-exact with :mod:`tvmq.numerics.lbfp`).
 
 The C sources are compiled once with the system C compiler (``$CC``, else ``cc``, else ``gcc``)
 into ``$TVMQ_CACHE_DIR/accel/<sha256>/libaccel.so`` (default ``~/.cache/tvmq``), the hash
@@ -23,13 +24,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from tvmq.numerics import Requant
+from tvmq.numerics import Requant, lbfp
 
-from .config import AccelConfig
+from .config import PRESETS, AccelConfig
 
 SOURCE_DIR = Path(__file__).with_name("emulator")
 SOURCES = ("accel.h", "accel.c")
@@ -42,6 +44,9 @@ COUNTERS = ("cycles", "compute_cycles", "dma_cycles", "requant_cycles", "macs", 
 _i32p = ctypes.POINTER(ctypes.c_int32)
 _i8p = ctypes.POINTER(ctypes.c_int8)
 _f32p = ctypes.POINTER(ctypes.c_float)
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_f64p = ctypes.POINTER(ctypes.c_double)
 
 
 class _Hw(ctypes.Structure):
@@ -73,6 +78,13 @@ DESC_FIELDS = ("C", "H", "W", "in_zp", "O", "KH", "KW", "groups", "stride_h", "s
                "per_channel", "out_zp", "qmin", "qmax", "OH", "OW", "t_oc", "t_ic",
                "weight_buffer_bytes", "act_buffer_bytes", "acc_buffer_bytes",
                "dma_bytes_per_cycle", "counter_slot")
+
+# The LBFP layer descriptor's int32 fields, in the order of accel.h's ACCEL_L_* enum.
+LBFP_DESC_FIELDS = ("C", "H", "W", "O", "KH", "KW", "groups", "stride_h", "stride_w", "pad_top",
+                    "pad_left", "pad_bottom", "pad_right", "dil_h", "dil_w", "OH", "OW", "bits",
+                    "frac_bits", "lut_bits", "w_block", "t_oc", "t_ic", "weight_buffer_bytes",
+                    "act_buffer_bytes", "acc_buffer_bytes", "dma_bytes_per_cycle",
+                    "counter_slot")
 
 
 def find_compiler() -> str | None:
@@ -170,8 +182,22 @@ def load() -> ctypes.CDLL:
         if lib.accel_desc_len() != len(DESC_FIELDS):
             raise RuntimeError(f"{path}: accel.h has {lib.accel_desc_len()} descriptor fields, "
                                f"emulator.py {len(DESC_FIELDS)}; update DESC_FIELDS")
+        _declare_lbfp(lib, path)
         _LOADED[key] = lib
     return _LOADED[key]
+
+
+def _declare_lbfp(lib: ctypes.CDLL, path: Path) -> None:
+    """Argument types of the LBFP entry points; the descriptor layouts must agree."""
+    lib.accel_lbfp_desc_len.restype = ctypes.c_int
+    lib.accel_lbfp_conv2d_check.argtypes = [_i32p]
+    lib.accel_lbfp_conv2d_check.restype = ctypes.c_int
+    lib.accel_lbfp_conv2d_tile.argtypes = [_i32p, _u8p, _u8p, _i32p, _i32p, _i32p, _i64p, _i32p,
+                                           _f64p, _i64p, _f64p, _u8p, ctypes.c_int32]
+    lib.accel_lbfp_conv2d_tile.restype = ctypes.c_int
+    if lib.accel_lbfp_desc_len() != len(LBFP_DESC_FIELDS):
+        raise RuntimeError(f"{path}: accel.h has {lib.accel_lbfp_desc_len()} LBFP descriptor "
+                           f"fields, emulator.py {len(LBFP_DESC_FIELDS)}; update LBFP_DESC_FIELDS")
 
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
@@ -295,28 +321,29 @@ def run_tiles(desc: np.ndarray, rq: np.ndarray, x: np.ndarray, w: np.ndarray,
 def tile_runner(desc, rq, x, w, bias, y):
     """`run_tiles` with its arguments converted once: a no-argument callable (for timing the
     emulator without ctypes' per-call argument conversion)."""
-    lib = load()
-    o, t_oc = (int(desc[DESC_FIELDS.index(f)]) for f in ("O", "t_oc"))
     ptrs = (_ptr(desc, _i32p), _ptr(x, _i8p), _ptr(w, _i8p), _ptr(bias, _i32p), _ptr(rq, _i32p),
             _ptr(y, _i8p))
+    return _tile_loop("accel_conv2d_tile", desc, DESC_FIELDS, ptrs)
+
+
+def _tile_loop(entry: str, desc: np.ndarray, fields: tuple[str, ...], ptrs) -> Callable[[], None]:
+    """A no-argument callable running the C per-tile `entry(*ptrs, o0)` for o0 = 0, t_oc, ...
+    < O (read from `desc` laid out as `fields`), raising ValueError on a nonzero return."""
+    lib = load()
+    fn = getattr(lib, entry)
+    o, t_oc = (int(desc[fields.index(f)]) for f in ("O", "t_oc"))
 
     def run() -> None:
         for o0 in range(0, o, t_oc):
-            _check(lib, lib.accel_conv2d_tile(*ptrs, o0), "accel_conv2d_tile")
+            _check(lib, fn(*ptrs, o0), entry)
 
     return run
 
 
-def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, padding, dilation,
-                      groups: int, requant: Requant, out_zp: int, qmin: int, qmax: int,
-                      counter_slot: int) -> tuple[np.ndarray, np.ndarray]:
-    """The layer descriptor (int32, DESC_FIELDS) and requant register file (int32, (P, 2)) of a
-    conv2d with NCHW input `x_shape` (N == 1) and OIHW weights `w_shape`.
-
-    The register file holds {M0, shift} per parameter set for mult_shift, {float32 bits of the
-    scale, 0} for fp32; P = O per channel, else 1. Raises ValueError for shapes or parameters the
-    accelerator cannot take (the reason comes from the C checker, see `check_layer`).
-    """
+def _conv_geometry(x_shape, w_shape, strides, padding, dilation, groups: int) -> dict[str, int]:
+    """C, H, W, O, KH, KW, groups, stride_*, pad_*, dil_*, OH, OW of a conv2d with NCHW input
+    `x_shape` and OIHW weights `w_shape`: OH = (H + pad_top + pad_bottom - dil_h*(KH-1) - 1) //
+    stride_h + 1, likewise OW. ValueError if OH or OW < 1 or I * groups != C."""
     _, c, h, wd = (int(v) for v in x_shape)
     o, _, kh, kw = (int(v) for v in w_shape)
     sh, sw = (int(v) for v in strides)
@@ -329,6 +356,30 @@ def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, pa
     if int(w_shape[1]) * groups != c:
         raise ValueError(f"w{tuple(w_shape)} with groups={groups} needs C == "
                          f"{int(w_shape[1]) * groups}, got C={c}")
+    return dict(C=c, H=h, W=wd, O=o, KH=kh, KW=kw, groups=groups, stride_h=sh, stride_w=sw,
+                pad_top=pt, pad_left=pl, pad_bottom=pb, pad_right=pr, dil_h=dh, dil_w=dw, OH=oh,
+                OW=ow)
+
+
+def _hw_fields(hw: AccelConfig) -> dict[str, int]:
+    """The hardware fields of a layer descriptor."""
+    return dict(t_oc=hw.t_oc, t_ic=hw.t_ic, weight_buffer_bytes=hw.weight_buffer_bytes,
+                act_buffer_bytes=hw.act_buffer_bytes, acc_buffer_bytes=hw.acc_buffer_bytes,
+                dma_bytes_per_cycle=hw.dma_bytes_per_cycle)
+
+
+def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, padding, dilation,
+                      groups: int, requant: Requant, out_zp: int, qmin: int, qmax: int,
+                      counter_slot: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layer descriptor (int32, DESC_FIELDS) and requant register file (int32, (P, 2)) of a
+    conv2d with NCHW input `x_shape` (N == 1) and OIHW weights `w_shape`.
+
+    The register file holds {M0, shift} per parameter set for mult_shift, {float32 bits of the
+    scale, 0} for fp32; P = O per channel, else 1. Raises ValueError for shapes or parameters the
+    accelerator cannot take (the reason comes from the C checker, see `check_layer`).
+    """
+    geometry = _conv_geometry(x_shape, w_shape, strides, padding, dilation, groups)
+    o = geometry["O"]
     k = _kind(requant.kind, requant.rounding)
     if k == KINDS["fp32"]:
         params = np.asarray(requant.scale, np.float32)
@@ -341,13 +392,9 @@ def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, pa
     per_channel = params.ndim == 1
     if per_channel and params.size != o:
         raise ValueError(f"per-channel requant has {params.size} entries, conv2d has O={o}")
-    fields = dict(C=c, H=h, W=wd, in_zp=in_zp, O=o, KH=kh, KW=kw, groups=groups, stride_h=sh,
-                  stride_w=sw, pad_top=pt, pad_left=pl, pad_bottom=pb, pad_right=pr, dil_h=dh,
-                  dil_w=dw, kind=k, per_channel=int(per_channel), out_zp=out_zp, qmin=qmin,
-                  qmax=qmax, OH=oh, OW=ow, t_oc=hw.t_oc, t_ic=hw.t_ic,
-                  weight_buffer_bytes=hw.weight_buffer_bytes,
-                  act_buffer_bytes=hw.act_buffer_bytes, acc_buffer_bytes=hw.acc_buffer_bytes,
-                  dma_bytes_per_cycle=hw.dma_bytes_per_cycle, counter_slot=counter_slot)
+    fields = dict(**geometry, **_hw_fields(hw), in_zp=in_zp, kind=k,
+                  per_channel=int(per_channel), out_zp=out_zp, qmin=qmin, qmax=qmax,
+                  counter_slot=counter_slot)
     desc = np.array([int(fields[f]) for f in DESC_FIELDS], np.int32)
     rq = np.ascontiguousarray(rq)
     reason = check_layer(desc, rq)
@@ -392,3 +439,123 @@ def _scratch_slot() -> int:
     if lib not in _SCRATCH:
         _SCRATCH[lib] = alloc_counters(1)
     return _SCRATCH[lib]
+
+
+# ---- LBFP mode ------------------------------------------------------------------------------
+
+
+def lbfp_conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, fmt: lbfp.LBFPFormat, strides,
+                           padding, dilation, groups: int, counter_slot: int,
+                           w_block: int | None = None) -> np.ndarray:
+    """The LBFP layer descriptor (int32, LBFP_DESC_FIELDS) of a conv2d with NCHW input
+    `x_shape` (N == 1), OIHW weights `w_shape` and format `fmt` (bits, frac_bits, lut_bits;
+    shared by activations, weights and output). `w_block` (default fmt.block_size) is the
+    weight block size along input channels, which sets the exponent bytes the DMA moves.
+    Raises ValueError for shapes or settings the accelerator cannot take (the reason names the
+    field; it comes from the C checker, see `lbfp_check_layer`)."""
+    fields = dict(**_conv_geometry(x_shape, w_shape, strides, padding, dilation, groups),
+                  **_hw_fields(hw), bits=fmt.bits, frac_bits=fmt.frac_bits,
+                  lut_bits=fmt.lut_bits, w_block=fmt.block_size if w_block is None else w_block,
+                  counter_slot=counter_slot)
+    desc = np.array([int(fields[f]) for f in LBFP_DESC_FIELDS], np.int32)
+    reason = lbfp_check_layer(desc)
+    if reason is not None:
+        raise ValueError(reason)
+    return desc
+
+
+def lbfp_check_layer(desc: np.ndarray) -> str | None:
+    """None if the accelerator can run the LBFP layer `desc`, else the C checker's reason."""
+    lib = load()
+    desc = np.ascontiguousarray(desc, np.int32)
+    if lib.accel_lbfp_conv2d_check(_ptr(desc, _i32p)) == 0:
+        return None
+    return lib.accel_last_error().decode()
+
+
+def lbfp_tile_runner(desc, x, w, x_exp, w_exp, e_ref, bias, out_exp, clip, lut, thresholds, y):
+    """The tile loop of an LBFP layer (`accel_lbfp_conv2d_tile` for o0 = 0, t_oc, ...) as a
+    no-argument callable, on contiguous arrays typed as in accel.h: int32 desc, x_exp, w_exp,
+    e_ref, out_exp; uint8 x, w, y; int64 bias (or None) and lut; float64 clip and thresholds."""
+    ptrs = (_ptr(desc, _i32p), _ptr(x, _u8p), _ptr(w, _u8p), _ptr(x_exp, _i32p),
+            _ptr(w_exp, _i32p), _ptr(e_ref, _i32p), _ptr(bias, _i64p), _ptr(out_exp, _i32p),
+            _ptr(clip, _f64p), _ptr(lut, _i64p), _ptr(thresholds, _f64p), _ptr(y, _u8p))
+    return _tile_loop("accel_lbfp_conv2d_tile", desc, LBFP_DESC_FIELDS, ptrs)
+
+
+def _exact(a, dtype, name: str, shape=None) -> np.ndarray:
+    """`a` as a contiguous `dtype` array (reshaped to `shape` if given); ValueError if a value
+    does not survive the conversion (e.g. a word outside [0, 255] or a fractional exponent)."""
+    src = np.asarray(a)
+    if shape is not None:
+        if src.size != int(np.prod(shape)):
+            raise ValueError(f"{name} has shape {src.shape}, expected {tuple(shape)} entries")
+        src = src.reshape(shape)
+    out = np.ascontiguousarray(src, dtype)
+    if not np.array_equal(out, src):
+        raise ValueError(f"{name} does not fit {np.dtype(dtype).name} exactly")
+    return out
+
+
+def _per_channel(a, o: int) -> np.ndarray:
+    """(O,) from O values of any shape (e.g. (1, O, 1, 1)) or one value broadcast."""
+    a = np.asarray(a)
+    return a.reshape(-1) if a.size == o else np.broadcast_to(a, (o,))
+
+
+def lbfp_conv2d(x_words, x_exp, w_words, w_exp, fmt: lbfp.LBFPFormat, *, out_exp,
+                bias_acc=None, lo: float = -np.inf, hi: float = np.inf, strides=(1, 1),
+                padding=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1,
+                hw: AccelConfig = PRESETS["npu-small"], w_block: int | None = None
+                ) -> tuple[np.ndarray, dict[str, int]]:
+    """LBFP conv2d on the emulated accelerator, with its cycle counters.
+
+    Bit-exact with the golden model: ``acc, e_ref = lbfp.conv2d(x, x_exp, w, w_exp, fmt, fmt,
+    ...)``, ``acc += bias_acc[:, None, None]``, then ``lbfp.acc_to_lbfp(acc, e_ref[:, None,
+    None], out_exp (per channel), fmt, lo=lo, hi=hi)``.
+
+    Parameters
+    ----------
+    x_words : uint8 code words, (C, H, W) or (1, C, H, W).
+    x_exp : (C,) exponents, one per input channel (blocks expanded).
+    w_words : uint8 code words, OIHW, I == C / groups.
+    w_exp : exponents of `w_words`' shape (per element, blocks expanded).
+    fmt : the format of activations, weights and output (bits, frac_bits, lut_bits).
+    out_exp : (O,) output exponents (the exponent of the block holding channel o).
+    bias_acc : (O,) int64 bias in accumulator units 2^(e_ref - lut_bits)
+        (`lbfp.bias_to_acc`), or None.
+    lo, hi : the clip epilogue (ReLU: lo=0).
+    strides, dilation : (h, w); padding : (top, left, bottom, right); groups : int.
+    hw : AccelConfig (default the 'npu-small' preset).
+    w_block : weight block size along input channels for the exponent DMA bytes
+        (default fmt.block_size).
+
+    Returns
+    -------
+    y : uint8 code words, (1, O, OH, OW).
+    counters : dict
+        ``cycles, compute_cycles, dma_cycles, requant_cycles, macs, dma_bytes, tiles`` (the LBFP
+        cycle model at the top of ``emulator/accel.c``).
+    """
+    x = np.asarray(x_words)
+    x = x[None] if x.ndim == 3 else x
+    w = np.asarray(w_words)
+    if x.ndim != 4 or x.shape[0] != 1 or w.ndim != 4:
+        raise ValueError(f"x_words must be CHW or NCHW with N == 1 and w_words OIHW, got "
+                         f"x{np.shape(x_words)}, w{w.shape}")
+    desc = lbfp_conv2d_descriptor(hw, x.shape, w.shape, fmt, strides, padding, dilation, groups,
+                                  _scratch_slot(), w_block)
+    c, o, oh, ow = (int(desc[LBFP_DESC_FIELDS.index(f)]) for f in ("C", "O", "OH", "OW"))
+    x_e = _exact(x_exp, np.int32, "x_exp", (c,))
+    w_e = _exact(w_exp, np.int32, "w_exp", w.shape)
+    args = dict(desc=desc, x=_exact(x, np.uint8, "x_words"), w=_exact(w, np.uint8, "w_words"),
+                x_exp=x_e, w_exp=w_e,
+                e_ref=_exact(lbfp.conv_e_ref(x_e, w_e, groups), np.int32, "e_ref"),
+                bias=None if bias_acc is None else _exact(bias_acc, np.int64, "bias_acc", (o,)),
+                out_exp=_exact(_per_channel(out_exp, o), np.int32, "out_exp"),
+                clip=np.array([lo, hi], np.float64), lut=np.ascontiguousarray(fmt.lut, np.int64),
+                thresholds=np.ascontiguousarray(fmt.thresholds, np.float64))
+    y = np.empty((1, o, oh, ow), np.uint8)
+    clear_counters(_scratch_slot())
+    lbfp_tile_runner(**args, y=y)()
+    return y, read_counters(_scratch_slot())

@@ -8,9 +8,14 @@ call per t_oc-wide tile). The layer's weights, bias, requant register file and d
 counters into the layer's slot of its counter bank, which `AccelRuntime.counters` reads. A matmul
 (1, K) x (K, N) runs as a 1x1 conv with K input channels. No Python runs during inference.
 
+LBFP layers (passes/realize_lbfp.py) lower the same way: the chain `conv2d|matmul kernel ->
+[+ bias] -> encode` becomes a tile loop calling `accel_lbfp_conv2d_tile` with the code words,
+the exponents, e_ref, the bias in accumulator units, the output exponents, the clip and the
+product / threshold tables as constants (the LBFP MAC mode of the emulator).
+
 A chain the accelerator cannot run stays on the host and `AccelRuntime.host_layers` says why:
-its output is not int8, its input is not int8 - zp, or the emulator's checker refuses it (e.g. a
-weight tile larger than the weight buffer).
+its output is not int8, its input is not int8 - zp, a matmul has more than one row, or the
+emulator's checker refuses it (e.g. a weight tile larger than the weight buffer).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
+from tvmq.passes import _lbfp_kernels
 from tvmq.passes._requant_kernel import golden_requant
 from tvmq.passes._util import (
     RequantChain,
@@ -29,6 +35,8 @@ from tvmq.passes._util import (
     op_name,
     shape_of,
 )
+
+from tvmq.numerics import lbfp
 
 from . import emulator
 from .config import AccelConfig
@@ -83,6 +91,40 @@ def tile_loop(x_shape, w_shape, rq_rows: int, y_shape, t_oc: int) -> tvm.tirx.Pr
     return accel_conv2d.with_attr("op_pattern", 8)
 
 
+def lbfp_tile_loop(x_shape, w_shape, y_shape, fmt: lbfp.LBFPFormat, t_oc: int
+                   ) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, w, x_exp, w_exp, e_ref, bias, out_exp, clip, lut, thresholds, desc, y): the
+    output-channel tile loop of an LBFP layer, one `accel_lbfp_conv2d_tile` call per tile."""
+    o = int(w_shape[0])
+    c = int(x_shape[1] if len(x_shape) == 4 else x_shape[-1])  # NCHW conv or (1, K) matmul
+    n_tiles = -(-o // t_oc)
+    n_desc, n_lut, n_thr = len(emulator.LBFP_DESC_FIELDS), 2**fmt.frac_bits, fmt.c_max
+
+    @T.prim_func(private=True)
+    def accel_lbfp_conv2d(x: T.Buffer(x_shape, "uint8"), w: T.Buffer(w_shape, "uint8"),
+                          x_exp: T.Buffer((c,), "int32"), w_exp: T.Buffer(w_shape, "int32"),
+                          e_ref: T.Buffer((o,), "int32"), bias: T.Buffer((o,), "int64"),
+                          out_exp: T.Buffer((o,), "int32"), clip: T.Buffer((2,), "float64"),
+                          lut: T.Buffer((n_lut,), "int64"), thr: T.Buffer((n_thr,), "float64"),
+                          desc: T.Buffer((n_desc,), "int32"), y: T.Buffer(y_shape, "uint8")):
+        for t in range(n_tiles):
+            status: T.int32 = T.call_extern(
+                "int32", "accel_lbfp_conv2d_tile", desc.data, x.data, w.data, x_exp.data,
+                w_exp.data, e_ref.data, bias.data, out_exp.data, clip.data, lut.data, thr.data,
+                y.data, t * t_oc)
+            assert status == 0, "accel_lbfp_conv2d_tile failed (see accel_last_error())"
+
+    return accel_lbfp_conv2d.with_attr("op_pattern", 8)
+
+
+def _lbfp_attrs(value, mod) -> dict | None:
+    """The `tvmq.lbfp` attributes of the PrimFunc a call_tir calls, or None."""
+    if op_name(value) != "relax.call_tir":
+        return None
+    prim = mod[value.args[0]]
+    return None if not prim.attrs else prim.attrs.get(_lbfp_kernels.ATTR)
+
+
 def _int8_input(expr, bindings) -> tuple[relax.Expr, int] | None:
     """(x int8, zero point) for a conv input that is `astype(x, int16) - zp` or int8 `x`."""
     value = bindings.get(expr)
@@ -105,7 +147,10 @@ class _Lowerer(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         value, name = binding.value, binding.var.name
         new_value = None
-        if RequantChain.is_requant(value, self.mod_):
+        attrs = _lbfp_attrs(value, self.mod_)
+        if attrs is not None and str(attrs["op"]) == "encode" and str(attrs["source"]) == "acc":
+            new_value = self._lower_lbfp(value, attrs, name.removesuffix("_q"), binding.var)
+        elif RequantChain.is_requant(value, self.mod_):
             chain = RequantChain(value, self.bindings, self.mod_)
             if chain.valid:
                 new_value = self._lower(chain, name.removesuffix("_q"), binding.var)
@@ -154,6 +199,59 @@ class _Lowerer(relax.PyExprMutator):
         args = [self.visit_expr(x), *(relax.const(v) for v in (
             w.astype(np.int8), bias.astype(np.int32), regs, desc))]
         return relax.call_tir(gv, args, relax.TensorType(shape_of(out_var), "int8"))
+
+
+    def _lower_lbfp(self, encode, enc_attrs, layer, out_var):
+        """The LBFP twin of `_lower`: `conv2d|matmul kernel [+ bias] -> encode` as one call."""
+        acc, _, out_exp, _ = encode.args[1].fields
+        acc_value = self.bindings.get(acc)
+        bias = None
+        if op_name(acc_value) == "relax.add":
+            bias = const_value(acc_value.args[1]).reshape(-1)
+            acc_value = self.bindings.get(acc_value.args[0])
+        mac = _lbfp_attrs(acc_value, self.mod_)
+        if mac is None or str(mac["op"]) not in ("conv2d", "matmul"):
+            return None
+        x, w, x_exp, w_exp, e_ref, _ = acc_value.args[1].fields
+        w, w_exp = const_value(w), const_value(w_exp)
+        fmt = lbfp.LBFPFormat(bits=int(mac["bits"]), frac_bits=int(mac["frac_bits"]),
+                              block_size=int(mac["block_size"]), lut_bits=int(mac["lut_bits"]))
+        if str(mac["op"]) == "conv2d":
+            geometry = dict(strides=list(mac["strides"]), padding=list(mac["padding"]),
+                            dilation=list(mac["dilation"]), groups=int(mac["groups"]))
+            x_nchw = shape_of(x)
+        else:
+            rows = int(np.prod(shape_of(x)[:-1]))
+            if rows != 1:
+                self.runtime.host_layers[layer] = (
+                    f"matmul with {rows} rows: the accelerator reads one (1, K) row")
+                return None
+            k, n = w.shape  # (1, K) x (K, N) as a 1x1 conv over K channels
+            w, w_exp = (np.ascontiguousarray(a.T.reshape(n, k, 1, 1)) for a in (w, w_exp))
+            geometry = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
+            x_nchw = (1, k, 1, 1)
+        geometry = {k: [int(v) for v in g] if isinstance(g, list) else g
+                    for k, g in geometry.items()}
+        o = w.shape[0]
+        slot = emulator.alloc_counters(1)
+        try:
+            desc = emulator.lbfp_conv2d_descriptor(self.runtime.hw, x_nchw, w.shape, fmt,
+                                                   counter_slot=slot, **geometry)
+        except ValueError as err:
+            self.runtime.host_layers[layer] = str(err)
+            return None
+        self.runtime.slots[layer] = slot
+        lo = float(enc_attrs["lo"]) if bool(enc_attrs["has_lo"]) else -np.inf
+        hi = float(enc_attrs["hi"]) if bool(enc_attrs["has_hi"]) else np.inf
+        tail = [w_exp.astype(np.int32), const_value(e_ref).astype(np.int32),
+                np.zeros(o, np.int64) if bias is None else bias.astype(np.int64),
+                const_value(out_exp).astype(np.int32), np.array([lo, hi]), fmt.lut,
+                fmt.thresholds, desc]
+        prim = lbfp_tile_loop(shape_of(x), w.shape, shape_of(out_var), fmt, self.runtime.hw.t_oc)
+        gv = self.builder_.add_func(prim, f"accel_{layer}")
+        args = [self.visit_expr(x), relax.const(w.astype(np.uint8), "uint8"),
+                self.visit_expr(x_exp), *(relax.const(v, str(v.dtype)) for v in tail)]
+        return relax.call_tir(gv, args, relax.TensorType(shape_of(out_var), "uint8"))
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerToAccel")

@@ -1,7 +1,9 @@
-/* accel.h: C emulator of tvmq's INT8 accelerator (targets/accel/config.py AccelConfig).
+/* accel.h: C emulator of tvmq's INT8 accelerator (targets/accel/config.py AccelConfig), with
+ * an LBFP MAC mode.
  *
- * Bit-exact with tvmq.numerics (the golden model): int32 accumulate, + bias, requantize,
- * + zero point, clamp. See accel.c for the cycle model. C99, libc + libm only.
+ * Bit-exact with tvmq.numerics (the golden model): INT8: int32 accumulate, + bias, requantize,
+ * + zero point, clamp; LBFP: tvmq.numerics.lbfp's int64 accumulate (code adder, product table,
+ * shift), + bias, acc_to_lbfp. See accel.c for the cycle model. C99, libc + libm only.
  *
  * Every entry point returns 0 on success, nonzero on bad arguments; the reason is then in
  * accel_last_error() (a static buffer: one caller thread at a time).
@@ -87,6 +89,54 @@ int accel_conv2d_tile(const int32_t* desc, const int8_t* x, const int8_t* w, con
 int32_t accel_counters_alloc(int32_t n);
 int accel_counters_read(int32_t slot, accel_counters* out);
 int accel_counters_clear(int32_t slot);
+
+/* ---- LBFP mode (tvmq/numerics/lbfp.py): the same PE array, tiles and counter bank ----------
+ *
+ * An LBFP layer descriptor is ACCEL_L_LEN int32s: conv2d geometry, the LBFP format (bits,
+ * frac_bits, lut_bits: one format for activations, weights and output), the weight block size
+ * along input channels (w_block: it sets the exponent bytes the DMA moves), the hardware and
+ * the counter slot. A code word is s << (bits - 1) | c; c_max = 2^(bits-1) - 1 is zero. */
+enum {
+  ACCEL_L_C, ACCEL_L_H, ACCEL_L_W, ACCEL_L_O, ACCEL_L_KH, ACCEL_L_KW, ACCEL_L_GROUPS,
+  ACCEL_L_STRIDE_H, ACCEL_L_STRIDE_W, ACCEL_L_PAD_TOP, ACCEL_L_PAD_LEFT, ACCEL_L_PAD_BOTTOM,
+  ACCEL_L_PAD_RIGHT, ACCEL_L_DIL_H, ACCEL_L_DIL_W, ACCEL_L_OH, ACCEL_L_OW,
+  ACCEL_L_BITS, ACCEL_L_FRAC_BITS, ACCEL_L_LUT_BITS,
+  ACCEL_L_W_BLOCK, /* weight block size along input channels (for exponent DMA bytes) */
+  ACCEL_L_T_OC, ACCEL_L_T_IC, ACCEL_L_WEIGHT_BUFFER, ACCEL_L_ACT_BUFFER, ACCEL_L_ACC_BUFFER,
+  ACCEL_L_DMA, ACCEL_L_COUNTER_SLOT, ACCEL_L_LEN
+};
+
+/* ACCEL_L_LEN, so callers can check they agree on the layout. */
+int accel_lbfp_desc_len(void);
+
+/* Validate an LBFP descriptor (geometry as accel_conv2d_check; bits in [2, 8], frac_bits in
+ * [0, min(4, bits - 2)], lut_bits in [1, 30], w_block >= 1; a weight tile's code words plus
+ * exponent bytes fit weight_buffer_bytes; 8*t_oc bytes of int64 accumulators fit
+ * acc_buffer_bytes; counter_slot in [0, 2**20)): 0 if the accelerator can run the layer. */
+int accel_lbfp_conv2d_check(const int32_t* desc);
+
+/* One output-channel tile [o0, o0+min(t_oc, O-o0)) of an LBFP conv2d, batch 1, NCHW / OIHW.
+ * x: C*H*W code words; w: O*Cg*KH*KW code words; x_exp: C exponents (one per input channel);
+ * w_exp: O*Cg*KH*KW exponents (per weight element, blocks expanded); e_ref: O reference
+ * exponents (as lbfp.conv_e_ref); bias: O int64 in accumulator units or NULL; out_exp: O
+ * exponents of the output (the block exponent of the output block holding channel o);
+ * clip: {lo, hi} doubles (use -INFINITY/INFINITY for none); lut: 2^frac_bits int64 product
+ * table (fmt.lut); thresholds: c_max doubles (fmt.thresholds); y: O*OH*OW code words.
+ *
+ * y[o, oy, ox] = lbfp.acc_to_lbfp(acc, e_ref[o], out_exp[o], lo, hi) of
+ * acc = bias[o] + sum over the group's channels c and taps in the image of product terms
+ * sign * (LUT[r] >> (q + e_ref[o] - x_exp[c] - w_exp[o, c, kh, kw])), s = ca + cb,
+ * q = s >> frac_bits, r = s & (2^frac_bits - 1), 0 if either code is c_max or the shift is
+ * >= 63. Also checked (nonzero return): code words < 2^bits; exponents x_exp, w_exp, out_exp in
+ * [-126, 127]; e_ref[o] >= x_exp[c] + w_exp[o, c, kh, kw] over o's reduction; |acc| < 2^53;
+ * clip not NaN with lo < inf, hi > -inf; lut in [0, 2^lut_bits]; thresholds positive and
+ * decreasing. Tiles run in order from o0 = 0; counters go to the descriptor's slot (created if
+ * the bank is smaller), as accel_conv2d_tile. */
+int accel_lbfp_conv2d_tile(const int32_t* desc, const uint8_t* x, const uint8_t* w,
+                           const int32_t* x_exp, const int32_t* w_exp, const int32_t* e_ref,
+                           const int64_t* bias, const int32_t* out_exp, const double* clip,
+                           const int64_t* lut, const double* thresholds, uint8_t* y,
+                           int32_t o0);
 
 /* The reason for the last nonzero return. */
 const char* accel_last_error(void);
