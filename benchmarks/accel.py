@@ -20,6 +20,10 @@ minmax observer) is compiled once for the host. Then:
    the compiled tile loop makes), in emulated int8 MACs per second of wall time (target: 200 M/s
    on one core for the bundled model), and whole inferences on the accel and host targets side
    by side (ratio beside the absolute times: this machine is shared and noisy).
+5. LBFP MAC mode: the model compiled with ``scheme="lbfp8"`` and ``"lbfp4"``, lowered to the
+   emulator's LBFP mode (npu-mid, t_oc 4/16/64) and compared with the oracle bit for bit; cycles
+   on both presets next to INT8's (exponent bytes add to the weight DMA); top-1; and the
+   multiplier's estimated area next to the INT8 multiplier's (the paper: 45% smaller).
 """
 
 from __future__ import annotations
@@ -136,6 +140,53 @@ def presets_section(m: Model, cm) -> str:
     return "\n\n".join(out)
 
 
+LBFP_SCHEMES = ("lbfp8", "lbfp4")
+
+
+def lbfp_section(m: Model, int8, n_check: int) -> str:
+    rows, models = [], {"int8": int8}
+    for scheme in LBFP_SCHEMES:
+        config = tvmq.QuantConfig(scheme=scheme, observer="minmax", sqnr_samples=0)
+        models[scheme] = cm = tvmq.compile(m.path, config=config, calib=m.x_calib,
+                                           input_shape=m.input_shape, progress=False)
+        oracle = cm.oracle()
+        want = [oracle.run(x[None]) for x in m.x_test[:n_check]]
+        top1 = 100 * np.mean(np.concatenate([cm.run(x[None]) for x in m.x_test]).argmax(1)
+                             == m.y_test)
+        fmt = cm.config.lbfp_format
+        mult = area.lbfp_multiplier_area(fmt.bits, fmt.frac_bits, fmt.lut_bits).total_um2
+        for t_oc in T_OCS_CHECKED:
+            runtime, lowered = lower(cm, dataclasses.replace(preset("npu-mid"), t_oc=t_oc))
+            module = build(lowered)
+            same = sum(np.array_equal(module.run(x[None]), w)
+                       for x, w in zip(m.x_test[:n_check], want))
+            cycles = sum(c["cycles"] for c in
+                         runtime.one_inference(module, m.x_test[:1]).values())
+            rows.append([cm.config.label, t_oc, f"{same}/{n_check}", len(runtime.slots),
+                         len(runtime.host_layers), f"{cycles:,}", f"{top1:.2f}",
+                         f"{mult:.0f}"])
+    int8_top1 = 100 * np.mean(np.concatenate([int8.run(x[None]) for x in m.x_test]).argmax(1)
+                              == m.y_test)
+    presets = []
+    for name in ("npu-small", "npu-mid"):
+        for label in ("int8", "lbfp8"):
+            cm = models[label]
+            hw = dataclasses.replace(preset(name), requant=int8.config.requant,
+                                     rounding=int8.config.rounding)
+            runtime, lowered = lower(cm, hw)
+            counters = runtime.one_inference(build(lowered), m.x_test[:1])
+            cycles = sum(c["cycles"] for c in counters.values())
+            dma = sum(c["dma_bytes"] for c in counters.values())
+            presets.append([name, label, f"{cycles:,}", f"{cycles / hw.clock_mhz:,.1f}",
+                            f"{dma:,}"])
+    int8_mult = area.UNIT_AREAS["int_mult8"].value
+    return (f"{m.name}: LBFP MAC mode (npu-mid, t_oc varied) == NumPy oracle, bit for bit; "
+            f"INT8 top-1 {int8_top1:.2f}%, INT8 multiplier {int8_mult:.0f} um^2\n"
+            + table(["config", "t_oc", "equal", "accel layers", "host layers", "cycles",
+                     "top-1 %", "mult um^2"], rows)
+            + "\n\n" + table(["preset", "scheme", "cycles", "us", "DMA bytes"], presets))
+
+
 def area_section(m: Model, compiled: dict) -> str:
     fp32 = build(tvmq.frontend.load_model(m.path, m.input_shape)[0])
     float_top1 = float(np.mean([fp32.run(x[None]).argmax() == y
@@ -228,7 +279,8 @@ def main(argv=None) -> int:
         default = compiled[OPTIONS[0]]
         print(f"\n{m.name}: compile {default.report().compile_seconds:.1f} s per option")
         for section in (bit_exact_section(m, compiled, args.check), presets_section(m, default),
-                        area_section(m, compiled), speed_section(m, default)):
+                        area_section(m, compiled), speed_section(m, default),
+                        lbfp_section(m, default, args.check)):
             print()
             print(section)
     print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")

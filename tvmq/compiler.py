@@ -81,6 +81,7 @@ class CompiledModel:
 
     `run(x)` executes it on its target (numpy in, numpy out); `report()` gives the per-layer table;
     `export(dir)` writes the artefacts; `oracle()` is the NumPy golden interpreter of the graph.
+    `act_qparams` holds each calibrated tensor's QParams (int8) or per-channel exponents (LBFP).
     """
 
     def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
@@ -223,38 +224,14 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     stage("calibrate")
     observer = config.observer
     if config.is_lbfp:
-        method = "kl" if config.observer == "kl" else "max"
-        fmt = config.lbfp_format
-
         def observer(name):
-            return LBFPObserver(fmt, method, name)
+            return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
                                              observer=observer, keep=config.sqnr_samples,
                                              progress=progress)
     stage("quantize")
-    if config.is_lbfp:
-        act_params = {n: obs.exponents() for n, obs in observers.items()}
-        quant_mod = RealizeLBFP(act_params, config.lbfp_format,
-                                weight_exponents=method)(annotated)
-        decoders = {layer.name: _lbfp_decoder(act_params[layer.name], layer.shape, fmt)
-                    for layer in layers}
-        rows = _lbfp_rows(layers, act_params, config)
-    else:
-        boundary = _output_names(annotated) | {inp.name}
-        act_params = {
-            # The model's input and outputs keep their observed range: the observer's clipping is
-            # for internal activations (clipped logits tie under argmax; inputs are often
-            # discrete).
-            n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()),
-                                  config)
-            for n, obs in observers.items()
-        }
-        realize = RealizeQuantization(act_params, config.requant, config.rounding,
-                                      config.per_channel_weights)
-        quant_mod = realize(annotated)
-        out_qparams = _output_qparams(layers, act_params)
-        decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
-        rows = _layer_rows(layers, act_params, out_qparams, config)
+    quantize = _quantize_lbfp if config.is_lbfp else _quantize_int8
+    quant_mod, act_params, decoders, rows = quantize(annotated, layers, observers, config, inp)
     stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
@@ -276,6 +253,33 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
                          act_qparams=act_params, accel=runtime)
 
 
+def _quantize_int8(annotated, layers, observers, config, inp):
+    """(integer module, qparams by tensor, dequantizer by layer, report rows)."""
+    boundary = _output_names(annotated) | {inp.name}
+    qparams = {
+        # The model's input and outputs keep their observed range: the observer's clipping is for
+        # internal activations (clipped logits tie under argmax; inputs are often discrete).
+        n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()), config)
+        for n, obs in observers.items()
+    }
+    realize = RealizeQuantization(qparams, config.requant, config.rounding,
+                                  config.per_channel_weights)
+    out_qparams = _output_qparams(layers, qparams)
+    decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
+    return (realize(annotated), qparams, decoders,
+            _layer_rows(layers, qparams, out_qparams, config))
+
+
+def _quantize_lbfp(annotated, layers, observers, config, inp):
+    """(LBFP module, per-channel exponents by tensor, decoder by layer, report rows)."""
+    exponents = {n: obs.exponents() for n, obs in observers.items()}
+    fmt = config.lbfp_format
+    quant_mod = RealizeLBFP(exponents, fmt, weight_exponents=config.lbfp_exponents)(annotated)
+    decoders = {layer.name: _lbfp_decoder(exponents[layer.name], layer.shape, fmt)
+                for layer in layers}
+    return quant_mod, exponents, decoders, _lbfp_rows(layers, exponents, config)
+
+
 def _dequantize(qparams: QParams, q: np.ndarray) -> np.ndarray:
     return dequantize(q, qparams)
 
@@ -293,10 +297,10 @@ def _lbfp_decoder(exponents, shape, fmt):
 
 def _lbfp_rows(layers, exponents, config) -> list[LayerRow]:
     fmt = config.lbfp_format
-    method = "kl" if config.observer == "kl" else "max"
     rows = []
     for layer in layers:
-        w_exp = weight_exponents(layer.weight, weight_format(fmt, layer.kind), method)
+        w_exp = weight_exponents(layer.weight, weight_format(fmt, layer.kind),
+                                 config.lbfp_exponents)
         span = (int(exponents[layer.name].min()), int(exponents[layer.name].max()))
         rows.append(LayerRow(layer.name, layer.kind, layer.shape, fmt.bits, out_exponents=span,
                              weight_exponents=(int(w_exp.min()), int(w_exp.max()))))

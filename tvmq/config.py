@@ -98,6 +98,11 @@ class QuantConfig:
         return LBFPFormat(bits=bits, frac_bits=frac, block_size=self.lbfp_block_size)
 
     @property
+    def lbfp_exponents(self) -> str:
+        """How LBFP block exponents are chosen: "kl" or "max" (observer "minmax")."""
+        return "kl" if self.observer == "kl" else "max"
+
+    @property
     def label(self) -> str:
         """Short name, e.g. 'int8 mult_shift/double minmax' or 'lbfp8 f3 b16 kl'."""
         if self.is_lbfp:
