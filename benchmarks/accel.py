@@ -177,14 +177,17 @@ def lbfp_section(m: Model, int8, n_check: int) -> str:
             counters = runtime.one_inference(build(lowered), m.x_test[:1])
             cycles = sum(c["cycles"] for c in counters.values())
             dma = sum(c["dma_bytes"] for c in counters.values())
-            presets.append([name, label, f"{cycles:,}", f"{cycles / hw.clock_mhz:,.1f}",
-                            f"{dma:,}"])
+            presets.append([name, label, len(runtime.slots), f"{cycles:,}",
+                            f"{cycles / hw.clock_mhz:,.1f}", f"{dma:,}"])
     int8_mult = area.UNIT_AREAS["int_mult8"].value
     return (f"{m.name}: LBFP MAC mode (npu-mid, t_oc varied) == NumPy oracle, bit for bit; "
             f"INT8 top-1 {int8_top1:.2f}%, INT8 multiplier {int8_mult:.0f} um^2\n"
             + table(["config", "t_oc", "equal", "accel layers", "host layers", "cycles",
                      "top-1 %", "mult um^2"], rows)
-            + "\n\n" + table(["preset", "scheme", "cycles", "us", "DMA bytes"], presets))
+            + "\n\n"
+            + table(["preset", "scheme", "accel layers", "cycles", "us", "DMA bytes"], presets)
+            + "\n(INT8 also runs average pooling on the accelerator; LBFP runs it in float on "
+            "the host)")
 
 
 def area_section(m: Model, compiled: dict) -> str:
