@@ -25,13 +25,15 @@ def test_label_and_frozen():
 
 def test_lbfp_schemes_default_format_and_observer():
     cfg = QuantConfig(scheme="lbfp8")
-    assert cfg.observer == "kl" and cfg.is_lbfp and not QuantConfig().is_lbfp
+    assert cfg.observer == "minmax" and cfg.lbfp_exponents == "max"
+    assert QuantConfig(scheme="lbfp8", observer="kl").lbfp_exponents == "kl"
+    assert cfg.is_lbfp and not QuantConfig().is_lbfp
     fmt = cfg.lbfp_format
     assert (fmt.bits, fmt.frac_bits, fmt.block_size) == (8, 4, 16)
     assert QuantConfig(scheme="lbfp6").lbfp_format.frac_bits == 2
     assert QuantConfig(scheme="lbfp4", observer="minmax").label == "lbfp4 f1 b16 minmax"
     assert QuantConfig(scheme="lbfp8", lbfp_frac_bits=0, lbfp_block_size=4).label == \
-        "lbfp8 f0 b4 kl"
+        "lbfp8 f0 b4 minmax"
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -33,7 +33,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="mult_shift rounding: gemmlowp double, CMSIS-NN single, TVM tonearest")
     g.add_argument("--observer", default=None, choices=OBSERVERS,
                    help="activation range from calibration data (default minmax); LBFP block "
-                   "exponents: kl (default) or minmax")
+                   "exponents: minmax (default) or kl")
     g.add_argument("--lbfp-frac-bits", type=int, default=None,
                    help="LBFP fractional bits of the log code (default 4/2/1 for lbfp8/6/4)")
     g.add_argument("--lbfp-block-size", type=int, default=16,

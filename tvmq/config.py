@@ -38,7 +38,9 @@ class QuantConfig:
         TVM QNN TONEAREST (half away from zero). Ignored for fp32.
     observer : "minmax" | "percentile" | "kl" | "mse"
         How activation ranges are chosen from calibration data (default minmax). For LBFP,
-        how block exponents are chosen: "kl" (default, the paper) or "minmax" (ceil log2 max).
+        how block exponents are chosen: "minmax" (ceil log2 max, nothing saturates) or "kl"
+        (the paper's KL divergence; it saturates rare large values and measured lower SQNR and
+        accuracy on PP-OCR, see benchmarks/accuracy.py).
     per_channel_weights : bool
         One weight scale per output channel (default) or per tensor.
     symmetric_activations : bool
@@ -72,7 +74,7 @@ class QuantConfig:
         _check_choice("requant", self.requant, REQUANTS)
         _check_choice("rounding", self.rounding, ROUNDINGS)
         if self.observer is None:
-            object.__setattr__(self, "observer", "kl" if self.is_lbfp else "minmax")
+            object.__setattr__(self, "observer", "minmax")
         _check_choice("observer", self.observer, LBFP_OBSERVERS if self.is_lbfp else OBSERVERS,
                       f" for scheme {self.scheme!r}" if self.is_lbfp else "")
         if self.is_lbfp:
