@@ -1,4 +1,5 @@
-"""Synthetic text-line images for the PP-OCR text-direction classifier (labels "0" / "180").
+"""Synthetic text-line images for the PP-OCR text-direction classifier (labels "0" / "180") and
+the PP-OCRv4 text recognizer (ground-truth strings).
 
 Lines are drawn with PIL in DejaVu fonts (the system copy, else matplotlib's bundled copy, else
 Pillow's own default font) from a fixed word list, with seeded random size, length, colours,
@@ -18,13 +19,21 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 __all__ = [
     "CLS_IMAGE_SHAPE",
     "CLS_LABELS",
+    "REC_IMAGE_SHAPE",
     "make_cls_dataset",
+    "make_rec_dataset",
     "preprocess_cls",
+    "preprocess_rec",
     "render_text_lines",
 ]
 
 CLS_IMAGE_SHAPE = (3, 48, 192)
 """Input shape ``(C, H, W)`` of the PP-OCR classifier (rapidocr ``cls_image_shape``)."""
+
+REC_IMAGE_SHAPE = (3, 48, 320)
+"""Input shape ``(C, H, W)`` of the PP-OCRv4 recognizer as benchmarked: rapidocr's
+``rec_img_shape`` [3, 48, 320] with the width fixed at 320 (rapidocr widens a batch to its widest
+line; every line here fits in 320)."""
 
 CLS_LABELS = ("0", "180")
 """Class names in output order: 0 = upright, 1 = rotated by 180 degrees."""
@@ -117,16 +126,23 @@ def preprocess_cls(img: Image.Image) -> np.ndarray:
     >>> preprocess_cls(Image.new("RGB", (100, 40), "white")).shape
     (3, 48, 192)
     """
-    c, out_h, out_w = CLS_IMAGE_SHAPE
-    bgr = np.asarray(img.convert("RGB"))[:, :, ::-1]
-    h, w = bgr.shape[:2]
-    resized_w = min(out_w, math.ceil(out_h * w / float(h)))
-    resized = _resize_bilinear_like_cv2(bgr, resized_w, out_h).astype(np.float32)
-    resized = resized.transpose(2, 0, 1) / 255
-    resized = (resized - 0.5) / 0.5
-    out = np.zeros((c, out_h, out_w), dtype=np.float32)
-    out[:, :, :resized_w] = resized
-    return out
+    return _resize_norm_pad(img, CLS_IMAGE_SHAPE)
+
+
+def preprocess_rec(img: Image.Image) -> np.ndarray:
+    """Turn one text-line image into the PP-OCRv4 recognizer input, ``[3, 48, 320]`` float32.
+
+    ``TextRecognizer.resize_norm_img`` of rapidocr_onnxruntime 1.4.4 (PaddleOCR
+    ``tools/infer/predict_rec.py``) for a batch whose widest line is at most 320 px wide at
+    height 48: the same resize, normalisation, BGR order and right zero padding as
+    ``preprocess_cls``, to width ``min(320, ceil(48 * w / h))`` padded to 320.
+
+    Examples
+    --------
+    >>> preprocess_rec(Image.new("RGB", (100, 40), "white")).shape
+    (3, 48, 320)
+    """
+    return _resize_norm_pad(img, REC_IMAGE_SHAPE)
 
 
 def make_cls_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +173,64 @@ def make_cls_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for i, img in enumerate(images):
         x[i] = preprocess_cls(img)
     return x, labels
+
+
+def make_rec_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Render ``n`` upright lines that fit the recognizer input and preprocess them.
+
+    Same texts and rendering as ``render_text_lines`` (never rotated); a line whose width at
+    height 48 would exceed 320 px is redrawn with the next random text, so no line is squeezed.
+    Every character is in the PP-OCRv4 dictionary (ASCII letters, digits, ``.,:!?-%`` and
+    spaces).
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    seed : int
+        Seed of every random choice.
+
+    Returns
+    -------
+    x : np.ndarray
+        ``[n, 3, 48, 320]`` float32 model inputs.
+    texts : list of str
+        The ground-truth string of each line.
+
+    Examples
+    --------
+    >>> x, texts = make_rec_dataset(4)
+    >>> x.shape, x.dtype, len(texts)
+    ((4, 3, 48, 320), dtype('float32'), 4)
+    """
+    if n < 0:
+        raise ValueError(f"make_rec_dataset: n must be >= 0, got {n}")
+    _, out_h, out_w = REC_IMAGE_SHAPE
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, *REC_IMAGE_SHAPE), dtype=np.float32)
+    texts: list[str] = []
+    while len(texts) < n:
+        text = _random_text(rng)
+        img = _render_line(rng, rotate=False, text=text)
+        if math.ceil(out_h * img.width / float(img.height)) > out_w:
+            continue
+        x[len(texts)] = preprocess_rec(img)
+        texts.append(text)
+    return x, texts
+
+
+def _resize_norm_pad(img: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """PaddleOCR's ``resize_norm_img`` to ``shape`` = (C, H, W) (see ``preprocess_cls``)."""
+    c, out_h, out_w = shape
+    bgr = np.asarray(img.convert("RGB"))[:, :, ::-1]
+    h, w = bgr.shape[:2]
+    resized_w = min(out_w, math.ceil(out_h * w / float(h)))
+    resized = _resize_bilinear_like_cv2(bgr, resized_w, out_h).astype(np.float32)
+    resized = resized.transpose(2, 0, 1) / 255
+    resized = (resized - 0.5) / 0.5
+    out = np.zeros((c, out_h, out_w), dtype=np.float32)
+    out[:, :, :resized_w] = resized
+    return out
 
 
 def _resize_bilinear_like_cv2(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -218,9 +292,11 @@ def _random_text(rng: np.random.Generator) -> str:
     return f"No.{digits}" if rng.random() < 0.5 else digits
 
 
-def _render_line(rng: np.random.Generator, rotate: bool) -> Image.Image:
-    """Draw one line of text; rotate it by 180 degrees if ``rotate``."""
-    text = _random_text(rng)
+def _render_line(rng: np.random.Generator, rotate: bool, text: str | None = None) -> Image.Image:
+    """Draw one line of ``text`` (default: ``_random_text(rng)``); rotate it by 180 degrees if
+    ``rotate``."""
+    if text is None:
+        text = _random_text(rng)
     font = _font(int(rng.integers(len(_fonts()))), int(rng.integers(20, 35)))
     ascent, descent = font.getmetrics()
     left, _, right, _ = font.getbbox(text)
