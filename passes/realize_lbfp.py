@@ -54,6 +54,7 @@ class _Realizer(relax.PyExprMutator):
         self.exps = act_exponents
         self.fmt, self.weight_method = fmt, weight_method
         self.words: dict[str, relax.Expr] = {}  # tensor name -> its LBFP code words
+        self.weight_ranges: dict[str, tuple[int, int]] = {}  # layer -> (min, max) exponent
 
     def _exponents(self, name: str, channels: int) -> np.ndarray:
         if name not in self.exps:
@@ -83,6 +84,7 @@ class _Realizer(relax.PyExprMutator):
         return self.words[name]
 
     def _layer(self, kind, comp: _Composite, arg: relax.Var, name: str) -> relax.Expr:
+        """The layer's output words: encode(conv2d|matmul(x words, w words) + bias)."""
         fmt = self.fmt
         x_words = self._input_words(arg)
         x_shape = shape_of(arg)
@@ -90,6 +92,7 @@ class _Realizer(relax.PyExprMutator):
         w = const_value(comp.root.args[1])
         fmt_w = weight_format(fmt, kind)
         w_blocks = weight_exponents(w, fmt_w, self.weight_method)
+        self.weight_ranges[name] = (int(w_blocks.min()), int(w_blocks.max()))
         w_words = lbfp.encode(w, w_blocks, fmt_w)
         w_exp = lbfp.expand_exponents(w_blocks, w.shape, fmt_w).astype(np.int32)
         out_shape = shape_of(comp.root)
@@ -151,6 +154,8 @@ class RealizeLBFP:
     fmt : LBFPFormat
         Element format (bits, frac_bits, block_size, lut_bits); block_axis is set per tensor.
     weight_exponents : "max" or "kl"
+
+    After a run, `weight_ranges` maps each layer to its (min, max) weight block exponent.
     """
 
     def __init__(self, act_exponents, fmt: lbfp.LBFPFormat, weight_exponents: str = "max"):
@@ -159,10 +164,12 @@ class RealizeLBFP:
                              "or 'kl'")
         self.act_exponents = dict(act_exponents)
         self.fmt, self.weight_exponents = fmt, weight_exponents
+        self.weight_ranges: dict[str, tuple[int, int]] = {}
 
     def transform_module(self, mod, ctx):
         realizer = _Realizer(mod, self.act_exponents, self.fmt, self.weight_exponents)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
+        self.weight_ranges = realizer.weight_ranges
         mod = realizer.builder_.get()
         return relax.transform.DeadCodeElimination(["main"])(mod)

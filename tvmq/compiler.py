@@ -27,7 +27,7 @@ from .numerics.weights import quantize_weight
 from .oracle import Oracle
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
-from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP, weight_exponents, weight_format
+from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow, Report, sqnr_db
 from .targets.accel import AccelConfig, emulator, preset
@@ -274,10 +274,15 @@ def _quantize_lbfp(annotated, layers, observers, config, inp):
     """(LBFP module, per-channel exponents by tensor, decoder by layer, report rows)."""
     exponents = {n: obs.exponents() for n, obs in observers.items()}
     fmt = config.lbfp_format
-    quant_mod = RealizeLBFP(exponents, fmt, weight_exponents=config.lbfp_exponents)(annotated)
+    realize = RealizeLBFP(exponents, fmt, weight_exponents=config.lbfp_exponents)
+    quant_mod = realize(annotated)
     decoders = {layer.name: _lbfp_decoder(exponents[layer.name], layer.shape, fmt)
                 for layer in layers}
-    return quant_mod, exponents, decoders, _lbfp_rows(layers, exponents, config)
+    rows = [LayerRow(layer.name, layer.kind, layer.shape, fmt.bits,
+                     out_exponents=(int(exponents[layer.name].min()),
+                                    int(exponents[layer.name].max())),
+                     weight_exponents=realize.weight_ranges[layer.name]) for layer in layers]
+    return quant_mod, exponents, decoders, rows
 
 
 def _dequantize(qparams: QParams, q: np.ndarray) -> np.ndarray:
@@ -293,18 +298,6 @@ def _lbfp_decoder(exponents, shape, fmt):
     def decode(words):
         return lbfp.decode(words, per_channel, channel_fmt).astype(np.float32)
     return decode
-
-
-def _lbfp_rows(layers, exponents, config) -> list[LayerRow]:
-    fmt = config.lbfp_format
-    rows = []
-    for layer in layers:
-        w_exp = weight_exponents(layer.weight, weight_format(fmt, layer.kind),
-                                 config.lbfp_exponents)
-        span = (int(exponents[layer.name].min()), int(exponents[layer.name].max()))
-        rows.append(LayerRow(layer.name, layer.kind, layer.shape, fmt.bits, out_exponents=span,
-                             weight_exponents=(int(w_exp.min()), int(w_exp.max()))))
-    return rows
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
