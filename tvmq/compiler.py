@@ -293,7 +293,7 @@ def _lbfp_decoder(exponents, shape, fmt):
     """Float32 values of a layer's LBFP words (per-channel exponents)."""
     axis = lbfp.activation_axis(len(shape))
     channel_fmt = dataclasses.replace(fmt, block_size=1, block_axis=axis)
-    per_channel = np.reshape(exponents, [-1 if i == axis else 1 for i in range(len(shape))])
+    per_channel = lbfp.per_channel(exponents, len(shape), axis)
 
     def decode(words):
         return lbfp.decode(words, per_channel, channel_fmt).astype(np.float32)

@@ -200,12 +200,6 @@ def _requant_args(prim, acc, *params):
     return requantize_call(prim, acc, list(params))
 
 
-def _per_channel(exps, ndim: int, axis: int) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return np.asarray(exps, np.int64).reshape(shape)
-
-
 def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
     """NumPy version of a tvmq LBFP kernel (passes/_lbfp_kernels.py): the golden functions."""
     a = prim.attrs[_lbfp_kernels.ATTR]
@@ -228,7 +222,7 @@ def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
         def run(words, exps, mags):
             axis = int(a["axis"])
             channel_fmt = _lbfp_kernels.format_of(prim, axis)
-            return lbfp.decode(words, _per_channel(exps, words.ndim, axis),
+            return lbfp.decode(words, lbfp.per_channel(exps, words.ndim, axis),
                                channel_fmt).astype(np.float32)
     else:  # encode
         lo = float(a["lo"]) if bool(a["has_lo"]) else -np.inf
@@ -237,9 +231,9 @@ def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
         def run(x, *params):
             axis = int(a["axis"])
             channel_fmt = _lbfp_kernels.format_of(prim, axis)
-            exps = _per_channel(params[-2], x.ndim, axis)
+            exps = lbfp.per_channel(params[-2], x.ndim, axis)
             if str(a["source"]) == "acc":
-                e_ref = _per_channel(params[0], x.ndim, axis)
+                e_ref = lbfp.per_channel(params[0], x.ndim, axis)
                 return lbfp.acc_to_lbfp(x, e_ref, exps, channel_fmt, lo=lo, hi=hi)
             return lbfp.encode(np.clip(x.astype(np.float64), lo, hi), exps, channel_fmt)
     return run

@@ -117,6 +117,15 @@ def lbfp_tile_loop(x_shape, w_shape, y_shape, fmt: lbfp.LBFPFormat, t_oc: int
     return accel_lbfp_conv2d.with_attr("op_pattern", 8)
 
 
+def _matmul_as_conv(*weights):
+    """(1, K) x (K, N) as a 1x1 conv over K channels: the (K, N) arrays as OIHW (N, K, 1, 1),
+    the conv geometry and the NCHW input shape."""
+    k, n = weights[0].shape
+    oihw = [np.ascontiguousarray(w.T.reshape(n, k, 1, 1)) for w in weights]
+    geometry = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
+    return oihw, geometry, (1, k, 1, 1)
+
+
 def _lbfp_attrs(value, mod) -> dict | None:
     """The `tvmq.lbfp` attributes of the PrimFunc a call_tir calls, or None."""
     if op_name(value) != "relax.call_tir":
@@ -177,11 +186,8 @@ class _Lowerer(relax.PyExprMutator):
                             padding=[int(p) for p in a.padding],
                             dilation=[int(d) for d in a.dilation], groups=int(a.groups))
             x_nchw = shape_of(x)
-        else:  # (1, K) x (K, N) as a 1x1 conv over K channels
-            k, n = chain.weight.shape
-            w = np.ascontiguousarray(chain.weight.T.reshape(n, k, 1, 1))
-            geometry = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
-            x_nchw = (1, k, 1, 1)
+        else:
+            (w,), geometry, x_nchw = _matmul_as_conv(chain.weight)
         o = w.shape[0]
         bias = np.zeros(o, np.int32) if chain.bias is None else chain.bias.reshape(-1)
         slot = emulator.alloc_counters(1)
@@ -217,8 +223,9 @@ class _Lowerer(relax.PyExprMutator):
         fmt = lbfp.LBFPFormat(bits=int(mac["bits"]), frac_bits=int(mac["frac_bits"]),
                               block_size=int(mac["block_size"]), lut_bits=int(mac["lut_bits"]))
         if str(mac["op"]) == "conv2d":
-            geometry = dict(strides=list(mac["strides"]), padding=list(mac["padding"]),
-                            dilation=list(mac["dilation"]), groups=int(mac["groups"]))
+            geometry = dict(strides=[int(v) for v in mac["strides"]],
+                            padding=[int(v) for v in mac["padding"]],
+                            dilation=[int(v) for v in mac["dilation"]], groups=int(mac["groups"]))
             x_nchw = shape_of(x)
         else:
             rows = int(np.prod(shape_of(x)[:-1]))
@@ -226,12 +233,7 @@ class _Lowerer(relax.PyExprMutator):
                 self.runtime.host_layers[layer] = (
                     f"matmul with {rows} rows: the accelerator reads one (1, K) row")
                 return None
-            k, n = w.shape  # (1, K) x (K, N) as a 1x1 conv over K channels
-            w, w_exp = (np.ascontiguousarray(a.T.reshape(n, k, 1, 1)) for a in (w, w_exp))
-            geometry = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
-            x_nchw = (1, k, 1, 1)
-        geometry = {k: [int(v) for v in g] if isinstance(g, list) else g
-                    for k, g in geometry.items()}
+            (w, w_exp), geometry, x_nchw = _matmul_as_conv(w, w_exp)
         o = w.shape[0]
         slot = emulator.alloc_counters(1)
         try:

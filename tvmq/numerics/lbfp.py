@@ -117,6 +117,14 @@ def activation_axis(ndim: int) -> int:
     return 1 if ndim == 4 else ndim - 1
 
 
+def per_channel(exponents, ndim: int, axis: int) -> np.ndarray:
+    """Per-channel exponents (blocks expanded, one per index of `axis`) shaped to broadcast
+    against an `ndim`-D tensor; use with a format of block_size 1 on that axis."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(exponents, np.int64).reshape(shape)
+
+
 def n_blocks(length: int, fmt: LBFPFormat) -> int:
     return -(-length // fmt.block_size)
 
