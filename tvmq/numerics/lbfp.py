@@ -174,7 +174,11 @@ def max_exponents(x: np.ndarray, fmt: LBFPFormat, shared_axes: tuple[int, ...] =
     (kept as size 1)."""
     x = np.asarray(x, np.float64)
     _check_finite(x, "x")
-    amax = block_reduce(np.abs(x).max(axis=shared_axes, keepdims=True), fmt, np.max)
+    return _ceil_log2(block_reduce(np.abs(x).max(axis=shared_axes, keepdims=True), fmt, np.max))
+
+
+def _ceil_log2(amax: np.ndarray) -> np.ndarray:
+    """ceil(log2 amax) exactly (frexp), 0 where amax == 0, clipped to EXPONENT_RANGE; int64."""
     mant, e = np.frexp(amax)  # amax = mant * 2^e, mant in [0.5, 1)
     e = np.where(mant == 0.5, e - 1, e)
     return np.clip(np.where(amax == 0, 0, e), *EXPONENT_RANGE).astype(np.int64)
@@ -251,10 +255,7 @@ class BlockLogHistograms:
 
     def max_exponents(self) -> np.ndarray:
         """E = ceil(log2 max|x|) per block (0 for all-zero blocks), like `max_exponents`."""
-        mant, e = np.frexp(self.amax)
-        e = np.where(mant == 0.5, e - 1, e)
-        e = np.where(self.amax == 0, 0, e)
-        return np.clip(e, *EXPONENT_RANGE).astype(np.int64).reshape(self.out_shape)
+        return _ceil_log2(self.amax).reshape(self.out_shape)
 
     def kl_exponents(self, candidates: tuple[int, ...] = (-3, -2, -1, 0)) -> np.ndarray:
         e_max = self.max_exponents().reshape(-1)
