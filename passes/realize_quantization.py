@@ -3,7 +3,9 @@
 Run after AnnotateQuantizable and calibration, before building. `act_qparams` maps tensor names
 (main's input, every composite output, every float tensor a composite reads) to their QParams.
 
-Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points subtracted in int16):
+Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points subtracted in int16).
+Narrower integers (int4, int2: `QParams` with a smaller [qmin, qmax], `weight_bits` per layer)
+use the same forms, held in int8 containers:
     conv2d / matmul  acc = op(x - zx, Wq) + bq (int32);  y = requant(acc, sx*sw[c]/sy) + zy
     add              a' = requant((a - za) << 20, sa/2m);  b' likewise;
                      y = requant(a' + b', 2m / (2^20 sy))
@@ -66,6 +68,11 @@ class _Composite:
         return -math.inf, math.inf
 
 
+def _dtype_range(dtype: str) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[int, int]:
     """Integer clamp bounds of an output whose float values are limited to [lo, hi]."""
     qlo, qhi = qp.qmin, qp.qmax
@@ -78,11 +85,13 @@ def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[in
 
 @relax.expr_functor.mutator
 class _Realizer(relax.PyExprMutator):
-    def __init__(self, mod, act_qparams, requant, rounding, per_channel):
+    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits):
         super().__init__(mod)
         self.mod_ = mod
         self.act_qparams = act_qparams
         self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
+        self.weight_bits = weight_bits
+        self.layer = ""  # the binding being realized
         self.q: dict[str, tuple[relax.Expr, QParams]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
@@ -99,6 +108,8 @@ class _Realizer(relax.PyExprMutator):
             x = self.builder_.emit(relax.op.quantize(
                 self.visit_expr(arg), relax.const(qp.scale), relax.const(qp.zero_point),
                 axis=-1, out_dtype=qp.dtype), f"{name}_q")
+            if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):  # int4/int2 in an int8 container
+                x = self.builder_.emit(relax.op.clip(x, qp.qmin, qp.qmax), f"{name}_q")
             self.q[name] = (x, qp)
         return self.q[name]
 
@@ -140,7 +151,8 @@ class _Realizer(relax.PyExprMutator):
         is_conv = op_name(root) == "relax.nn.conv2d"
         w = const_value(root.args[1])
         axis = 0 if is_conv else 1
-        wq, wqp = quantize_weight(w, axis=axis, per_channel=self.per_channel)
+        wq, wqp = quantize_weight(w, axis=axis, per_channel=self.per_channel,
+                                  bits=self.weight_bits.get(self.layer, 8))
         xc = self._centered(x, xqp)
         if is_conv:
             a = root.attrs
@@ -232,6 +244,7 @@ class _Realizer(relax.PyExprMutator):
             emit_like(self, binding.var, self.visit_expr(binding.value))
             return
         comp = _Composite(self.mod_[binding.value.op])
+        self.layer = name
         inputs = [self._int_input(arg) for arg in binding.value.args]
         result = self._HANDLERS[kind](self, comp, inputs, self.act_qparams.get(name))
         y, qp = result if isinstance(result, tuple) else (result, self._qparams(name))
@@ -253,17 +266,26 @@ class RealizeQuantization:
     rounding : "double", "single" or "tonearest" for mult_shift; ignored for fp32
     per_channel_weights : bool
         Per-output-channel weight scales (default) or one scale per tensor.
+    weight_bits : dict[str, int], optional
+        Weight width of conv2d/matmul layers by binding name (default 8; 2..8, held in int8).
+        Activation widths come with `act_qparams` (their qmin/qmax).
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",
-                 per_channel_weights=True):
+                 per_channel_weights=True, weight_bits=None):
         self.act_qparams = dict(act_qparams)
+        self.weight_bits = dict(weight_bits or {})
+        bad = {n: b for n, b in self.weight_bits.items() if b not in range(2, 9)}
+        if bad:
+            raise ValueError(f"RealizeQuantization: weight_bits {bad} outside 2..8 (int8 "
+                             "containers hold at most 8 bits).")
         self.requant = requant
         self.rounding = None if requant == "fp32" else rounding
         self.per_channel = per_channel_weights
 
     def transform_module(self, mod, ctx):
-        realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel)
+        realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel,
+                             self.weight_bits)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
         mod = realizer.builder_.get()
