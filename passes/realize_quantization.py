@@ -105,11 +105,11 @@ class _Realizer(relax.PyExprMutator):
         name = arg.name
         if name not in self.q:
             qp = self._qparams(name)
-            x = self.builder_.emit(relax.op.quantize(
-                self.visit_expr(arg), relax.const(qp.scale), relax.const(qp.zero_point),
-                axis=-1, out_dtype=qp.dtype), f"{name}_q")
+            x = relax.op.quantize(self.visit_expr(arg), relax.const(qp.scale),
+                                  relax.const(qp.zero_point), axis=-1, out_dtype=qp.dtype)
             if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):  # int4/int2 in an int8 container
-                x = self.builder_.emit(relax.op.clip(x, qp.qmin, qp.qmax), f"{name}_q")
+                x = relax.op.clip(self.builder_.emit(x), qp.qmin, qp.qmax)
+            x = self.builder_.emit(x, f"{name}_q")
             self.q[name] = (x, qp)
         return self.q[name]
 

@@ -18,6 +18,8 @@ EPILOG = """examples:
   tvmq demo
   tvmq compile model.onnx --calib calib.npz --requant fp32 --out build/model
   tvmq compile cls.onnx --input-shape 1,3,48,192 --calib lines.npz --observer kl --out build/cls
+  tvmq compile model.onnx --calib calib.npz --scheme mixed --latency-budget 0.75 --target accel \
+      --out build/mixed
   tvmq report build/model
   tvmq hw-report
   tvmq hw-report cls.onnx --input-shape 1,3,48,192 --calib lines.npz --eval test.npz
@@ -38,6 +40,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="LBFP fractional bits of the log code (default 4/2/1 for lbfp8/6/4)")
     g.add_argument("--lbfp-block-size", type=int, default=16,
                    help="LBFP elements sharing one exponent (default 16)")
+    g.add_argument("--bits", type=_ints, default=(4, 8), metavar="4,8",
+                   help="mixed: candidate weight/activation widths (default 4,8)")
+    g.add_argument("--latency-budget", type=float, default=0.75, metavar="F",
+                   help="mixed: accelerator cycles at most F x uniform INT8 (default 0.75)")
+    g.add_argument("--weight-budget", type=float, default=None, metavar="F",
+                   help="mixed: weight bytes at most F x uniform INT8")
+    g.add_argument("--bops-budget", type=float, default=None, metavar="F",
+                   help="mixed: bit operations (MACs x w_bits x a_bits) at most F x uniform INT8")
     g.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
@@ -48,7 +58,9 @@ def _config(args) -> QuantConfig:
     return QuantConfig(scheme=args.scheme, requant=args.requant, rounding=args.rounding,
                        observer=args.observer, per_channel_weights=not args.per_tensor_weights,
                        symmetric_activations=args.symmetric_activations,
-                       lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size)
+                       lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
+                       bits=args.bits, latency_budget=args.latency_budget,
+                       weight_budget=args.weight_budget, bops_budget=args.bops_budget)
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -71,9 +71,9 @@ def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
     return layers, float_ops
 
 
-def activation_qparams(lo: float, hi: float, config: QuantConfig) -> QParams:
-    """int8 qparams over [lo, hi]; full range [-128, 127] (TVM's quantize clips to the dtype)."""
-    return choose_qparams(lo, hi, bits=8, symmetric=config.symmetric_activations)
+def activation_qparams(lo: float, hi: float, config: QuantConfig, bits: int = 8) -> QParams:
+    """Full-range qparams over [lo, hi] ([-128, 127] for int8, [-8, 7] for int4)."""
+    return choose_qparams(lo, hi, bits=bits, symmetric=config.symmetric_activations)
 
 
 class CompiledModel:
@@ -85,11 +85,12 @@ class CompiledModel:
     """
 
     def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
-                 act_qparams, accel=None):
+                 act_qparams, accel=None, plan=None):
         self.name, self.target, self.config, self.input = name, target, config, inp
         self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
         self._report, self.act_qparams = report, act_qparams
         self.accel = accel  # AccelRuntime for target="accel": hardware config and layer counters
+        self.plan = plan  # scheme "mixed": tvmq.mixed.assign.MixedPlan (choice, program, costs)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time."""
@@ -173,8 +174,9 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
     runtime = None
-    if target == "accel":
-        runtime = AccelRuntime(_accel_config(accel, config))
+    hw = _accel_config(accel, config) if target == "accel" or config.is_mixed else None
+    if target == "accel" or config.is_mixed:  # mixed precision measures cycles on the emulator
+        runtime = AccelRuntime(hw) if target == "accel" else None
         try:
             emulator.load()  # builds the C emulator on first use
         except RuntimeError as err:
@@ -182,10 +184,10 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     with tqdm(total=len(STAGES), unit="stage", disable=not progress,
               bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
         return _compile(model, target, config, calib, input_shape, progress, stages, start,
-                        runtime)
+                        runtime, hw)
 
 
-STAGES = ("import", "calibrate", "quantize", "build", "report")
+STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
 
 
 def _accel_config(accel, config: QuantConfig) -> AccelConfig:
@@ -202,7 +204,7 @@ def _accel_config(accel, config: QuantConfig) -> AccelConfig:
     return accel
 
 
-def _compile(model, target, config, calib, input_shape, progress, stages, start, runtime):
+def _compile(model, target, config, calib, input_shape, progress, stages, start, runtime, hw):
     def stage(name: str) -> None:
         stages.n = STAGES.index(name)
         stages.set_description_str(f"tvmq compile: {name:<9}")
@@ -226,21 +228,37 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     if config.is_lbfp:
         def observer(name):
             return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
+    keep = max(config.sqnr_samples, config.sensitivity_samples if config.is_mixed else 0)
     observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
-                                             observer=observer, keep=config.sqnr_samples,
-                                             progress=progress)
+                                             observer=observer, keep=keep, progress=progress)
+    plan = None
+    if config.is_mixed:
+        from .mixed.assign import plan_bitwidths  # imports xgboost and scipy: only when used
+
+        stage("bits")
+        qparams = _qparams_by_bits(annotated, observers, config, inp)
+        plan = plan_bitwidths(annotated, layers, qparams, kept_inputs[:config.sensitivity_samples],
+                              config, hw, progress=progress)
+    kept_inputs = kept_inputs[:config.sqnr_samples]
     stage("quantize")
-    quantize = _quantize_lbfp if config.is_lbfp else _quantize_int8
-    quant_mod, act_params, decoders, rows = quantize(annotated, layers, observers, config, inp)
+    if config.is_lbfp:
+        quant_mod, act_params, decoders, rows = _quantize_lbfp(annotated, layers, observers,
+                                                               config, inp)
+    else:
+        quant_mod, act_params, decoders, rows = _quantize_int8(annotated, layers, observers,
+                                                               config, inp, plan)
     stage("build")
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
-    lowered = quant_mod if runtime is None else LowerToAccel(runtime)(quant_mod)
+    operand_bits = None if plan is None else plan.operand_bits()
+    lowered = quant_mod if runtime is None else LowerToAccel(runtime, operand_bits)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
     report = Report(model=_model_name(model), target=target, config=config.to_dict(),
                     float_ops=float_ops)
     report.layers = rows
+    if plan is not None:
+        report.mixed = plan.summary()
     if kept_inputs:
         _measure_sqnr(report, layers, decoders, kept, kept_inputs, host)
     if runtime is not None:
@@ -250,24 +268,34 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     stages.refresh()
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
-                         act_qparams=act_params, accel=runtime)
+                         act_qparams=act_params, accel=runtime, plan=plan)
 
 
-def _quantize_int8(annotated, layers, observers, config, inp):
-    """(integer module, qparams by tensor, dequantizer by layer, report rows)."""
+def _qparams_by_bits(annotated, observers, config, inp):
+    """qparams(tensor, bits): a calibrated tensor's qparams at a width. The model's input and
+    outputs keep their observed range: the observer's clipping is for internal activations
+    (clipped logits tie under argmax; inputs are often discrete)."""
     boundary = _output_names(annotated) | {inp.name}
-    qparams = {
-        # The model's input and outputs keep their observed range: the observer's clipping is for
-        # internal activations (clipped logits tie under argmax; inputs are often discrete).
-        n: activation_qparams(*(obs.observed_range() if n in boundary else obs.range()), config)
-        for n, obs in observers.items()
-    }
+
+    def qparams(name: str, bits: int) -> QParams:
+        obs = observers[name]
+        return activation_qparams(*(obs.observed_range() if name in boundary else obs.range()),
+                                  config, bits)
+    return qparams
+
+
+def _quantize_int8(annotated, layers, observers, config, inp, plan=None):
+    """(integer module, qparams by tensor, dequantizer by layer, report rows). `plan` (mixed
+    precision) gives each tensor's and each weight's width; default 8."""
+    qparams_at = _qparams_by_bits(annotated, observers, config, inp)
+    qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
+    weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
-                                  config.per_channel_weights)
+                                  config.per_channel_weights, weight_bits)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     return (realize(annotated), qparams, decoders,
-            _layer_rows(layers, qparams, out_qparams, config))
+            _layer_rows(layers, qparams, out_qparams, config, weight_bits))
 
 
 def _quantize_lbfp(annotated, layers, observers, config, inp):
@@ -326,20 +354,22 @@ def _output_qparams(layers, act_qparams) -> dict[str, QParams]:
     return out
 
 
-def _layer_rows(layers, act_qparams, out_qparams, config) -> list[LayerRow]:
-
+def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[LayerRow]:
     rows = []
     for layer in layers:
-        wscale = None
-        if layer.weight is not None:
-            axis = 0 if layer.kind == "conv2d" else 1
-            _, wqp = quantize_weight(layer.weight, axis=axis,
-                                     per_channel=config.per_channel_weights)
-            wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
+        wscale, w_bits = None, None
         src = layer.inputs[0]
         qp_in, qp_out = out_qparams.get(src, act_qparams[src]), out_qparams[layer.name]
-        rows.append(LayerRow(layer.name, layer.kind, layer.shape, 8, float(qp_in.scale),
-                             float(qp_out.scale), int(qp_out.zero_point), wscale))
+        if layer.weight is not None:
+            axis = 0 if layer.kind == "conv2d" else 1
+            w_bits = weight_bits.get(layer.name, 8)
+            _, wqp = quantize_weight(layer.weight, axis=axis, bits=w_bits,
+                                     per_channel=config.per_channel_weights)
+            wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
+        rows.append(LayerRow(layer.name, layer.kind, layer.shape, qp_out.bits,
+                             float(qp_in.scale), float(qp_out.scale), int(qp_out.zero_point),
+                             wscale, w_bits=w_bits if config.is_mixed else None,
+                             a_bits=qp_in.bits if config.is_mixed else None))
     return rows
 
 

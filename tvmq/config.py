@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .numerics.lbfp import LBFPFormat
 
-SCHEMES = ("int8", "lbfp8", "lbfp6", "lbfp4")
+SCHEMES = ("int8", "mixed", "lbfp8", "lbfp6", "lbfp4")
+MIXED_BITS = (4, 8)  # operand widths the mixed-precision search chooses from (the accel's MACs)
 LBFP_OBSERVERS = ("kl", "minmax")  # kl: the paper's exponent choice; minmax: ceil(log2 max)
 LBFP_FRAC_BITS = {8: 4, 6: 2, 4: 1}  # default fractional bits of the log code per width
 REQUANTS = ("mult_shift", "fp32")
@@ -26,8 +28,10 @@ class QuantConfig:
 
     Parameters
     ----------
-    scheme : "int8" | "lbfp8" | "lbfp6" | "lbfp4"
-        int8 activations and weights, int32 accumulators and bias; or LBFP (logarithmic block
+    scheme : "int8" | "mixed" | "lbfp8" | "lbfp6" | "lbfp4"
+        int8 activations and weights, int32 accumulators and bias; "mixed": a (weight, input
+        activation) width per conv2d/matmul from `bits`, chosen by an integer linear program
+        against the accelerator's measured cycles (tvmq.mixed); or LBFP (logarithmic block
         floating point, tvmq.numerics.lbfp) of 8/6/4 bits for conv/matmul inputs, weights and
         outputs, int64 accumulators; the ops between MAC layers run in float32 on decoded
         values.
@@ -52,6 +56,20 @@ class QuantConfig:
         of 2^(1/16) over 8 octaves for lbfp8; see benchmarks/accuracy.py for the others).
     lbfp_block_size : int
         LBFP elements sharing one exponent, along the channels (default 16).
+    bits : tuple of int
+        mixed: the candidate widths of weights and of activations (default (4, 8): every layer
+        takes one of w4a4, w4a8, w8a4, w8a8).
+    latency_budget : float
+        mixed: total accelerator cycles of the conv2d/matmul layers at most this fraction of
+        uniform INT8 (default 0.75).
+    weight_budget, bops_budget : float, optional
+        mixed: weight bytes / bit operations (MACs * w_bits * a_bits) at most this fraction of
+        uniform INT8.
+    layer_bits : dict[str, tuple[int, int]], optional
+        mixed: fixed (w_bits, a_bits) per layer name (report names, e.g. "conv2d_0"); skips the
+        search. Layers not named take (8, 8).
+    sensitivity_samples : int
+        mixed: calibration samples the sensitivity of each layer is measured on (default 8).
 
     Example
     -------
@@ -68,6 +86,12 @@ class QuantConfig:
     sqnr_samples: int = 32
     lbfp_frac_bits: int | None = None
     lbfp_block_size: int = 16
+    bits: tuple[int, ...] = MIXED_BITS
+    latency_budget: float = 0.75
+    weight_budget: float | None = None
+    bops_budget: float | None = None
+    layer_bits: dict | None = None
+    sensitivity_samples: int = 8
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -87,6 +111,41 @@ class QuantConfig:
         if not isinstance(self.sqnr_samples, int) or self.sqnr_samples < 0:
             raise ValueError(
                 f"QuantConfig.sqnr_samples={self.sqnr_samples!r}; use an integer >= 0.")
+        self._check_mixed()
+
+    def _check_mixed(self) -> None:
+        bits = tuple(self.bits) if isinstance(self.bits, list | tuple) else None
+        if not bits or any(b not in MIXED_BITS for b in bits) or len(set(bits)) != len(bits):
+            raise ValueError(f"QuantConfig.bits={self.bits!r}: use distinct widths from "
+                             f"{MIXED_BITS}.")
+        object.__setattr__(self, "bits", tuple(sorted(bits)))
+        for field in ("latency_budget", "weight_budget", "bops_budget"):
+            value = getattr(self, field)
+            if value is None and field != "latency_budget":
+                continue
+            if (not isinstance(value, int | float) or isinstance(value, bool)
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"QuantConfig.{field}={value!r}: use a fraction of uniform "
+                                 "INT8 > 0 (e.g. 0.75).")
+        if not isinstance(self.sensitivity_samples, int) or self.sensitivity_samples < 1:
+            raise ValueError(f"QuantConfig.sensitivity_samples={self.sensitivity_samples!r}; "
+                             "use an integer >= 1.")
+        if self.layer_bits is not None:
+            if not isinstance(self.layer_bits, dict):
+                raise ValueError(f"QuantConfig.layer_bits={self.layer_bits!r}: use a dict "
+                                 "{layer name: (w_bits, a_bits)}.")
+            for name, pair in self.layer_bits.items():
+                if (not isinstance(pair, list | tuple) or len(pair) != 2
+                        or any(b not in self.bits for b in pair)):
+                    raise ValueError(f"QuantConfig.layer_bits[{name!r}]={pair!r}: use a "
+                                     f"(w_bits, a_bits) pair of widths from bits={self.bits}.")
+            object.__setattr__(self, "layer_bits",
+                               {str(n): tuple(int(b) for b in p)
+                                for n, p in self.layer_bits.items()})
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.scheme == "mixed"
 
     @property
     def is_lbfp(self) -> bool:
@@ -111,6 +170,11 @@ class QuantConfig:
             fmt = self.lbfp_format
             return f"{self.scheme} f{fmt.frac_bits} b{fmt.block_size} {self.observer}"
         rq = self.requant if self.requant == "fp32" else f"{self.requant}/{self.rounding}"
+        if self.is_mixed:
+            widths = "/".join(map(str, self.bits))
+            search = ("fixed" if self.layer_bits is not None
+                      else f"{100 * self.latency_budget:g}% cycles")
+            return f"mixed w,a {widths} {search} {rq} {self.observer}"
         return f"{self.scheme} {rq} {self.observer}"
 
     def to_dict(self) -> dict:

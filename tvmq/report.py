@@ -30,6 +30,8 @@ class LayerRow:
     weight_scale: tuple[float, float] | None = None  # (min, max) over channels
     out_exponents: tuple[int, int] | None = None  # LBFP schemes: (min, max) block exponent
     weight_exponents: tuple[int, int] | None = None
+    w_bits: int | None = None  # mixed precision: weight and input activation widths
+    a_bits: int | None = None
     sqnr_db: float | None = None
     cycles: int | None = None  # accel target: emulated cycles per inference
     macs: int | None = None
@@ -48,6 +50,7 @@ class Report:
     output_sqnr_db: float | None = None
     compile_seconds: float | None = None
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
+    mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +85,7 @@ class Report:
                        "{}..{}".format(*r.weight_exponents), _fmt_db(r.sqnr_db))
             else:
                 w = "" if r.weight_scale is None else "{:.2e}..{:.2e}".format(*r.weight_scale)
-                row = (r.name, r.op, shape, str(r.bits), f"{r.in_scale:.3e}",
+                row = (r.name, r.op, shape, _bits(r), f"{r.in_scale:.3e}",
                        f"{r.out_scale:.3e} ({r.out_zero_point})", w, _fmt_db(r.sqnr_db))
             if on_accel:
                 row = (*row, *(("-",) * 3 if r.cycles is None else
@@ -105,9 +108,21 @@ class Report:
                 f" for the conv/matmul layers; other ops run on the host")
             for layer, why in self.accel["host_layers"].items():
                 lines.append(f"  {layer} runs on the host: {why}")
+        if self.mixed is not None and "predicted_cycles" in self.mixed:
+            m = self.mixed
+            lines.append(
+                f"mixed precision: predicted {m['predicted_cycles']:,.0f} cycles = "
+                f"{m['predicted_cycles'] / max(m['uniform_int8_cycles'], 1):.1%} of uniform "
+                f"INT8 ({m['uniform_int8_cycles']:,.0f}); program solved in "
+                f"{m.get('solve_seconds', 0):.3f} s")
         if self.compile_seconds is not None:
             lines.append(f"compile time: {self.compile_seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _bits(r: LayerRow) -> str:
+    """'8', or 'w4a8' for a mixed-precision conv2d/matmul (weight and input widths)."""
+    return str(r.bits) if r.w_bits is None else f"w{r.w_bits}a{r.a_bits}"
 
 
 def _fmt_db(v: float | None) -> str:

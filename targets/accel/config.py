@@ -1,6 +1,7 @@
 """AccelConfig: the parametric INT8 accelerator that the accel target emulates.
 
-A PE array of `t_oc` output-channel lanes x `t_ic` input lanes with int32 accumulators, on-chip
+A PE array of `t_oc` output-channel lanes x `t_ic` input lanes (8-bit, or 4-bit operands at
+2-4x the MACs) with int32 accumulators, on-chip
 buffers for weights, activations and accumulators, a DMA moving `dma_bytes_per_cycle`, and one
 requantization unit per output lane (`mult_shift` with a rounding mode, or `fp32`).
 """
@@ -28,7 +29,9 @@ class AccelConfig:
     ----------
     t_oc, t_ic : output-channel lanes and input-channel lanes of the PE array (MACs/cycle =
         t_oc * t_ic)
-    operand_bits : supported operand widths (8; 4 is reserved for the mixed-precision issue)
+    operand_bits : supported operand widths of weights and activations (default (4, 8)): an 8x8
+        multiplier splits into two 8x4 or four 4x4 ones, so 4-bit operands take 2 or 4 input
+        channels per PE step (see the cycle model in emulator/accel.c)
     weight_buffer_bytes, act_buffer_bytes, acc_buffer_bytes : on-chip buffer sizes; the smallest
         that work hold one t_oc x t_ic weight tile, one t_ic input vector, t_oc int32 accumulators
     dma_bytes_per_cycle : off-chip transfer rate
@@ -40,7 +43,7 @@ class AccelConfig:
     name: str = "custom"
     t_oc: int = 16
     t_ic: int = 16
-    operand_bits: tuple[int, ...] = (8,)
+    operand_bits: tuple[int, ...] = (4, 8)
     weight_buffer_bytes: int = 64 * 1024
     act_buffer_bytes: int = 128 * 1024
     acc_buffer_bytes: int = 16 * 1024

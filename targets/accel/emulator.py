@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tvmq.numerics import Requant, lbfp
+from tvmq.numerics.weights import pack_int4
 
 from .config import PRESETS, AccelConfig
 
@@ -65,6 +66,7 @@ class _ConvArgs(ctypes.Structure):
         ("scale", _f32p), ("per_channel", ctypes.c_int32),
         *((n, ctypes.c_int32) for n in ("out_zp", "qmin", "qmax")),
         ("y", _i8p), ("OH", ctypes.c_int32), ("OW", ctypes.c_int32),
+        *((n, ctypes.c_int32) for n in ("w_bits", "a_bits", "y_bits")),  # 0 reads as 8
     ]
 
 
@@ -77,7 +79,7 @@ DESC_FIELDS = ("C", "H", "W", "in_zp", "O", "KH", "KW", "groups", "stride_h", "s
                "pad_top", "pad_left", "pad_bottom", "pad_right", "dil_h", "dil_w", "kind",
                "per_channel", "out_zp", "qmin", "qmax", "OH", "OW", "t_oc", "t_ic",
                "weight_buffer_bytes", "act_buffer_bytes", "acc_buffer_bytes",
-               "dma_bytes_per_cycle", "counter_slot")
+               "dma_bytes_per_cycle", "counter_slot", "w_bits", "a_bits", "y_bits")
 
 # The LBFP layer descriptor's int32 fields, in the order of accel.h's ACCEL_L_* enum.
 LBFP_DESC_FIELDS = ("C", "H", "W", "O", "KH", "KW", "groups", "stride_h", "stride_w", "pad_top",
@@ -262,7 +264,8 @@ def requant(acc: np.ndarray, kind: str, rounding: str | None, multiplier, shift,
 
 def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.ndarray | None,
            strides, padding, dilation, groups: int, requant: Requant, out_zp: int, qmin: int,
-           qmax: int) -> tuple[np.ndarray, dict[str, int]]:
+           qmax: int, w_bits: int = 8, a_bits: int = 8,
+           y_bits: int = 8) -> tuple[np.ndarray, dict[str, int]]:
     """Integer conv2d on the emulated accelerator, with its cycle counters.
 
     Bit-exact with tvmq's realized conv: ``acc = conv(x - in_zp, w) + bias`` (int32), then
@@ -285,7 +288,11 @@ def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.n
     requant : tvmq.numerics.Requant
         Per-tensor or per-output-channel (O,).
     out_zp, qmin, qmax : int
-        Output zero point and clamp, within [-128, 127].
+        Output zero point and clamp, within [-128, 127] ([-8, 7] for y_bits 4).
+    w_bits, a_bits, y_bits : int
+        Operand widths (4 or 8, each in hw.operand_bits): w holds int4 values for w_bits 4 (it
+        is packed here with `pack_int4`, as the accelerator stores it), x int4 values for
+        a_bits 4 (checked by the emulator).
 
     Returns
     -------
@@ -298,9 +305,10 @@ def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.n
     if x.ndim != 4 or x.shape[0] != 1 or w.ndim != 4:
         raise ValueError(f"x must be NCHW with N == 1 and w OIHW, got x{x.shape}, w{w.shape}")
     desc, rq = conv2d_descriptor(hw, x.shape, w.shape, in_zp, strides, padding, dilation,
-                                 groups, requant, out_zp, qmin, qmax, _scratch_slot())
+                                 groups, requant, out_zp, qmin, qmax, _scratch_slot(),
+                                 w_bits=w_bits, a_bits=a_bits, y_bits=y_bits)
     x8 = np.ascontiguousarray(x, np.int8)
-    w8 = np.ascontiguousarray(w, np.int8)
+    w8 = pack_weights(w, w_bits)
     o, oh, ow = (int(desc[DESC_FIELDS.index(f)]) for f in ("O", "OH", "OW"))
     b32 = None if bias is None else np.ascontiguousarray(bias, np.int32).reshape(-1)
     if b32 is not None and b32.size != o:
@@ -309,6 +317,13 @@ def conv2d(hw: AccelConfig, x: np.ndarray, in_zp: int, w: np.ndarray, bias: np.n
     clear_counters(_scratch_slot())
     run_tiles(desc, rq, x8, w8, b32, y)
     return y, read_counters(_scratch_slot())
+
+
+def pack_weights(w: np.ndarray, w_bits: int) -> np.ndarray:
+    """The weight buffer the accelerator reads: int8 OIHW, or `pack_int4` bytes (as int8)."""
+    if w_bits == 4:
+        return pack_int4(np.asarray(w)).view(np.int8)
+    return np.ascontiguousarray(w, np.int8)
 
 
 def run_tiles(desc: np.ndarray, rq: np.ndarray, x: np.ndarray, w: np.ndarray,
@@ -370,14 +385,20 @@ def _hw_fields(hw: AccelConfig) -> dict[str, int]:
 
 def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, padding, dilation,
                       groups: int, requant: Requant, out_zp: int, qmin: int, qmax: int,
-                      counter_slot: int) -> tuple[np.ndarray, np.ndarray]:
+                      counter_slot: int, w_bits: int = 8, a_bits: int = 8,
+                      y_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The layer descriptor (int32, DESC_FIELDS) and requant register file (int32, (P, 2)) of a
     conv2d with NCHW input `x_shape` (N == 1) and OIHW weights `w_shape`.
 
     The register file holds {M0, shift} per parameter set for mult_shift, {float32 bits of the
-    scale, 0} for fp32; P = O per channel, else 1. Raises ValueError for shapes or parameters the
-    accelerator cannot take (the reason comes from the C checker, see `check_layer`).
+    scale, 0} for fp32; P = O per channel, else 1. w_bits / a_bits / y_bits are the operand
+    widths (4 or 8; each must be in hw.operand_bits). Raises ValueError for shapes or parameters
+    the accelerator cannot take (the reason comes from the C checker, see `check_layer`).
     """
+    for name, bits in (("w_bits", w_bits), ("a_bits", a_bits), ("y_bits", y_bits)):
+        if bits not in hw.operand_bits:
+            raise ValueError(f"AccelConfig {hw.name!r} operand_bits={hw.operand_bits} has no "
+                             f"{bits}-bit operands ({name}={bits}); add {bits} to operand_bits.")
     geometry = _conv_geometry(x_shape, w_shape, strides, padding, dilation, groups)
     o = geometry["O"]
     k = _kind(requant.kind, requant.rounding)
@@ -394,7 +415,7 @@ def conv2d_descriptor(hw: AccelConfig, x_shape, w_shape, in_zp: int, strides, pa
         raise ValueError(f"per-channel requant has {params.size} entries, conv2d has O={o}")
     fields = dict(**geometry, **_hw_fields(hw), in_zp=in_zp, kind=k,
                   per_channel=int(per_channel), out_zp=out_zp, qmin=qmin, qmax=qmax,
-                  counter_slot=counter_slot)
+                  counter_slot=counter_slot, w_bits=w_bits, a_bits=a_bits, y_bits=y_bits)
     desc = np.array([int(fields[f]) for f in DESC_FIELDS], np.int32)
     rq = np.ascontiguousarray(rq)
     reason = check_layer(desc, rq)

@@ -13,6 +13,9 @@ LBFP layers (passes/realize_lbfp.py) lower the same way: the chain `conv2d|matmu
 the exponents, e_ref, the bias in accumulator units, the output exponents, the clip and the
 product / threshold tables as constants (the LBFP MAC mode of the emulator).
 
+Mixed precision: `operand_bits` gives each layer's (w_bits, a_bits, y_bits); 4-bit weights are
+passed packed two per byte (`emulator.pack_weights`), and the descriptor carries the widths.
+
 A chain the accelerator cannot run stays on the host and `AccelRuntime.host_layers` says why:
 its output is not int8, its input is not int8 - zp, a matmul has more than one row, or the
 emulator's checker refuses it (e.g. a weight tile larger than the weight buffer).
@@ -50,6 +53,7 @@ class AccelRuntime:
         self.hw = hw
         self.slots: dict[str, int] = {}
         self.host_layers: dict[str, str] = {}
+        self.operand_bits: dict[str, tuple[int, int, int]] = {}  # (w, a, y) bits per layer
 
     @property
     def counters(self) -> dict[str, dict[str, int]]:
@@ -71,10 +75,13 @@ class AccelRuntime:
         return counters
 
 
-def tile_loop(x_shape, w_shape, rq_rows: int, y_shape, t_oc: int) -> tvm.tirx.PrimFunc:
+def tile_loop(x_shape, w_shape, rq_rows: int, y_shape, t_oc: int,
+              w_buffer: tuple[int, ...] | None = None) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w, bias, rq, desc, y): for each of ceil(O / t_oc) output-channel tiles, call
-    `accel_conv2d_tile(desc, x, w, bias, rq, y, t * t_oc)` and assert it returned 0."""
+    `accel_conv2d_tile(desc, x, w, bias, rq, y, t * t_oc)` and assert it returned 0. `w_buffer`
+    is the weight buffer's shape when it differs from `w_shape` (packed int4 bytes)."""
     o = int(w_shape[0])
+    w_shape = w_shape if w_buffer is None else w_buffer
     n_tiles = -(-o // t_oc)
     n_desc = len(emulator.DESC_FIELDS)
 
@@ -148,9 +155,10 @@ def _int8_input(expr, bindings) -> tuple[relax.Expr, int] | None:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, runtime: AccelRuntime):
+    def __init__(self, mod, runtime: AccelRuntime, operand_bits):
         super().__init__(mod)
         self.mod_, self.runtime = mod, runtime
+        self.operand_bits = operand_bits
         self.bindings = bindings_of(mod["main"])
 
     def visit_var_binding_(self, binding):
@@ -179,6 +187,7 @@ class _Lowerer(relax.PyExprMutator):
             return None
         x, zp = source
         rq, _, q, _ = golden_requant(chain.prim, [const_value(p) for p in chain.params])
+        w_bits, a_bits, y_bits = self.operand_bits.get(layer, (8, 8, 8))
         if op_name(chain.op) == "relax.nn.conv2d":
             a = chain.op.attrs
             w = chain.weight
@@ -187,6 +196,11 @@ class _Lowerer(relax.PyExprMutator):
                             dilation=[int(d) for d in a.dilation], groups=int(a.groups))
             x_nchw = shape_of(x)
         else:
+            rows = int(np.prod(shape_of(x)[:-1]))
+            if rows != 1:
+                self.runtime.host_layers[layer] = (
+                    f"matmul with {rows} rows: the accelerator reads one (1, K) row")
+                return None
             (w,), geometry, x_nchw = _matmul_as_conv(chain.weight)
         o = w.shape[0]
         bias = np.zeros(o, np.int32) if chain.bias is None else chain.bias.reshape(-1)
@@ -194,16 +208,19 @@ class _Lowerer(relax.PyExprMutator):
         try:
             desc, regs = emulator.conv2d_descriptor(
                 self.runtime.hw, x_nchw, w.shape, zp, requant=rq, out_zp=q["zero_point"],
-                qmin=q["qmin"], qmax=q["qmax"], counter_slot=slot, **geometry)
+                qmin=q["qmin"], qmax=q["qmax"], counter_slot=slot, w_bits=w_bits,
+                a_bits=a_bits, y_bits=y_bits, **geometry)
         except ValueError as err:
             self.runtime.host_layers[layer] = str(err)
             return None
         self.runtime.slots[layer] = slot
+        self.runtime.operand_bits[layer] = (w_bits, a_bits, y_bits)
+        w_buffer = emulator.pack_weights(w, w_bits)
         prim = tile_loop(shape_of(x), w.shape, regs.shape[0], shape_of(out_var),
-                         self.runtime.hw.t_oc)
+                         self.runtime.hw.t_oc, w_buffer.shape if w_bits != 8 else None)
         gv = self.builder_.add_func(prim, f"accel_{layer}")
         args = [self.visit_expr(x), *(relax.const(v) for v in (
-            w.astype(np.int8), bias.astype(np.int32), regs, desc))]
+            w_buffer, bias.astype(np.int32), regs, desc))]
         return relax.call_tir(gv, args, relax.TensorType(shape_of(out_var), "int8"))
 
 
@@ -258,13 +275,17 @@ class _Lowerer(relax.PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="LowerToAccel")
 class LowerToAccel:
-    """Replace realized int8 conv2d/matmul + requant chains by calls into the C emulator."""
+    """Replace realized int8 conv2d/matmul + requant chains by calls into the C emulator.
 
-    def __init__(self, runtime: AccelRuntime):
+    `operand_bits` maps a layer name to its (w_bits, a_bits, y_bits) (mixed precision; default
+    8, 8, 8): 4-bit weights go to the emulator packed two per byte."""
+
+    def __init__(self, runtime: AccelRuntime, operand_bits=None):
         self.runtime = runtime
+        self.operand_bits = dict(operand_bits or {})
 
     def transform_module(self, mod, ctx):
         emulator.load()  # build the emulator now, so a missing C compiler fails the compile
-        lowerer = _Lowerer(mod, self.runtime)
+        lowerer = _Lowerer(mod, self.runtime, self.operand_bits)
         lowerer.builder_.update_func(mod.get_global_var("main"), lowerer.visit_expr(mod["main"]))
         return relax.transform.DeadCodeElimination(["main"])(lowerer.builder_.get())

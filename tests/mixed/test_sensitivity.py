@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from tvmq.passes.annotate_quantizable import AnnotateQuantizable
+from tvmq.targets.host import build
 
 from tvmq import data
 from tvmq.calibrate import calibrate
@@ -9,8 +11,6 @@ from tvmq.compiler import find_layers
 from tvmq.frontend import load_model
 from tvmq.mixed import sensitivity
 from tvmq.numerics import choose_qparams
-from tvmq.passes.annotate_quantizable import AnnotateQuantizable
-from tvmq.targets.host import build
 
 
 @pytest.fixture(scope="module")

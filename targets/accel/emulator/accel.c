@@ -13,14 +13,19 @@
  *
  * Cycle model (all integer, deterministic). Per call:
  *   Cg = C / groups, Og = O / groups, resident = (C*H*W <= act_buffer_bytes).
+ *   Operand widths w_bits, a_bits, y_bits in {4, 8}. A PE's 8x8 multiplier splits into two
+ *   8x4 / 4x8 or four 4x4 multipliers (Bit Fusion style), so it takes
+ *   L = (8 / a_bits) * (8 / w_bits) input channels per step (1, 2 or 4).
  * Per output-channel tile [o0, o0 + tile_O), tile_O = min(t_oc, O - o0):
- *   compute_cycles = OH*OW*KH*KW*ceil(Cg / t_ic)   one PE-array step per cycle; each lane
+ *   compute_cycles = OH*OW*KH*KW*ceil(Cg / (t_ic*L))   one PE-array step per cycle; each lane
  *                                                   reads the Cg channels of its own group
- *   weight bytes   = tile_O*Cg*KH*KW               must fit weight_buffer_bytes (else error)
- *   act bytes      = C_read*H*W, C_read = Cg * (number of groups the tile's channels span);
- *                    if resident, only input channels no earlier tile loaded are paid for
- *                    (groups == 1: the first tile pays C*H*W, the others 0)
- *   output bytes   = tile_O*OH*OW
+ *                                                   (depthwise, Cg = 1, gains nothing)
+ *   weight bytes   = ceil(tile_O*Cg*KH*KW*w_bits / 8)   packed; must fit weight_buffer_bytes
+ *   act bytes      = ceil(C_read*H*W*a_bits / 8), C_read = Cg * (number of groups the tile's
+ *                    channels span); if resident, only input channels no earlier tile loaded
+ *                    are paid for (groups == 1: the first tile pays C*H*W, the others 0);
+ *                    the DMA moves 4-bit activations packed (the host keeps int8 containers)
+ *   output bytes   = ceil(tile_O*OH*OW*y_bits / 8)
  *   dma_bytes      = weight + act + output bytes   (bias and requant params not counted)
  *   dma_cycles     = ceil(dma_bytes / dma_bytes_per_cycle)
  *   requant_cycles = OH*OW                         t_oc requant units in parallel, one output
@@ -30,6 +35,7 @@
  *   macs           = OH*OW*tile_O*Cg*KH*KW          real MACs
  * The call adds the sum over tiles to each counter and the number of tiles to `tiles`.
  * 4*t_oc bytes of int32 accumulators must fit acc_buffer_bytes (else error).
+ * With all widths 8 these are the INT8 accelerator's counts.
  *
  * LBFP mode (accel_lbfp_conv2d_tile; tvmq/numerics/lbfp.py). Same PE array, tiling, data flow
  * and counters; an LBFP MAC is a code adder + product-table (LUT) lookup + shifter instead of a
@@ -193,6 +199,17 @@ int accel_requant(const int32_t* acc, int64_t n, int kind, const int32_t* mult,
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* An operand width field: 0 reads as 8 (callers that predate 4-bit operands). */
+static int32_t bits_of(int32_t bits) { return bits == 0 ? 8 : bits; }
+
+/* Weight k of a conv's weight buffer: int8, or packed int4 (low nibble first, sign-extended). */
+static int32_t weight_at(const int8_t* w, int64_t k, int32_t w_bits) {
+  if (w_bits == 8) return w[k];
+  const uint8_t byte = (uint8_t)w[k >> 1];
+  const int32_t nibble = (k & 1) ? byte >> 4 : byte & 0xF;
+  return nibble >= 8 ? nibble - 16 : nibble;
+}
+
 /* The hardware's fields are usable. */
 static int check_hw(const accel_hw* hw) {
   if (hw->t_oc < 1 || hw->t_ic < 1 || hw->weight_buffer_bytes < 1 || hw->act_buffer_bytes < 1 ||
@@ -246,12 +263,21 @@ static int check_layer(const accel_hw* hw, const accel_conv_args* a) {
                 a->qmax);
   if (check_params(a->kind, a->mult, a->shift, a->scale, a->per_channel ? a->O : 1)) return 1;
   if (check_acc_buffer(hw, 4, "int32")) return 1;
+  const int32_t wb = bits_of(a->w_bits), ab = bits_of(a->a_bits), yb = bits_of(a->y_bits);
+  if ((wb != 4 && wb != 8) || (ab != 4 && ab != 8) || (yb != 4 && yb != 8))
+    return fail("w_bits=%d a_bits=%d y_bits=%d: each must be 4 or 8", a->w_bits, a->a_bits,
+                a->y_bits);
+  if (yb == 4 && (a->qmin < -8 || a->qmax > 7))
+    return fail("qmin=%d qmax=%d: y_bits=4 needs -8 <= qmin <= qmax <= 7", a->qmin, a->qmax);
+  if (ab == 4 && (a->in_zp < -8 || a->in_zp > 7))
+    return fail("in_zp=%d: a_bits=4 needs a zero point in [-8, 7]", a->in_zp);
   int64_t tile_o = hw->t_oc < a->O ? hw->t_oc : a->O;
-  int64_t wbytes = tile_o * (a->C / a->groups) * a->KH * a->KW;
+  int64_t wbytes = ceil_div(tile_o * (a->C / a->groups) * a->KH * a->KW * wb, 8);
   if (wbytes > hw->weight_buffer_bytes)
     return fail("weight_buffer_bytes=%d too small: a tile of %lld output channels needs %lld "
-                "bytes (%lld x %d x %d x %d)", hw->weight_buffer_bytes, (long long)tile_o,
-                (long long)wbytes, (long long)tile_o, a->C / a->groups, a->KH, a->KW);
+                "bytes (%lld x %d x %d x %d at %d bits)", hw->weight_buffer_bytes,
+                (long long)tile_o, (long long)wbytes, (long long)tile_o, a->C / a->groups,
+                a->KH, a->KW, wb);
   return 0;
 }
 
@@ -267,6 +293,8 @@ static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
  * exponent byte per block, tile_o*ceil(Cg / w_block)*KH*KW, to the weight bytes. */
 static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0, int64_t tile_o,
                        int64_t w_block, accel_counters* cnt) {
+  const int64_t wb = bits_of(a->w_bits), ab = bits_of(a->a_bits), yb = bits_of(a->y_bits);
+  const int64_t lanes = (8 / ab) * (8 / wb); /* input channels per PE step */
   int64_t cg = a->C / a->groups, og = a->O / a->groups, hw_in = (int64_t)a->H * a->W;
   int64_t pos = (int64_t)a->OH * a->OW, taps = (int64_t)a->KH * a->KW;
   int64_t g_lo = o0 / og, g_hi = (o0 + tile_o - 1) / og;
@@ -278,8 +306,9 @@ static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0,
     act = ch_hi > from ? (ch_hi - from) * hw_in : 0;
   }
   int64_t exp_bytes = w_block > 0 ? tile_o * ceil_div(cg, w_block) * taps : 0;
-  int64_t bytes = tile_o * cg * taps + exp_bytes + act + tile_o * pos;
-  int64_t compute = pos * taps * ceil_div(cg, hw->t_ic);
+  int64_t bytes = ceil_div(tile_o * cg * taps * wb, 8) + exp_bytes + ceil_div(act * ab, 8) +
+                  ceil_div(tile_o * pos * yb, 8);
+  int64_t compute = pos * taps * ceil_div(cg, hw->t_ic * lanes);
   int64_t dma = ceil_div(bytes, hw->dma_bytes_per_cycle);
   int64_t requant = pos;
   cnt->compute_cycles += (uint64_t)compute;
@@ -311,25 +340,37 @@ static int conv_tile(const accel_hw* hw, const accel_conv_args* a, int32_t o0,
     return fail("out of memory for the padded input (%lld bytes)",
                 (long long)((ch_hi - ch_lo) * plane * 4));
   }
+  const int32_t x_lo = -(1 << (bits_of(a->a_bits) - 1)), x_hi = (1 << (bits_of(a->a_bits) - 1)) - 1;
   for (int64_t c = ch_lo; c < ch_hi; ++c)
     for (int64_t i = 0; i < a->H; ++i) {
       const int8_t* src = a->x + (c * a->H + i) * a->W;
       int32_t* dst = xp + ((c - ch_lo) * hp + i + a->pad_top) * wp + a->pad_left;
-      for (int64_t j = 0; j < a->W; ++j) dst[j] = (int32_t)src[j] - a->in_zp;
+      for (int64_t j = 0; j < a->W; ++j) {
+        if (src[j] < x_lo || src[j] > x_hi) {
+          free(xp);
+          free(acc);
+          return fail("input value %d at channel %lld, row %lld, column %lld is outside "
+                      "a_bits=%d ([%d, %d])", src[j], (long long)c, (long long)i, (long long)j,
+                      bits_of(a->a_bits), x_lo, x_hi);
+        }
+        dst[j] = (int32_t)src[j] - a->in_zp;
+      }
     }
+  const int32_t wb = bits_of(a->w_bits);
   for (int32_t oy = 0; oy < OH; ++oy)
     for (int32_t ox = 0; ox < OW; ++ox) {
       const int64_t origin = (int64_t)oy * a->stride_h * wp + (int64_t)ox * a->stride_w;
       for (int32_t l = 0; l < tile_o; ++l) { /* the t_oc lanes */
         const int32_t o = o0 + l;
         const int32_t* xg = xp + (int64_t)(o / og * cg - ch_lo) * plane + origin;
-        const int8_t* wo = a->w + (int64_t)o * ksize;
+        const int64_t wo = (int64_t)o * ksize;
         int32_t s = a->bias ? a->bias[o] : 0;
         for (int32_t c = 0; c < cg; ++c)
           for (int32_t ky = 0; ky < KH; ++ky) {
             const int32_t* row = xg + c * plane + (int64_t)ky * a->dil_h * wp;
-            const int8_t* wr = wo + ((int64_t)c * KH + ky) * KW;
-            for (int32_t kx = 0; kx < KW; ++kx) s += row[(int64_t)kx * a->dil_w] * wr[kx];
+            const int64_t wr = wo + ((int64_t)c * KH + ky) * KW;
+            for (int32_t kx = 0; kx < KW; ++kx)
+              s += row[(int64_t)kx * a->dil_w] * weight_at(a->w, wr + kx, wb);
           }
         acc[l] = s;
       }
@@ -422,6 +463,7 @@ static int unpack(const int32_t* d, const int32_t* rq, accel_hw* hw, accel_conv_
   a->kind = d[ACCEL_D_KIND], a->per_channel = d[ACCEL_D_PER_CHANNEL];
   a->out_zp = d[ACCEL_D_OUT_ZP], a->qmin = d[ACCEL_D_QMIN], a->qmax = d[ACCEL_D_QMAX];
   a->OH = d[ACCEL_D_OH], a->OW = d[ACCEL_D_OW];
+  a->w_bits = d[ACCEL_D_W_BITS], a->a_bits = d[ACCEL_D_A_BITS], a->y_bits = d[ACCEL_D_Y_BITS];
   if (a->O < 1) return fail("O=%d: must be >= 1", a->O);
   const int32_t n = a->per_channel ? a->O : 1;
   int32_t* mem = malloc((size_t)n * (2 * sizeof(int32_t) + sizeof(float)));

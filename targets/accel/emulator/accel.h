@@ -39,6 +39,11 @@ typedef struct {
   int32_t per_channel;
   int32_t out_zp, qmin, qmax;          /* qmin/qmax within [-128, 127] */
   int8_t* y; int32_t OH, OW;           /* output O x OH x OW */
+  /* Operand widths, 4 or 8 (0 reads as 8). w_bits 4: w holds the O*Cg*KH*KW weights packed two
+   * per byte (tvmq.numerics.weights.pack_int4: element i in byte i/2, low nibble first, two's
+   * complement). a_bits 4: every input value lies in [-8, 7] (checked). y_bits 4: qmin/qmax
+   * within [-8, 7]. Values stay in int8 containers in x and y. */
+  int32_t w_bits, a_bits, y_bits;
 } accel_conv_args;
 
 /* Counters, accumulated (+=) by each call; zero them before the first. */
@@ -67,7 +72,8 @@ enum {
   ACCEL_D_PAD_BOTTOM, ACCEL_D_PAD_RIGHT, ACCEL_D_DIL_H, ACCEL_D_DIL_W, ACCEL_D_KIND,
   ACCEL_D_PER_CHANNEL, ACCEL_D_OUT_ZP, ACCEL_D_QMIN, ACCEL_D_QMAX, ACCEL_D_OH, ACCEL_D_OW,
   ACCEL_D_T_OC, ACCEL_D_T_IC, ACCEL_D_WEIGHT_BUFFER, ACCEL_D_ACT_BUFFER, ACCEL_D_ACC_BUFFER,
-  ACCEL_D_DMA, ACCEL_D_COUNTER_SLOT, ACCEL_D_LEN
+  ACCEL_D_DMA, ACCEL_D_COUNTER_SLOT, ACCEL_D_W_BITS, ACCEL_D_A_BITS, ACCEL_D_Y_BITS,
+  ACCEL_D_LEN
 };
 
 /* ACCEL_D_LEN, so callers can check they agree on the layout. */

@@ -1,0 +1,1 @@
+"""Mixed precision: measured cost, sensitivity, bit-width assignment (integer linear program)."""
