@@ -207,10 +207,11 @@ def _table(task, rows, hw) -> str:
     head = ["config", "w4", "a4", "cycles", "% INT8", "XGB cycles", "XGB err %", task.primary,
             "Δ vs INT8", *extras, "agree %", "sens s", "solve ms", "compile s", "ok"]
     int8 = next((r for r in rows if r["config"] == "INT8 uniform" and "error" not in r), None)
-    lines = []
+    lines, errors = [], []
     for r in rows:
         if "error" in r:
-            lines.append([r["config"], f"failed: {r['error']}"])
+            lines.append([r["config"], "failed (below)"])
+            errors.append(f"  {r['config']} failed: {r['error']}")
             continue
         cyc = r.get("cycles")
         share = "" if cyc is None else f"{100 * cyc / r['int8_cycles']:.1f}"
@@ -228,13 +229,15 @@ def _table(task, rows, hw) -> str:
             *(f"{r['extras'].get(e, math.nan):.2f}" for e in extras), f"{r['agree']:.2f}",
             _fmt(r.get("sens_s"), ".0f"), _fmt(r.get("solve_ms"), ".1f"),
             _fmt(r.get("compile_s"), ".0f"), ok])
-    widths = [max(len(x[i]) for x in [head, *lines] if i < len(x)) for i in range(len(head))]
+    widths = [max(len(x[i]) for x in [head, *lines] if i < len(x) and len(x) > 2)
+              for i in range(len(head))]
     out = [f"{task.name}: {len(task.x_test)} test samples, {len(task.x_calib)} calibration, "
            f"accelerator {hw.name} ({hw.t_oc}x{hw.t_ic} PEs)"]
     for i, line in enumerate([head, *lines]):
         out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    out += errors
     host = next((r["host_layers"] for r in rows if r.get("host_layers")), {})
     for name, why in host.items():
         out.append(f"  {name} stays on the host: {why}")
