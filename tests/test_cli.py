@@ -55,3 +55,19 @@ def test_compile_lbfp_scheme(tmp_path, capsys, digits):
     text = capsys.readouterr().out
     assert "lbfp6 frac_bits default, block 8, exponents minmax" in text
     assert "out exp min..max" in text and (out / "model.so").is_file()
+
+
+def test_compile_mixed_scheme_with_budget(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "build"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
+                 "mixed", "--latency-budget", "0.8", "--target", "accel", "--out", str(out),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "mixed 4/8 bits, latency budget 0.8" in text and "w4a8" in text
+    assert "% of uniform INT8" in text
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
+                 "mixed", "--latency-budget", "0.3", "--out", str(out), "--quiet"]) == 2
+    assert "latency_budget=0.3 cannot be met: the smallest feasible is" in \
+        capsys.readouterr().err

@@ -46,3 +46,24 @@ def test_lbfp_schemes_default_format_and_observer():
 def test_bad_lbfp_settings_name_the_field_and_range(kwargs, message):
     with pytest.raises(ValueError, match=message):
         QuantConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(bits=(2, 8)), r"bits=\(2, 8\): use distinct widths from \(4, 8\)"),
+    (dict(bits=(8, 8)), "distinct"),
+    (dict(latency_budget=0.0), "latency_budget=0.0: use a fraction"),
+    (dict(weight_budget=float("nan")), "weight_budget=nan"),
+    (dict(sensitivity_samples=0), "sensitivity_samples=0"),
+    (dict(layer_bits={"conv2d_0": (4, 16)}), r"layer_bits\['conv2d_0'\]=\(4, 16\)"),
+    (dict(layer_bits=[("conv2d_0", (4, 4))]), "use a dict"),
+])
+def test_bad_mixed_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantConfig(scheme="mixed", **kwargs)
+
+
+def test_mixed_defaults_and_label():
+    c = QuantConfig(scheme="mixed", bits=[8, 4])
+    assert c.is_mixed and c.bits == (4, 8) and c.latency_budget == 0.75
+    assert c.label == "mixed w,a 4/8 75% cycles mult_shift/double minmax"
+    assert QuantConfig(scheme="mixed", layer_bits={"a": [4, 8]}).layer_bits == {"a": (4, 8)}

@@ -137,4 +137,9 @@ def _label(config: dict) -> str:
                 f"exponents {config['observer']}")
     rq = config["requant"] if config["requant"] == "fp32" else \
         f"{config['requant']}/{config['rounding']}"
+    if config["scheme"] == "mixed":
+        widths = "/".join(map(str, config["bits"]))
+        how = ("fixed layer_bits" if config.get("layer_bits") is not None
+               else f"latency budget {config['latency_budget']:g}")
+        return f"mixed {widths} bits, {how}, {rq}, observer {config['observer']}"
     return f"{config['scheme']} {rq}, observer {config['observer']}"

@@ -100,6 +100,8 @@ def test_output_distance():
     near = np.array([[0.69, 0.21, 0.1]])
     kl = float(np.sum(probs * np.log(probs / near)))
     assert sensitivity.output_distance(probs, near) == pytest.approx(kl, rel=1e-6)
+    two = np.array([[0.3, 0.7]], np.float32)  # float32 probabilities: rounding never < 0
+    assert sensitivity.output_distance(two, two * np.float32(1 + 1e-7)) >= 0.0
     col = np.array([[2.0], [4.0]])
     assert sensitivity.output_distance(col, col + 1) == pytest.approx(1 / 10)
 

@@ -40,6 +40,7 @@ from ..passes.annotate_quantizable import composite_kind
 from ..targets.host import build
 
 MAC_KINDS = ("conv2d", "matmul")
+_CACHE_VERSION = "sensitivity-v2"  # bump when the measurement changes
 _ROW = ("enable", "scale", "zero_point", "qmin", "qmax")  # one row of the activation table
 
 
@@ -75,7 +76,8 @@ def output_distance(reference: np.ndarray, approx: np.ndarray) -> float:
     else:
         p, q = _softmax(ref), _softmax(out)
     eps = 1e-12
-    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=-1)))
+    kl = float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=-1)))
+    return max(kl, 0.0)  # KL >= 0; the eps can leave -1e-9 when q == p
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -235,7 +237,7 @@ def _distance(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
 
 
 def _cache_key(annotated, weights, samples, table, bits, per_channel) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(_CACHE_VERSION.encode())
     h.update(str(tvm_ffi.structural_hash(annotated)).encode())  # constants by value
     for a in (*weights, *samples):
         h.update(np.ascontiguousarray(a).tobytes())
