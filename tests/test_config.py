@@ -67,3 +67,8 @@ def test_mixed_defaults_and_label():
     assert c.is_mixed and c.bits == (4, 8) and c.latency_budget == 0.75
     assert c.label == "mixed w,a 4/8 75% cycles mult_shift/double minmax"
     assert QuantConfig(scheme="mixed", layer_bits={"a": [4, 8]}).layer_bits == {"a": (4, 8)}
+
+
+def test_mixed_bits_must_include_8():
+    with pytest.raises(ValueError, match=r"bits=\(4,\): include 8"):
+        QuantConfig(scheme="mixed", bits=(4,))

@@ -150,8 +150,9 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     config : QuantConfig, optional (default: int8, mult_shift/double, minmax)
     calib : array, iterable of arrays, or .npz path with the calibration inputs
     input_shape : static input shape when the model's is symbolic
-    accel : AccelConfig or preset name for target="accel" (default "npu-small"; a preset takes
-        the config's requant/rounding, an explicit AccelConfig must match them)
+    accel : AccelConfig or preset name for target="accel", and the accelerator whose measured
+        cycles scheme "mixed" budgets (default "npu-small"; a preset takes the config's
+        requant/rounding, an explicit AccelConfig must match them)
     progress : show progress bars
 
     Returns
@@ -173,14 +174,15 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
-    runtime = None
+    # The accelerator runs the layers (target "accel") or prices them (scheme "mixed").
     hw = _accel_config(accel, config) if target == "accel" or config.is_mixed else None
-    if target == "accel" or config.is_mixed:  # mixed precision measures cycles on the emulator
-        runtime = AccelRuntime(hw) if target == "accel" else None
+    runtime = AccelRuntime(hw) if target == "accel" else None
+    if hw is not None:
         try:
             emulator.load()  # builds the C emulator on first use
         except RuntimeError as err:
-            raise CompileError(f"target='accel': {err}") from None
+            why = "target='accel'" if runtime else "scheme='mixed' (costs from the emulator)"
+            raise CompileError(f"{why}: {err}") from None
     with tqdm(total=len(STAGES), unit="stage", disable=not progress,
               bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
         return _compile(model, target, config, calib, input_shape, progress, stages, start,

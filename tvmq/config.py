@@ -118,6 +118,9 @@ class QuantConfig:
         if not bits or any(b not in MIXED_BITS for b in bits) or len(set(bits)) != len(bits):
             raise ValueError(f"QuantConfig.bits={self.bits!r}: use distinct widths from "
                              f"{MIXED_BITS}.")
+        if 8 not in bits:
+            raise ValueError(f"QuantConfig.bits={self.bits!r}: include 8 (budgets are fractions "
+                             "of uniform INT8, and 8 bits is the fallback).")
         object.__setattr__(self, "bits", tuple(sorted(bits)))
         for field in ("latency_budget", "weight_budget", "bops_budget"):
             value = getattr(self, field)

@@ -102,8 +102,8 @@ class AssignBitwidths:
     def _explain(self, err, totals, k8) -> str:
         names = {"cycles_budget": "latency_budget", "weight_bytes_budget": "weight_budget",
                  "bops_budget": "bops_budget"}
-        name = next((names[k] for k in names if k in str(err)), None)
-        if name is None or getattr(err, "smallest", None) is None:
+        name = names.get(err.budget)
+        if name is None or err.smallest is None:
             return f"mixed precision: the budgets cannot be met together: {err}"
         int8 = float(totals[name][:, k8].sum())
         smallest = err.smallest / int8
@@ -177,20 +177,20 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
         return MixedPlan(choice, _tensor_bits(macs, choice, roots), roots)
     seconds = {}
     start = time.perf_counter()
-    choices = tuple(itertools.product(config.bits, config.bits))
-    if INT8 not in choices:
-        raise CompileError("mixed precision compares against uniform INT8: QuantConfig.bits "
-                           "must include 8.")
+    choices = tuple(itertools.product(config.bits, config.bits))  # bits includes 8 (config)
     shapes = {layer.name: layer_shape(annotated, layer) for layer in macs}
     host = {n: s for n, s in shapes.items() if isinstance(s, str)}
     table = np.zeros((len(macs), len(choices)))
     on_accel = [i for i, layer in enumerate(macs) if layer.name not in host]
     if on_accel:
+        cache = cost.CostCache()
         measured = cost.measure_table(hw, [shapes[macs[i].name] for i in on_accel], choices,
-                                      progress=progress)
+                                      cache, progress=progress)
         for row, i in zip(measured, on_accel):
+            name = macs[i].name
             if np.any(np.isnan(row)):
-                host[macs[i].name] = "the accelerator's checker refuses it"
+                k = int(np.flatnonzero(np.isnan(row))[0])
+                host[name] = cache.lookup(hw, shapes[name], *choices[k])["refused"]
             else:
                 table[i] = row
     seconds["cost"] = time.perf_counter() - start
