@@ -135,3 +135,31 @@ def test_infeasible_budget_names_the_smallest(digits):
                                            r"feasible is 0\.\d+ of uniform INT8"):
         tvmq.compile(data.digits_model_path(), config=config, calib=digits[0][:8],
                      progress=False)
+
+
+def test_realize_takes_int2_weights_and_activations(digits):
+    """INT2 is a realize-level width (the accelerator has 4/8-bit MACs only): 2-bit weights and
+    inputs in int8 containers stay bit-exact with the oracle."""
+    from tvmq.passes.annotate_quantizable import AnnotateQuantizable
+    from tvmq.passes.realize_quantization import RealizeQuantization
+
+    from tvmq.calibrate import calibrate
+    from tvmq.frontend import load_model
+    from tvmq.numerics import choose_qparams
+
+    annotated = AnnotateQuantizable()(load_model(data.digits_model_path())[0])
+    layers = find_layers(annotated)[0]
+    names = sorted({n for layer in layers for n in (*layer.inputs, layer.name)})
+    observers, _, samples = calibrate(annotated, names, digits[0][:16],
+                                      load_model(data.digits_model_path())[1], keep=2,
+                                      progress=False)
+    two_bit = {layers[1].inputs[0]}  # conv2d_1 reads conv2d_0's output at 2 bits
+    qparams = {n: choose_qparams(*obs.range(), bits=2 if n in two_bit else 8)
+               for n, obs in observers.items()}
+    mod = RealizeQuantization(qparams, weight_bits={layers[1].name: 2})(annotated)
+    assert_taps_equal_oracle(mod, [f"{layers[1].name}_q", f"{layers[0].name}_q"],
+                             [s[0] for s in samples])
+    _, taps = tvmq.oracle.Oracle(mod).run(samples[0], keep=True)
+    assert set(np.unique(taps[f"{layers[0].name}_q"])) <= {-2, -1, 0, 1}
+    with pytest.raises(ValueError, match=r"outside 2\.\.8"):
+        RealizeQuantization(qparams, weight_bits={layers[1].name: 16})
