@@ -63,9 +63,10 @@ def test_cycle_model_by_hand():
     # C=32, 4x4 input, O=8, 3x3 pad 1 -> 4x4 output, t_oc=8, t_ic=4, one tile, DMA 4 B/cycle.
     hw = AccelConfig(t_oc=8, t_ic=4, dma_bytes_per_cycle=4)
     pos, taps = 16, 9
-    for (w_bits, a_bits), lanes in zip(BITS, (1, 2, 2, 4)):
+    for (w_bits, a_bits), fused in zip(BITS, (1, 2, 2, 4)):
         n = _counters(hw, 32, 8, w_bits, a_bits)
-        assert n["compute_cycles"] == pos * taps * -(-32 // (4 * lanes))  # 1152/576/576/288
+        # each input lane reduces 9 taps x 32/4 channels = 72 products, `fused` per step
+        assert n["compute_cycles"] == pos * 72 // fused  # 1152 / 576 / 576 / 288
         weight = 8 * 32 * taps * w_bits // 8
         act = 32 * 16 * a_bits // 8
         assert n["dma_bytes"] == weight + act + 8 * pos
@@ -73,10 +74,12 @@ def test_cycle_model_by_hand():
     # 4-bit outputs halve the output bytes
     assert _counters(hw, 32, 8, 8, 8)["dma_bytes"] - _counters(hw, 32, 8, 8, 8, y_bits=4)[
         "dma_bytes"] == 8 * pos // 2
-    # depthwise: one input channel per group, nothing to gain in compute
+    # depthwise: one busy input lane; its fused units take 4 of the 9 taps per step at w4a4
     dw8, dw4 = _counters(hw, 8, 8, 8, 8, groups=8), _counters(hw, 8, 8, 4, 4, groups=8)
-    assert dw8["compute_cycles"] == dw4["compute_cycles"]
+    assert (dw8["compute_cycles"], dw4["compute_cycles"]) == (pos * 9, pos * 3)
     assert dw4["dma_bytes"] < dw8["dma_bytes"]
+    # few channels: 4 channels on 4 lanes is one product per lane and tap; w4a4 fuses taps
+    assert _counters(hw, 4, 8, 4, 4)["compute_cycles"] == pos * 3
 
 
 def test_input_outside_a_bits_is_refused():

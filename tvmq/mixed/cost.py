@@ -228,14 +228,14 @@ def features(shapes: list[ConvShape], bits, hw: AccelConfig) -> np.ndarray:
     rows = []
     for s, (wb, ab) in zip(shapes, bits):
         cg = s.C // s.groups
-        lanes = (8 // ab) * (8 // wb)
+        fused = (8 // ab) * (8 // wb)
         tiles = math.ceil(s.O / hw.t_oc)
         w_bytes = s.weight_params * wb / 8
         a_bytes = s.C * s.H * s.W * ab / 8
         y_bytes = s.O * s.OH * s.OW
-        steps = tiles * s.OH * s.OW * s.KH * s.KW * math.ceil(cg / (hw.t_ic * lanes))
+        steps = tiles * s.OH * s.OW * math.ceil(s.KH * s.KW * math.ceil(cg / hw.t_ic) / fused)
         rows.append([s.C, s.H, s.W, s.O, s.KH, s.KW, s.groups, s.stride[0], s.OH, s.OW, cg,
-                     wb, ab, lanes, tiles, *(getattr(hw, f) for f in HW_FIELDS),
+                     wb, ab, fused, tiles, *(getattr(hw, f) for f in HW_FIELDS),
                      *np.log2([s.macs, w_bytes, a_bytes, y_bytes, steps, tiles * s.OH * s.OW,
                                (w_bytes + a_bytes + y_bytes) / hw.dma_bytes_per_cycle])])
     return np.asarray(rows, np.float64)

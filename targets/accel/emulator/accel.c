@@ -14,12 +14,15 @@
  * Cycle model (all integer, deterministic). Per call:
  *   Cg = C / groups, Og = O / groups, resident = (C*H*W <= act_buffer_bytes).
  *   Operand widths w_bits, a_bits, y_bits in {4, 8}. A PE's 8x8 multiplier splits into two
- *   8x4 / 4x8 or four 4x4 multipliers (Bit Fusion style), so it takes
- *   L = (8 / a_bits) * (8 / w_bits) input channels per step (1, 2 or 4).
+ *   8x4 / 4x8 or four 4x4 multipliers whose products add into the lane's accumulator (Bit
+ *   Fusion's fused units), so a PE takes L = (8 / a_bits) * (8 / w_bits) products of its
+ *   reduction per step (1, 2 or 4): its input lane's channels c = i, i + t_ic, ... times the
+ *   kernel taps, ceil(Cg / t_ic) * KH*KW products per output position.
  * Per output-channel tile [o0, o0 + tile_O), tile_O = min(t_oc, O - o0):
- *   compute_cycles = OH*OW*KH*KW*ceil(Cg / (t_ic*L))   one PE-array step per cycle; each lane
- *                                                   reads the Cg channels of its own group
- *                                                   (depthwise, Cg = 1, gains nothing)
+ *   compute_cycles = OH*OW*ceil(KH*KW*ceil(Cg / t_ic) / L)   one PE-array step per cycle;
+ *                                                   each lane reads the Cg channels of its own
+ *                                                   group (depthwise: one input lane busy, its
+ *                                                   fused units take L taps per step)
  *   weight bytes   = ceil(tile_O*Cg*KH*KW*w_bits / 8)   packed; must fit weight_buffer_bytes
  *   act bytes      = ceil(C_read*H*W*a_bits / 8), C_read = Cg * (number of groups the tile's
  *                    channels span); if resident, only input channels no earlier tile loaded
@@ -294,7 +297,7 @@ static int check_conv(const accel_hw* hw, const accel_conv_args* a) {
 static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0, int64_t tile_o,
                        int64_t w_block, accel_counters* cnt) {
   const int64_t wb = bits_of(a->w_bits), ab = bits_of(a->a_bits), yb = bits_of(a->y_bits);
-  const int64_t lanes = (8 / ab) * (8 / wb); /* input channels per PE step */
+  const int64_t fused = (8 / ab) * (8 / wb); /* products per PE step */
   int64_t cg = a->C / a->groups, og = a->O / a->groups, hw_in = (int64_t)a->H * a->W;
   int64_t pos = (int64_t)a->OH * a->OW, taps = (int64_t)a->KH * a->KW;
   int64_t g_lo = o0 / og, g_hi = (o0 + tile_o - 1) / og;
@@ -308,7 +311,7 @@ static void count_tile(const accel_hw* hw, const accel_conv_args* a, int64_t o0,
   int64_t exp_bytes = w_block > 0 ? tile_o * ceil_div(cg, w_block) * taps : 0;
   int64_t bytes = ceil_div(tile_o * cg * taps * wb, 8) + exp_bytes + ceil_div(act * ab, 8) +
                   ceil_div(tile_o * pos * yb, 8);
-  int64_t compute = pos * taps * ceil_div(cg, hw->t_ic * lanes);
+  int64_t compute = pos * ceil_div(taps * ceil_div(cg, hw->t_ic), fused);
   int64_t dma = ceil_div(bytes, hw->dma_bytes_per_cycle);
   int64_t requant = pos;
   cnt->compute_cycles += (uint64_t)compute;
