@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +185,6 @@ def measure(annotated: tvm.IRModule, layers: list[str], inputs: list[str],
     """Sensitivity of each conv2d/matmul layer (`layers`, reading tensors `inputs`) at each of
     `bits`, over `samples` (float32 model inputs). `act_qparams(tensor, bits)` gives the qparams
     the realized model would use for a tensor at a width."""
-    import time
-
     start = time.perf_counter()
     weights = _weights(annotated, layers)
     table = {(name, b): act_qparams(name, b) for name in inputs for b in bits}
@@ -211,7 +210,7 @@ def measure(annotated: tvm.IRModule, layers: list[str], inputs: list[str],
     total = 2 * len(layers) * len(bits)
     with tqdm(total=total, desc="sensitivity", unit="run", leave=False,
               disable=not progress) as bar:
-        for i, (name, w) in enumerate(zip(layers, weights)):
+        for i, w in enumerate(weights):
             for j, b in enumerate(bits):
                 swapped = list(ws)
                 swapped[i] = tvm.runtime.tensor(fake_quant_weight(w, b, per_channel))
