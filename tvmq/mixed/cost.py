@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,37 +260,50 @@ class CostModel:
     """XGBoost regressor of log(cycles / first_order_cycles) from `features`; `predict`
     returns cycles."""
 
-    def __init__(self, hw: AccelConfig, seed: int = 0):
-        import xgboost
+    PARAMS: typing.ClassVar[dict] = {"objective": "reg:squarederror", "max_depth": 6,
+                                     "eta": 0.08, "subsample": 0.9, "nthread": 2}
+    ROUNDS = 400
 
-        self.hw = hw
-        self.regressor = xgboost.XGBRegressor(n_estimators=400, max_depth=6, learning_rate=0.08,
-                                              subsample=0.9, n_jobs=2, random_state=seed)
+    def __init__(self, hw: AccelConfig, seed: int = 0):
+        self.hw, self.seed = hw, seed
+        self.booster = None  # xgboost's native API: no scikit-learn needed
 
     def fit(self, shapes, bits, cycles) -> CostModel:
+        import xgboost
+
         target = np.log(np.asarray(cycles, float) / first_order_cycles(shapes, bits, self.hw))
-        self.regressor.fit(features(shapes, bits, self.hw), target)
+        data = xgboost.DMatrix(features(shapes, bits, self.hw), label=target)
+        self.booster = xgboost.train({**self.PARAMS, "seed": self.seed}, data, self.ROUNDS)
         return self
 
     def predict(self, shapes, bits) -> np.ndarray:
+        import xgboost
+
         if not shapes:
             return np.zeros(0)
-        correction = self.regressor.predict(features(shapes, bits, self.hw)).astype(np.float64)
+        if self.booster is None:
+            raise ValueError("CostModel.predict before fit (or load)")
+        data = xgboost.DMatrix(features(shapes, bits, self.hw))
+        correction = self.booster.predict(data).astype(np.float64)
         return first_order_cycles(shapes, bits, self.hw) * np.exp(correction)
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
-        self.regressor.save_model(str(path))
-        path.with_suffix(".meta.json").write_text(json.dumps({"hw": self.hw.to_dict()}))
+        self.booster.save_model(str(path))
+        path.with_suffix(".meta.json").write_text(json.dumps({"hw": self.hw.to_dict(),
+                                                              "seed": self.seed}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CostModel:
+        import xgboost
+
         path = Path(path)
         meta = json.loads(path.with_suffix(".meta.json").read_text())
         hw = dict(meta["hw"])
         hw["operand_bits"] = tuple(hw["operand_bits"])
-        model = cls(AccelConfig(**hw))
-        model.regressor.load_model(str(path))
+        model = cls(AccelConfig(**hw), meta["seed"])
+        model.booster = xgboost.Booster()
+        model.booster.load_model(str(path))
         return model
 
 
