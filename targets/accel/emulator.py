@@ -99,7 +99,8 @@ def find_compiler() -> str | None:
     return None
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """tvmq's cache folder: $TVMQ_CACHE_DIR or ~/.cache/tvmq."""
     root = os.environ.get("TVMQ_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "tvmq"
 
@@ -120,14 +121,14 @@ def build() -> Path:
         wanted = f"$CC={os.environ['CC']!r}" if os.environ.get("CC") else "'cc' or 'gcc'"
         raise RuntimeError(f"the accel emulator needs a C compiler: {wanted} is not on PATH; "
                            "install gcc or set CC.")
-    key = (cc, _cache_root())
+    key = (cc, cache_root())
     if key in _BUILT and _BUILT[key].exists():  # hashing the sources on every call is slow
         return _BUILT[key]
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update((SOURCE_DIR / name).read_bytes())
     digest.update("\0".join((cc, *CFLAGS)).encode())
-    out_dir = _cache_root() / "accel" / digest.hexdigest()
+    out_dir = cache_root() / "accel" / digest.hexdigest()
     lib = out_dir / "libaccel.so"
     if lib.exists():
         _BUILT[key] = lib

@@ -133,6 +133,13 @@ def _matmul_as_conv(*weights):
     return oihw, geometry, (1, k, 1, 1)
 
 
+def matmul_rows_reason(x_shape) -> str | None:
+    """Why a matmul input of this shape cannot run on the accelerator (it reads one (1, K)
+    row), or None."""
+    rows = int(np.prod(x_shape[:-1]))
+    return None if rows == 1 else f"matmul with {rows} rows: the accelerator reads one (1, K) row"
+
+
 def _lbfp_attrs(value, mod) -> dict | None:
     """The `tvmq.lbfp` attributes of the PrimFunc a call_tir calls, or None."""
     if op_name(value) != "relax.call_tir":
@@ -175,6 +182,13 @@ class _Lowerer(relax.PyExprMutator):
             new_value = self.visit_expr(value)
         emit_like(self, binding.var, new_value)
 
+    def _refuse_rows(self, x, layer) -> bool:
+        """True (the reason in host_layers) for a matmul input the accelerator cannot read."""
+        reason = matmul_rows_reason(shape_of(x))
+        if reason is not None:
+            self.runtime.host_layers[layer] = reason
+        return reason is not None
+
     def _lower(self, chain, layer, out_var):
         """`R.call_tir` of the layer's tile loop, or None if the layer stays on the host (the
         reason goes to `runtime.host_layers`)."""
@@ -196,10 +210,7 @@ class _Lowerer(relax.PyExprMutator):
                             dilation=[int(d) for d in a.dilation], groups=int(a.groups))
             x_nchw = shape_of(x)
         else:
-            rows = int(np.prod(shape_of(x)[:-1]))
-            if rows != 1:
-                self.runtime.host_layers[layer] = (
-                    f"matmul with {rows} rows: the accelerator reads one (1, K) row")
+            if self._refuse_rows(x, layer):
                 return None
             (w,), geometry, x_nchw = _matmul_as_conv(chain.weight)
         o = w.shape[0]
@@ -245,10 +256,7 @@ class _Lowerer(relax.PyExprMutator):
                             dilation=[int(v) for v in mac["dilation"]], groups=int(mac["groups"]))
             x_nchw = shape_of(x)
         else:
-            rows = int(np.prod(shape_of(x)[:-1]))
-            if rows != 1:
-                self.runtime.host_layers[layer] = (
-                    f"matmul with {rows} rows: the accelerator reads one (1, K) row")
+            if self._refuse_rows(x, layer):
                 return None
             (w, w_exp), geometry, x_nchw = _matmul_as_conv(w, w_exp)
         o = w.shape[0]

@@ -25,6 +25,7 @@ from ..errors import CompileError
 from ..numerics import QParams
 from ..passes.realize_quantization import SAME_SCALE_KINDS
 from ..targets.accel import AccelConfig
+from ..targets.accel.lower import matmul_rows_reason
 from . import cost, ilp, sensitivity
 
 MAC_KINDS = ("conv2d", "matmul")
@@ -137,9 +138,9 @@ def layer_shape(annotated: tvm.IRModule, layer) -> cost.ConvShape | str:
     x_shape = tuple(int(d) for d in call.args[0].ty.shape)
     w_shape = layer.weight.shape
     if layer.kind == "matmul":
-        rows = int(np.prod(x_shape[:-1]))
-        if rows != 1:
-            return f"matmul with {rows} rows: the accelerator reads one (1, K) row"
+        reason = matmul_rows_reason(x_shape)
+        if reason is not None:
+            return reason
         return cost.ConvShape(C=w_shape[0], H=1, W=1, O=w_shape[1], KH=1, KW=1)
     if x_shape[0] != 1:
         return f"batch {x_shape[0]}: the accelerator runs batch 1"

@@ -112,10 +112,7 @@ def measure_cycles(hw: AccelConfig, shape: ConvShape, w_bits: int, a_bits: int,
     return counters
 
 
-def cache_root() -> Path:
-    """tvmq's cache folder (TVMQ_CACHE_DIR or ~/.cache/tvmq), shared with the emulator build."""
-    root = os.environ.get("TVMQ_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "tvmq"
+cache_root = emulator.cache_root  # tvmq's cache folder, shared with the emulator build
 
 
 def _sources_hash() -> str:
@@ -217,9 +214,15 @@ def synthetic_shapes(n: int, seed: int, hw: AccelConfig | None = None) -> list[C
 
 
 def _refused(hw: AccelConfig, shape: ConvShape) -> bool:
-    """An 8-bit weight tile larger than the weight buffer (the checker's first refusal)."""
-    wbytes = min(hw.t_oc, shape.O) * (shape.C // shape.groups) * shape.KH * shape.KW
-    return wbytes > hw.weight_buffer_bytes
+    """Does the accelerator's checker refuse the layer at 8 bits?"""
+    try:
+        emulator.conv2d_descriptor(hw, (1, shape.C, shape.H, shape.W),
+                                   (shape.O, shape.C // shape.groups, shape.KH, shape.KW), 0,
+                                   shape.stride, shape.padding, shape.dilation, shape.groups,
+                                   _requant(hw), 0, -128, 127, counter_slot=0)
+    except ValueError:
+        return True
+    return False
 
 
 def features(shapes: list[ConvShape], bits, hw: AccelConfig) -> np.ndarray:
