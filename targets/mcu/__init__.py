@@ -1,0 +1,1 @@
+"""Microcontroller target: self-contained C (TVM's C codegen for kernels, a generated model.c)."""

@@ -1,0 +1,411 @@
+"""Lower a realized integer module to a microcontroller program: kernels plus the steps calling them.
+
+`lower_program(quant_mod)` splits `main(x) = dequantize(run(quantize(x)))` at the model's
+boundary quantize and dequantize and turns each part into a list of `Step`s over named `Tensor`s:
+
+- Kernels are grouped at int8 tensors: every binding between two int8 tensors (the zero-point
+  casts and subtracts a layer applies to its inputs, the conv2d/matmul, the bias add, the requant,
+  a residual add's input requants) becomes one PrimFunc, so only int8 tensors live between
+  kernels. A value used twice or a group with more than one outside use closes a group too.
+- `R.reshape` is a view: its step is an alias, it has no kernel and no storage of its own.
+- Each kernel is scheduled with `fuse_per_output`: elementwise stages inline, a reduction is
+  computed at its consumer's innermost loop, so no kernel allocates a workspace the size of a
+  tensor (the int32 accumulator of a conv is a scalar per output element).
+
+The kernels stay in TIR; `codegen` turns them into C with TVM's C target.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir
+
+from ...errors import CompileError
+from ...passes._util import op_name
+
+PHASES = ("quantize", "run", "dequantize")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the program. kind: input (int8 model input), output (int8 model output),
+    float_input / float_output (the float boundary), activation, const (`value` set)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    value: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Step:
+    """`out = kernel(*args)`; a step with kernel None is a view (`out` aliases `args[0]`)."""
+
+    kernel: str | None
+    args: tuple[str, ...]
+    out: str
+
+
+@dataclass
+class Program:
+    """Kernels (PrimFuncs with a global symbol) and, per phase, the steps that run them."""
+
+    kernels: tvm.IRModule
+    steps: dict[str, list[Step]]
+    tensors: dict[str, Tensor]
+
+    @property
+    def int_input(self) -> Tensor:
+        return next(t for t in self.tensors.values() if t.kind == "input")
+
+    @property
+    def int_output(self) -> Tensor:
+        return next(t for t in self.tensors.values() if t.kind == "output")
+
+
+def lower_program(quant_mod: tvm.IRModule) -> Program:
+    """The MCU program of a realized int8 module (see the module docstring)."""
+    split = _split_boundary(quant_mod)
+    mod = tvm.IRModule({gv: f for gv, f in quant_mod.functions_items()
+                        if isinstance(f, tvm.tirx.PrimFunc)})
+    for phase, func in split.items():
+        mod[phase] = func
+    mod = relax.transform.LegalizeOps({"relax.reshape": _keep})(mod)
+    mod = _group_kernels(mod)
+    mod = tvm.transform.Sequential([
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(list(PHASES)),
+    ])(mod)
+    tensors: dict[str, Tensor] = {}
+    steps = {phase: _steps(mod[phase], tensors) for phase in PHASES}
+    used = {s.kernel for phase in steps.values() for s in phase if s.kernel}
+    kernels = tvm.IRModule({name: fuse_per_output(mod[name]).with_attr("global_symbol", name)
+                            for name in sorted(used)})
+    return Program(kernels, steps, tensors)
+
+
+def _keep(bb, call):
+    return call
+
+
+# ---------------------------------------------------------------- boundary split
+
+
+def _split_boundary(mod: tvm.IRModule) -> dict[str, relax.Function]:
+    """main -> {quantize: x -> x_q, run: x_q -> y_q, dequantize: y_q -> y}."""
+    main = mod["main"]
+    if len(main.params) != 1:
+        raise CompileError(f"target 'mcu' needs a model with one input; this one has "
+                           f"{len(main.params)}.")
+    bindings = [b for block in main.body.blocks for b in block.bindings]
+    first, last = bindings[0], bindings[-1]
+    if op_name(first.value) != "relax.quantize" or not first.value.args[0].same_as(main.params[0]):
+        raise CompileError("target 'mcu': the model's first op must quantize its input (a "
+                           "realized int8 model); an LBFP or float-input model is not supported.")
+    if op_name(last.value) != "relax.dequantize" or not main.body.body.same_as(last.var):
+        raise CompileError("target 'mcu' needs one output, the dequantized int8 result of the "
+                           "last layer; this model returns something else (a tuple or a float "
+                           "op after the last quantized layer).")
+    x, x_q = main.params[0], first.var
+    y_q = last.value.args[0]
+    x_q_param = relax.Var("input_q", x_q.ty)
+    y_q_param = relax.Var("output_q", y_q.ty)
+    return {
+        "quantize": _function([relax.Var(x.name, x.ty)], lambda p: first.value.args[0], first,
+                              "input_q"),
+        "run": _function([x_q_param], None, None, "output_q",
+                         [relax.VarBinding(x_q, x_q_param), *bindings[1:-1]], y_q),
+        "dequantize": _function([y_q_param], lambda p: last.value.args[0], last, "output"),
+    }
+
+
+def _function(params, old_arg, binding, out_name, body=None, result=None) -> relax.Function:
+    """A Relax function over `params`: either the single `binding` re-targeted to the param, or
+    `body` (bindings) returning `result`."""
+    if body is None:
+        remap = {old_arg(params[0]): params[0]}
+        value = _Substitute(remap).visit_expr(binding.value)
+        out = relax.Var(out_name, binding.var.ty)
+        block = relax.DataflowBlock([relax.VarBinding(out, value)])
+        return relax.Function(params, relax.SeqExpr([block], out), out.ty)
+    out = relax.Var(out_name, result.ty)
+    block = relax.DataflowBlock([*body, relax.VarBinding(out, result)])
+    return relax.Function(params, relax.SeqExpr([block], out), out.ty)
+
+
+@relax.expr_functor.mutator
+class _Substitute(relax.PyExprMutator):
+    def __init__(self, remap):
+        super().__init__()
+        self.remap = remap
+
+    def visit_var_(self, var):
+        return self.remap.get(var, var)
+
+    def visit_dataflow_var_(self, var):
+        return self.remap.get(var, var)
+
+
+# ---------------------------------------------------------------- kernel groups
+
+
+def _group_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+    """Wrap each group of bindings of every phase in a Primitive function (FuseTIR's input)."""
+    bb = relax.BlockBuilder(tvm.IRModule({gv: f for gv, f in mod.functions_items()
+                                          if gv.name_hint not in PHASES}))
+    for phase in PHASES:
+        func = mod[phase]
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        params = [relax.Var(p.name, p.ty) for p in func.params]
+        remap = dict(zip(func.params, params))
+        with bb.function(phase, params, attrs={"global_symbol": phase}):
+            with bb.dataflow():
+                for group in _groups(bindings, func.body.body):
+                    last = group[-1].var.same_as(func.body.body)
+                    remap[group[-1].var] = _emit_group(bb, group, remap, phase, last)
+            bb.emit_func_output(remap[func.body.body])
+    return bb.get()
+
+
+def _groups(bindings, result) -> list[list[relax.VarBinding]]:
+    """Consecutive runs of bindings ending at an int8 tensor, a value used more than once, a
+    reshape, or the result; singletons where a run would have more than one outside use."""
+    uses: dict[relax.Var, int] = {}
+    for b in bindings:
+        for v in relax.analysis.free_vars(b.value):
+            uses[v] = uses.get(v, 0) + 1
+    uses[result] = uses.get(result, 0) + 1
+    groups, current = [], []
+    for b in bindings:
+        if op_name(b.value) == "relax.reshape" or isinstance(b.value, relax.Var):
+            if current:
+                groups.append(current)
+            groups.append([b])
+            current = []
+            continue
+        current.append(b)
+        if str(b.var.ty.dtype) == "int8" or uses.get(b.var, 0) != 1 or b.var.same_as(result):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    out = []
+    for group in groups:
+        members = {b.var for b in group}
+        inner = {v for b in group for v in relax.analysis.free_vars(b.value)} & members
+        outside = [v for v in members if v not in inner or uses.get(v, 0) > 1]
+        out.extend([group] if len(outside) == 1 and outside[0].same_as(group[-1].var)
+                   else [[b] for b in group])
+    return out
+
+
+def _emit_group(bb, group, remap, phase, is_result):
+    """Emit one group: a view as itself, anything else as a call of a Primitive function whose
+    parameters are the group's outside tensors and constants."""
+    if len(group) == 1 and (op_name(group[0].value) == "relax.reshape"
+                            or isinstance(group[0].value, relax.Var)):
+        value = _Substitute(remap).visit_expr(group[0].value)
+        return (bb.emit_output if is_result else bb.emit)(value, group[0].var.name)
+    members = {b.var for b in group}
+    inputs: list[relax.Expr] = []
+    for b in group:
+        for arg in _leaves(b.value):
+            if (isinstance(arg, relax.Var) and arg not in members
+                    or isinstance(arg, tvm.ir.GenericConst)):
+                if not any(arg.same_as(i) for i in inputs):
+                    inputs.append(arg)
+    params = [relax.Var(f"p{i}", a.ty) for i, a in enumerate(inputs)]
+    inner = relax.BlockBuilder()
+    local = {a: p for a, p in zip(inputs, params)}
+    with inner.function("group", params, attrs={"Primitive": True}, private=True):
+        with inner.dataflow():
+            for b in group:
+                value = _SubstituteExpr(local).visit_expr(b.value)
+                local[b.var] = inner.emit(value, b.var.name)
+            out = inner.emit_output(local[group[-1].var])
+        inner.emit_func_output(out)
+    gv = bb.add_func(inner.get()["group"], f"{phase}_{group[-1].var.name}")
+    args = [remap.get(a, a) if isinstance(a, relax.Var) else a for a in inputs]
+    return (bb.emit_output if is_result else bb.emit)(relax.Call(gv, args), group[-1].var.name)
+
+
+def _leaves(expr):
+    """Vars and constants an op call reads (through call_tir's argument tuple)."""
+    if isinstance(expr, relax.Tuple):
+        for f in expr.fields:
+            yield from _leaves(f)
+    elif isinstance(expr, relax.Call):
+        for a in expr.args:
+            yield from _leaves(a)
+    elif isinstance(expr, relax.Var | tvm.ir.GenericConst):
+        yield expr
+
+
+@relax.expr_functor.mutator
+class _SubstituteExpr(relax.PyExprMutator):
+    """Replace vars and constants (by identity) with the mapped expressions."""
+
+    def __init__(self, remap):
+        super().__init__()
+        self.remap = remap
+
+    def visit_var_(self, var):
+        return self.remap.get(var, var)
+
+    def visit_dataflow_var_(self, var):
+        return self.remap.get(var, var)
+
+    def visit_generic_const_(self, const):
+        for k, v in self.remap.items():
+            if k.same_as(const):
+                return v
+        return const
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _steps(func: relax.Function, tensors: dict[str, Tensor]) -> list[Step]:
+    """The call_tir / reshape bindings of a lowered phase as Steps; registers every tensor."""
+    names: dict[relax.Var, str] = {}
+    phase = func.attrs["global_symbol"]
+    for p in func.params:
+        kind = {"quantize": "float_input", "run": "input", "dequantize": "output"}[phase]
+        names[p] = _register(tensors, p.name if phase != "run" else "input_q", p, kind)
+    steps = []
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    result = func.body.body
+    for b in bindings:
+        value = b.value
+        kind = "activation"
+        if b.var.same_as(result):
+            kind = {"quantize": "input", "run": "output", "dequantize": "float_output"}[phase]
+        if op_name(value) == "relax.call_tir":
+            args = [_arg_name(a, tensors, names) for a in value.args[1].fields]
+            out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
+            names[b.var] = out
+            steps.append(Step(value.args[0].name_hint, tuple(args), out))
+        elif op_name(value) == "relax.reshape" or isinstance(value, relax.Var):
+            src = value.args[0] if isinstance(value, relax.Call) else value
+            out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
+            names[b.var] = out
+            steps.append(Step(None, (names[src],), out))
+        else:
+            raise CompileError(f"target 'mcu': binding {b.var.name} ({op_name(value)}) has no "
+                               "kernel after lowering.")
+    return steps
+
+
+def _out_name(binding, phase, kind) -> str:
+    if kind in ("input", "output", "float_output"):
+        return {"input": "input_q", "output": "output_q", "float_output": "output"}[kind]
+    return _c_name(binding.var.name)
+
+
+def _register(tensors, name, var, kind, value=None) -> str:
+    name = _unique(tensors, name, kind)
+    if name not in tensors:
+        tensors[name] = Tensor(name, tuple(int(d) for d in var.ty.shape), str(var.ty.dtype),
+                               kind, value)
+    return name
+
+
+def _unique(tensors, name, kind) -> str:
+    if name in tensors and tensors[name].kind == kind and kind != "activation":
+        return name  # the boundary tensor shared by two phases
+    base, i = name, 1
+    while name in tensors:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _arg_name(arg, tensors, names) -> str:
+    if isinstance(arg, relax.Var):
+        return names[arg]
+    value = arg.value.numpy()
+    for t in tensors.values():  # identical constants share one table
+        if t.kind == "const" and t.dtype == str(value.dtype) and t.shape == value.shape \
+                and np.array_equal(t.value, value):
+            return t.name
+    name = f"c{sum(t.kind == 'const' for t in tensors.values())}"
+    tensors[name] = Tensor(name, value.shape, str(value.dtype), "const", value)
+    return name
+
+
+def _c_name(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def fuse_per_output(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Inline every intermediate stage read once per consumer element; compute the others (a
+    conv's reduction, a requant's first stage) at their consumer's innermost loop, so after
+    lowering they are scalars instead of whole-tensor workspaces."""
+    sch = s_tir.Schedule(tvm.IRModule({"f": func}))
+    sch.work_on("f")
+    root = sch.get_sblock("root")
+
+    def intermediates():
+        outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+        return [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in outs]
+
+    changed = True
+    while changed:
+        changed = False
+        for block in intermediates():
+            written = sch.get(block).writes[0].source.name
+            if any(_reads(sch.get(c), written) > 1 for c in sch.get_consumers(block)):
+                continue  # inlining would repeat the expression
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                continue
+            changed = True
+            break
+    for block in reversed(intermediates()):
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            continue
+        for loop in reversed(sch.get_loops(consumers[0])):
+            try:
+                sch.compute_at(block, loop, preserve_unit_loops=False)
+                break
+            except s_tir.ScheduleError:
+                continue
+    for block in sch.get_child_blocks(root) + _nested(sch, root):
+        if sch.get(block).init is None:
+            continue
+        for loop in reversed(sch.get_loops(block)):  # the outermost reduction loop succeeds
+            try:
+                sch.decompose_reduction(block, loop)
+                break
+            except s_tir.ScheduleError:
+                continue
+    return sch.mod["f"]
+
+
+def _nested(sch, root):
+    """Blocks moved under another block's loops by compute_at (not children of root)."""
+    out = []
+    for child in sch.get_child_blocks(root):
+        for loop in sch.get_loops(child):
+            out += [b for b in sch.get_child_blocks(loop) if not any(
+                sch.get(b).same_as(sch.get(c)) for c in sch.get_child_blocks(root))]
+    return out
+
+
+def _reads(block, buffer_name: str) -> int:
+    """How many loads of `buffer_name` a block's body has (TIR has no Python visitor here)."""
+    return len(re.findall(rf"\b{re.escape(buffer_name)}\[", str(block.body)))
