@@ -9,6 +9,7 @@ from .compiler import CompiledModel, compile
 from .config import QuantConfig
 from .errors import CompileError
 from .report import Report
+from .targets.mcu import McuConfig
 
-__all__ = ["CompileError", "CompiledModel", "QuantConfig", "Report", "compile"]
+__all__ = ["CompileError", "CompiledModel", "McuConfig", "QuantConfig", "Report", "compile"]
 __version__ = "0.1.0"

@@ -33,8 +33,9 @@ from .report import LayerRow, Report, sqnr_db
 from .targets.accel import AccelConfig, emulator, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
+from .targets.mcu import McuConfig, build_mcu
 
-TARGETS = ("host", "accel")
+TARGETS = ("host", "accel", "mcu")
 TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
 
 
@@ -85,12 +86,13 @@ class CompiledModel:
     """
 
     def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
-                 act_qparams, accel=None, plan=None):
+                 act_qparams, accel=None, plan=None, mcu=None):
         self.name, self.target, self.config, self.input = name, target, config, inp
         self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
         self._report, self.act_qparams = report, act_qparams
         self.accel = accel  # AccelRuntime for target="accel": hardware config and layer counters
         self.plan = plan  # scheme "mixed": tvmq.mixed.assign.MixedPlan (choice, program, costs)
+        self.mcu = mcu  # target "mcu": tvmq.targets.mcu.McuBuild (kernels, memory plan)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time."""
@@ -107,8 +109,10 @@ class CompiledModel:
     def oracle(self) -> Oracle:
         return Oracle(self.quant_mod)
 
-    def export(self, out_dir: str | os.PathLike) -> Path:
-        """Write model.so, model.relax (the integer graph), report.json/txt and config.json.
+    def export(self, out_dir: str | os.PathLike, samples: np.ndarray | None = None) -> Path:
+        """Write model.relax (the integer graph), report.json/txt, config.json and the target's
+        code: model.so (host, accel), or the C project (mcu: kernels.c, model.c/.h, Makefile,
+        ...; `samples` are the float inputs its test harness runs, default one zero input).
 
         Files go to a temporary folder first, which is renamed to `out_dir` when complete, so a
         failed export leaves nothing half-written.
@@ -118,11 +122,15 @@ class CompiledModel:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             options = []
-            if self.accel is not None:  # the tile loops call the emulator: link it (rpath);
+            if self.mcu is not None:
+                x = np.zeros(self.input.shape, np.float32) if samples is None else samples
+                self.mcu.write(tmp, np.asarray(x, np.float32).reshape(-1, *self.input.shape[1:]))
+            elif self.accel is not None:  # the tile loops call the emulator: link it (rpath);
                 lib = emulator.build()  # TVM puts options before the objects, so no --as-needed
                 options = [f"-L{lib.parent}", f"-Wl,-rpath,{lib.parent}", "-Wl,--no-as-needed",
                            f"-l:{lib.name}"]
-            self.host.executable.export_library(str(tmp / "model.so"), options=options)
+            if self.mcu is None:
+                self.host.executable.export_library(str(tmp / "model.so"), options=options)
             (tmp / "model.relax").write_text(self.quant_mod.script(show_meta=False))
             (tmp / "report.json").write_text(self._report.to_json())
             (tmp / "report.txt").write_text(str(self._report) + "\n")
@@ -139,20 +147,23 @@ class CompiledModel:
 
 
 def compile(model, target: str = "host", config: QuantConfig | None = None, calib=None, *,
-            input_shape: tuple[int, ...] | None = None, accel=None,
+            input_shape: tuple[int, ...] | None = None, accel=None, mcu: McuConfig | None = None,
             progress: bool = True) -> CompiledModel:
     """Quantize and compile a float model for a target.
 
     Parameters
     ----------
     model : path to .onnx, onnx.ModelProto or tvm.IRModule
-    target : "host" (llvm) or "accel" (int8 conv/matmul layers on the C accelerator emulator)
+    target : "host" (llvm), "accel" (int8 conv/matmul layers on the C accelerator emulator) or
+        "mcu" (self-contained C for microcontrollers; `run` uses the host build of the same
+        kernels, `export` writes the C project)
     config : QuantConfig, optional (default: int8, mult_shift/double, minmax)
     calib : array, iterable of arrays, or .npz path with the calibration inputs
     input_shape : static input shape when the model's is symbolic
     accel : AccelConfig or preset name for target="accel", and the accelerator whose measured
         cycles scheme "mixed" budgets (default "npu-small"; a preset takes the config's
         requant/rounding, an explicit AccelConfig must match them)
+    mcu : McuConfig for target="mcu": RAM/flash limits, float kernels allowed or not
     progress : show progress bars
 
     Returns
@@ -174,6 +185,12 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; use one of {TARGETS}.")
+    if target == "mcu" and config.is_lbfp:
+        raise CompileError(f"target 'mcu' runs integer schemes (int8, mixed); scheme "
+                           f"{config.scheme!r} is not supported there yet.")
+    if mcu is not None and not isinstance(mcu, McuConfig):
+        raise TypeError(f"mcu must be a tvmq.McuConfig, got {type(mcu).__name__}")
+    mcu = (mcu or McuConfig()) if target == "mcu" else None
     # The accelerator runs the layers (target "accel") or prices them (scheme "mixed").
     hw = _accel_config(accel, config) if target == "accel" or config.is_mixed else None
     runtime = AccelRuntime(hw) if target == "accel" else None
@@ -186,7 +203,7 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     with tqdm(total=len(STAGES), unit="stage", disable=not progress,
               bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]") as stages:
         return _compile(model, target, config, calib, input_shape, progress, stages, start,
-                        runtime, hw)
+                        runtime, hw, mcu)
 
 
 STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
@@ -206,7 +223,8 @@ def _accel_config(accel, config: QuantConfig) -> AccelConfig:
     return accel
 
 
-def _compile(model, target, config, calib, input_shape, progress, stages, start, runtime, hw):
+def _compile(model, target, config, calib, input_shape, progress, stages, start, runtime, hw,
+             mcu_config):
     def stage(name: str) -> None:
         stages.n = STAGES.index(name)
         stages.set_description_str(f"tvmq compile: {name:<9}")
@@ -253,6 +271,7 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
     operand_bits = None if plan is None else plan.operand_bits()
+    mcu = None if mcu_config is None else build_mcu(quant_mod, mcu_config, float_ops)
     lowered = quant_mod if runtime is None else LowerToAccel(runtime, operand_bits)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
@@ -261,6 +280,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     report.layers = rows
     if plan is not None:
         report.mixed = plan.summary()
+    if mcu is not None:
+        report.mcu = mcu.summary()
     if kept_inputs:
         _measure_sqnr(report, layers, decoders, kept, kept_inputs, host)
     if runtime is not None:
@@ -270,7 +291,7 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     stages.refresh()
     return CompiledModel(name=report.model, target=target, config=config, inp=inp,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
-                         act_qparams=act_params, accel=runtime, plan=plan)
+                         act_qparams=act_params, accel=runtime, plan=plan, mcu=mcu)
 
 
 def _qparams_by_bits(annotated, observers, config, inp):

@@ -51,6 +51,7 @@ class Report:
     compile_seconds: float | None = None
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
+    mcu: dict | None = None  # target "mcu": tvmq.targets.mcu.McuBuild.summary()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +116,13 @@ class Report:
                 f"{m['predicted_cycles'] / max(m['uniform_int8_cycles'], 1):.1%} of uniform "
                 f"INT8 ({m['uniform_int8_cycles']:,.0f}); program solved in "
                 f"{m.get('solve_seconds', 0):.3f} s")
+        if self.mcu is not None:
+            m = self.mcu
+            lines.append(
+                f"mcu: arena {m['arena_bytes']:,} B (peak live {m['peak_live_bytes']:,} B, "
+                f"largest live pair {m['largest_pair_bytes']:,} B, no reuse "
+                f"{m['no_reuse_bytes']:,} B) + workspace {m['workspace_bytes']:,} B; constant "
+                f"tables {m['const_bytes']:,} B; {m['kernels']} kernels, {m['steps']} steps")
         if self.compile_seconds is not None:
             lines.append(f"compile time: {self.compile_seconds:.1f} s")
         return "\n".join(lines)

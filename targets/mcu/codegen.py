@@ -57,10 +57,40 @@ _DL_TYPES = {"i": "kDLInt", "u": "kDLUInt", "f": "kDLFloat"}
 
 
 def kernel_source(program: Program) -> str:
-    """C for every kernel (TVM's C target, `tirx.disable_assert`: no argument checks)."""
+    """C for every kernel (TVM's C target, `tirx.disable_assert`: no argument checks), with
+    float32 literals made exact (`exact_float_literals`)."""
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
         ex = tvm.compile(program.kernels, target=tvm.target.Target({"kind": "c"}))
-    return ex.mod.inspect_source()
+    return exact_float_literals(ex.mod.inspect_source(), program.kernels.script())
+
+
+_C_FLOAT = re.compile(r"(?<![\w.])(-?\d\.\d{6}e[-+]\d{2})f\b")
+
+
+def exact_float_literals(source: str, tir_script: str) -> str:
+    """Replace TVM's 7-digit float32 literals with exact hex floats.
+
+    TVM's C codegen prints a float32 immediate with 7 significant digits (`1.730478e-01f`),
+    which is not always the same float32 (a dequantize scale came out 1 ULP off). The exact
+    values are in the TIR (printed in full); each C literal is replaced by the hex float of the
+    one TIR value that prints as it. No such value, or two, raises: better no C than wrong C.
+    """
+    values = {float(v) for v in re.findall(r"T\.float32\(([^)]*)\)", tir_script)}
+    by_print: dict[str, set[float]] = {}
+    for v in values:
+        by_print.setdefault(f"{v:.6e}", set()).add(v)
+
+    def exact(match: re.Match) -> str:
+        text = match.group(1)
+        if float(np.float32(text)) in values:
+            return match.group(0)  # already the exact float32
+        found = by_print.get(text, set())
+        if len(found) != 1:
+            raise RuntimeError(f"C literal {text}f matches {len(found)} float32 constants of "
+                               "the kernels; cannot make it exact")
+        return float(np.float32(next(iter(found)))).hex() + "f"
+
+    return _C_FLOAT.sub(exact, source)
 
 
 def workspace_bytes(source: str) -> int:
