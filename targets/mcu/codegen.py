@@ -30,9 +30,11 @@ RUNTIME_FILES = ("main.c", "tvmq_shim.c", "startup_m4.c", "mps2_an386.ld")
 SOURCES = ("model.c", "kernels.c", "tvmq_shim.c", "main.c")
 M4_SOURCES = (*SOURCES, "startup_m4.c")
 WARNINGS = ("-Wall", "-Wextra", "-Werror")
-HOST_CFLAGS = ("-std=c99", "-O2", *WARNINGS, "-Iinclude", "-I.")
+# TVM prints a reinterpret as `*(float*)&u32` (see exact_float_immediates): type punning that is
+# defined behaviour only without strict aliasing.
+HOST_CFLAGS = ("-std=c99", "-O2", "-fno-strict-aliasing", *WARNINGS, "-Iinclude", "-I.")
 M4_CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-std=c99",
-             "-O2", *WARNINGS, "-ffunction-sections", "-fdata-sections", "-DTVMQ_SEMIHOSTING",
+             "-O2", "-fno-strict-aliasing", *WARNINGS, "-ffunction-sections", "-fdata-sections", "-DTVMQ_SEMIHOSTING",
              "-Iinclude", "-I.")
 M4_LDFLAGS = ("-T", "mps2_an386.ld", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
               "-Wl,--gc-sections")
@@ -58,39 +60,27 @@ _DL_TYPES = {"i": "kDLInt", "u": "kDLUInt", "f": "kDLFloat"}
 
 def kernel_source(program: Program) -> str:
     """C for every kernel (TVM's C target, `tirx.disable_assert`: no argument checks), with
-    float32 literals made exact (`exact_float_literals`)."""
+    exact float32 immediates (`exact_float_immediates`)."""
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        ex = tvm.compile(program.kernels, target=tvm.target.Target({"kind": "c"}))
-    return exact_float_literals(ex.mod.inspect_source(), program.kernels.script())
+        ex = tvm.compile(exact_float_immediates(program.kernels),
+                         target=tvm.target.Target({"kind": "c"}))
+    return ex.mod.inspect_source()
 
 
-_C_FLOAT = re.compile(r"(?<![\w.])(-?\d\.\d{6}e[-+]\d{2})f\b")
-
-
-def exact_float_literals(source: str, tir_script: str) -> str:
-    """Replace TVM's 7-digit float32 literals with exact hex floats.
+def exact_float_immediates(kernels: tvm.IRModule) -> tvm.IRModule:
+    """Every float32 immediate as `reinterpret(float32, uint32 bits)`.
 
     TVM's C codegen prints a float32 immediate with 7 significant digits (`1.730478e-01f`),
-    which is not always the same float32 (a dequantize scale came out 1 ULP off). The exact
-    values are in the TIR (printed in full); each C literal is replaced by the hex float of the
-    one TIR value that prints as it. No such value, or two, raises: better no C than wrong C.
+    which is not always the same float32: a dequantize scale came out 1 ULP off, and on PP-OCR
+    two different scales print alike. A reinterpret of the bit pattern prints as an integer.
+    TVMScript prints floats in full, so the rewrite is a round trip through it.
     """
-    values = {float(v) for v in re.findall(r"T\.float32\(([^)]*)\)", tir_script)}
-    by_print: dict[str, set[float]] = {}
-    for v in values:
-        by_print.setdefault(f"{v:.6e}", set()).add(v)
-
     def exact(match: re.Match) -> str:
-        text = match.group(1)
-        if float(np.float32(text)) in values:
-            return match.group(0)  # already the exact float32
-        found = by_print.get(text, set())
-        if len(found) != 1:
-            raise RuntimeError(f"C literal {text}f matches {len(found)} float32 constants of "
-                               "the kernels; cannot make it exact")
-        return float(np.float32(next(iter(found)))).hex() + "f"
+        bits = int(np.float32(float(match.group(1))).view(np.uint32))
+        return f'T.reinterpret("float32", T.uint32({bits}))'
 
-    return _C_FLOAT.sub(exact, source)
+    script = re.sub(r"T\.float32\(([^)]*)\)", exact, kernels.script())
+    return tvm.script.from_source(script)
 
 
 def workspace_bytes(source: str) -> int:
@@ -176,7 +166,9 @@ def _model_c(program: Program, plan: MemoryPlan) -> str:
     for name in sorted(used, key=list(tensors).index):
         lines += _dltensor(tensors[name], plan)
     max_args = max(len(s.args) + 1 for steps in program.steps.values() for s in steps if s.kernel)
-    lines += ["", f"#define TVMQ_MAX_ARGS {max_args}", "",
+    lines += ["", f"#define TVMQ_MAX_ARGS {max_args}",
+              "/* Define TVMQ_TRACE(name, tensor) to see every step's output (debugging). */",
+              "#ifndef TVMQ_TRACE", "#define TVMQ_TRACE(name, tensor)", "#endif", "",
               "static int tvmq_call(tvmq_kernel kernel, DLTensor** tensors, int n) {",
               "  TVMFFIAny args[TVMQ_MAX_ARGS];",
               "  TVMFFIAny result;",
@@ -200,6 +192,10 @@ def _model_c(program: Program, plan: MemoryPlan) -> str:
         lines += [signature + " {"]
         lines += [f"  t_{n}.data = (void*){arg};" for n, arg in buffers.items()]
         for step in program.steps[phase]:
+            if step.kernel is None and step.out in buffers:  # a view cannot be the caller's
+                lines.append(f"  memcpy(t_{step.out}.data, t_{step.args[0]}.data, "
+                             f"{tensors[step.out].nbytes});")
+                continue
             if step.kernel is None:
                 lines.append(f"  t_{step.out}.data = t_{step.args[0]}.data;  /* view */")
                 continue
@@ -209,6 +205,7 @@ def _model_c(program: Program, plan: MemoryPlan) -> str:
                       f"    int rc = tvmq_call(__tvm_ffi_{step.kernel}, a, "
                       f"{len(step.args) + 1});",
                       "    if (rc != 0) return rc;",
+                      f'    TVMQ_TRACE("{step.out}", &t_{step.out});',
                       "  }"]
         lines += ["  return 0;", "}", ""]
     lines += ["int tvmq_model_run_float(const float* in, float* out) {",

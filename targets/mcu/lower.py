@@ -102,30 +102,44 @@ def _keep(bb, call):
 
 
 def _split_boundary(mod: tvm.IRModule) -> dict[str, relax.Function]:
-    """main -> {quantize: x -> x_q, run: x_q -> y_q, dequantize: y_q -> y}."""
+    """main -> {quantize: x -> x_q, run: x_q -> y_q, dequantize: y_q -> y}.
+
+    y_q is the int8 tensor read by the last `dequantize`; the dequantize phase is that op and
+    any float ops after it (a softmax), which may read nothing else.
+    """
     main = mod["main"]
     if len(main.params) != 1:
         raise CompileError(f"target 'mcu' needs a model with one input; this one has "
                            f"{len(main.params)}.")
     bindings = [b for block in main.body.blocks for b in block.bindings]
-    first, last = bindings[0], bindings[-1]
+    first = bindings[0]
     if op_name(first.value) != "relax.quantize" or not first.value.args[0].same_as(main.params[0]):
         raise CompileError("target 'mcu': the model's first op must quantize its input (a "
                            "realized int8 model); an LBFP or float-input model is not supported.")
-    if op_name(last.value) != "relax.dequantize" or not main.body.body.same_as(last.var):
-        raise CompileError("target 'mcu' needs one output, the dequantized int8 result of the "
-                           "last layer; this model returns something else (a tuple or a float "
-                           "op after the last quantized layer).")
+    cut = max((i for i, b in enumerate(bindings) if op_name(b.value) == "relax.dequantize"),
+              default=None)
+    result = main.body.body
+    tail = bindings[cut:] if cut is not None else []
+    defined = {b.var for b in tail}
+    y_q = tail[0].value.args[0] if tail else None
+    reads = {v for b in tail for v in relax.analysis.free_vars(b.value)} - defined
+    if not tail or reads != {y_q} or not isinstance(result, relax.Var) or result not in defined:
+        raise CompileError("target 'mcu' needs one output computed from the last quantized "
+                           "layer's int8 result (a dequantize, then float ops if any); this "
+                           "model returns a tuple or reads other tensors after it.")
     x, x_q = main.params[0], first.var
-    y_q = last.value.args[0]
     x_q_param = relax.Var("input_q", x_q.ty)
     y_q_param = relax.Var("output_q", y_q.ty)
+    out = relax.Var("output", result.ty)
     return {
         "quantize": _function([relax.Var(x.name, x.ty)], lambda p: first.value.args[0], first,
                               "input_q"),
         "run": _function([x_q_param], None, None, "output_q",
-                         [relax.VarBinding(x_q, x_q_param), *bindings[1:-1]], y_q),
-        "dequantize": _function([y_q_param], lambda p: last.value.args[0], last, "output"),
+                         [relax.VarBinding(x_q, x_q_param), *bindings[1:cut]], y_q),
+        "dequantize": relax.Function(
+            [y_q_param], relax.SeqExpr([relax.DataflowBlock(
+                [relax.VarBinding(y_q, y_q_param), *tail, relax.VarBinding(out, result)])], out),
+            out.ty),
     }
 
 
