@@ -65,8 +65,7 @@ def build_mcu(quant_mod, config: McuConfig, float_ops: list[str]) -> McuBuild:
     if config.flash_bytes is not None and built.const_bytes > config.flash_bytes:
         raise CompileError(
             f"target 'mcu': the constant tables need {built.const_bytes:,} B of flash but "
-            f"McuConfig.flash_bytes is {config.flash_bytes:,}; raise it or use narrower weights "
-            "(scheme 'mixed').")
+            f"McuConfig.flash_bytes is {config.flash_bytes:,}; raise it or use a smaller model.")
     return built
 
 

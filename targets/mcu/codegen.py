@@ -34,8 +34,8 @@ WARNINGS = ("-Wall", "-Wextra", "-Werror")
 # defined behaviour only without strict aliasing.
 HOST_CFLAGS = ("-std=c99", "-O2", "-fno-strict-aliasing", *WARNINGS, "-Iinclude", "-I.")
 M4_CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-std=c99",
-             "-O2", "-fno-strict-aliasing", *WARNINGS, "-ffunction-sections", "-fdata-sections", "-DTVMQ_SEMIHOSTING",
-             "-Iinclude", "-I.")
+             "-O2", "-fno-strict-aliasing", *WARNINGS, "-ffunction-sections", "-fdata-sections",
+             "-DTVMQ_SEMIHOSTING", "-Iinclude", "-I.")
 M4_LDFLAGS = ("-T", "mps2_an386.ld", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
               "-Wl,--gc-sections")
 QEMU_ARGS = ("-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native",

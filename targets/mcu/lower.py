@@ -1,4 +1,4 @@
-"""Lower a realized integer module to a microcontroller program: kernels plus the steps calling them.
+"""Lower a realized integer module to an MCU program: kernels plus the steps calling them.
 
 `lower_program(quant_mod)` splits `main(x) = dequantize(run(quantize(x)))` at the model's
 boundary quantize and dequantize and turns each part into a list of `Step`s over named `Tensor`s:
@@ -234,7 +234,7 @@ def _emit_group(bb, group, remap, phase, is_result):
     inputs: list[relax.Expr] = []
     for b in group:
         for arg in _leaves(b.value):
-            if (isinstance(arg, relax.Var) and arg not in members
+            if ((isinstance(arg, relax.Var) and arg not in members)
                     or isinstance(arg, tvm.ir.GenericConst)):
                 if not any(arg.same_as(i) for i in inputs):
                     inputs.append(arg)
@@ -423,3 +423,26 @@ def _nested(sch, root):
 def _reads(block, buffer_name: str) -> int:
     """How many loads of `buffer_name` a block's body has (TIR has no Python visitor here)."""
     return len(re.findall(rf"\b{re.escape(buffer_name)}\[", str(block.body)))
+
+
+# ---------------------------------------------------------------- reference run
+
+
+def run_program(program: Program, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the program's kernels built with TVM's llvm target, step by step, on one float input;
+    return every tensor by name. The reference the generated C is compared with (a C build
+    with TVMQ_TRACE shows the same tensors)."""
+    ex = tvm.compile(program.kernels, target="llvm")
+    values = {program.steps["quantize"][0].args[0]: np.asarray(x, np.float32)}
+    for phase in PHASES:
+        for step in program.steps[phase]:
+            out = program.tensors[step.out]
+            if step.kernel is None:
+                values[step.out] = values[step.args[0]].reshape(out.shape)
+                continue
+            args = [tvm.runtime.tensor(program.tensors[a].value if program.tensors[a].kind
+                                       == "const" else values[a]) for a in step.args]
+            result = tvm.runtime.tensor(np.zeros(out.shape, out.dtype))
+            ex[step.kernel](*args, result)
+            values[step.out] = result.numpy()
+    return values

@@ -1,0 +1,248 @@
+"""Target "mcu": lowering, memory plan, generated C on the host and on qemu's Cortex-M4.
+
+Everything is compared bit for bit: the lowered kernels step by step against the host build's
+taps, the exported C (host gcc) against the host build and the NumPy oracle, the Cortex-M4 image
+under qemu against the host C. Tests needing gcc, arm-none-eabi-gcc or qemu skip with a reason.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+from onnx import helper
+from tvmq.passes.insert_taps import InsertTaps
+from tvmq.targets.host import build
+from tvmq.targets.mcu import build_host, build_m4, m4_sizes, run_host, run_qemu
+from tvmq.targets.mcu.codegen import kernel_source
+from tvmq.targets.mcu.lower import Program, Step, Tensor, run_program
+from tvmq.targets.mcu.memory import plan_memory
+
+import tvmq
+from tests.conftest import make_onnx
+from tvmq import data
+
+RNG = np.random.default_rng(0)
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                              reason="no host C compiler")
+needs_m4 = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed (apt-get install "
+           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
+
+
+@pytest.fixture(scope="module")
+def digits_mcu(digits):
+    x_calib, x_test, _ = digits
+    cm = tvmq.compile(data.digits_model_path(), target="mcu", calib=x_calib[:32], progress=False)
+    return cm, x_test
+
+
+@pytest.fixture(scope="module")
+def digits_project(digits_mcu, tmp_path_factory):
+    cm, x_test = digits_mcu
+    return cm.export(tmp_path_factory.mktemp("mcu") / "digits", samples=x_test[:3])
+
+
+# ---------------------------------------------------------------- memory plan
+
+
+def _program(tensors, steps) -> Program:
+    return Program(None, {"quantize": [], "run": steps, "dequantize": []},
+                   {t.name: t for t in tensors})
+
+
+def _act(name, n, kind="activation"):
+    return Tensor(name, (n,), "int8", kind)
+
+
+def _overlaps(plan, program, a, b) -> bool:
+    sa, sb = program.tensors[a].nbytes, program.tensors[b].nbytes
+    oa, ob = plan.offsets[a], plan.offsets[b]
+    return oa < ob + sb and ob < oa + sa
+
+
+def test_memory_plan_chain_reuses_the_arena():
+    ts = [_act("in", 64, "input"), _act("a", 1024), _act("b", 2048), _act("c", 1024),
+          _act("d", 512), _act("out", 10, "output")]
+    steps = [Step("k", ("in",), "a"), Step("k", ("a",), "b"), Step("k", ("b",), "c"),
+             Step("k", ("c",), "d"), Step("k", ("d",), "out")]
+    program = _program(ts, steps)
+    plan = plan_memory(program)
+    assert plan.arena_bytes == plan.peak_live == 3072  # b and c, or a and b, at once
+    assert plan.total_bytes == 1024 + 2048 + 1024 + 512
+    assert not _overlaps(plan, program, "a", "b") and not _overlaps(plan, program, "b", "c")
+    assert "in" not in plan.offsets and "out" not in plan.offsets  # the caller's buffers
+
+
+def test_memory_plan_keeps_a_skip_connection_and_a_view_apart():
+    ts = [_act("in", 16, "input"), _act("skip", 256), _act("a", 256), _act("b", 256),
+          _act("view", 256), _act("sum", 256), _act("out", 16, "output")]
+    steps = [Step("k", ("in",), "skip"), Step("k", ("skip",), "a"), Step(None, ("a",), "view"),
+             Step("k", ("view",), "b"), Step("k", ("b", "skip"), "sum"),
+             Step("k", ("sum",), "out")]
+    program = _program(ts, steps)
+    plan = plan_memory(program)
+    assert plan.offsets["view"] == plan.offsets["a"]  # a view has no storage of its own
+    assert plan.lives["a"] == (1, 3)  # ... and keeps its source alive
+    for x, y in [("skip", "a"), ("skip", "b"), ("a", "b"), ("b", "sum"), ("skip", "sum")]:
+        assert not _overlaps(plan, program, x, y), (x, y)
+    assert plan.arena_bytes == plan.peak_live == 768
+
+
+# ---------------------------------------------------------------- lowering
+
+
+def test_kernels_meet_at_int8_tensors_and_need_no_workspace(digits_mcu):
+    cm, _ = digits_mcu
+    program = cm.mcu.program
+    run = program.steps["run"]
+    assert all(program.tensors[s.out].dtype == "int8" for s in run)
+    assert sum(s.kernel is None for s in run) == 1  # the reshape before the matmul is a view
+    outs = [s.out for s in run]
+    layers = [f"{row.name}_q" for row in cm.report().layers]
+    assert outs[-1] == "output_q" and set(layers[:-1]) <= set(outs)  # a step per layer, and
+    assert len(outs) == len(layers) + 1  # one to rescale the concat's second input
+    assert cm.mcu.workspace_bytes == 0  # the accumulators live in registers, not in a buffer
+    assert cm.report().mcu["arena_bytes"] == cm.mcu.plan.peak_live
+
+
+def test_lowered_steps_equal_the_host_build_tensor_by_tensor(digits_mcu):
+    cm, x_test = digits_mcu
+    program = cm.mcu.program
+    names = [s.out for s in program.steps["run"][:-1]]
+    tapped = build(InsertTaps(names)(cm.quant_mod))
+    for x in x_test[:3]:
+        values = run_program(program, x[None])
+        out, *taps = tapped.run(x[None])
+        np.testing.assert_array_equal(values["output"], out)
+        for name, tap in zip(names, taps):
+            np.testing.assert_array_equal(values[name], tap, err_msg=name)
+
+
+def test_float_immediates_are_exact_in_c(digits_mcu):
+    cm, _ = digits_mcu
+    scale = cm.act_qparams["matmul_11"].scale  # the output dequantize's scale
+    bits = int(np.float32(scale).view(np.uint32))
+    source = kernel_source(cm.mcu.program)
+    assert f"(uint32_t){bits}" in source
+    assert not any(f"{np.float32(scale):.6e}" in line for line in source.splitlines())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _conv(name, x, y, w, **kw):
+    return helper.make_node("Conv", [x, w], [y], name=name, **kw)
+
+
+def _sigmoid_model():
+    w = RNG.normal(size=(3, 2, 3, 3)).astype(np.float32)
+    return make_onnx([_conv("a", "input", "a", "wa", pads=[1, 1, 1, 1]),
+                      helper.make_node("Sigmoid", ["a"], ["s"]),
+                      _conv("b", "s", "output", "wb", pads=[1, 1, 1, 1])],
+                     {"wa": w, "wb": RNG.normal(size=(2, 3, 3, 3))}, [1, 2, 6, 6],
+                     [1, 2, 6, 6])
+
+
+def test_float_ops_are_refused_by_name_unless_allowed():
+    model, calib = _sigmoid_model(), RNG.normal(size=(8, 2, 6, 6)).astype(np.float32)
+    with pytest.raises(tvmq.CompileError, match=r"sigmoid.*allow_float=True"):
+        tvmq.compile(model, target="mcu", calib=calib, progress=False)
+    cm = tvmq.compile(model, target="mcu", calib=calib, progress=False,
+                      mcu=tvmq.McuConfig(allow_float=True))
+    values = run_program(cm.mcu.program, calib[:1])
+    np.testing.assert_array_equal(values["output"], cm.run(calib[:1]))
+
+
+def test_memory_limits_fail_the_compile_with_the_numbers(digits):
+    x_calib = digits[0][:8]
+    with pytest.raises(tvmq.CompileError, match=r"3,072 B of RAM.*ram_bytes is 2,000"):
+        tvmq.compile(data.digits_model_path(), target="mcu", calib=x_calib, progress=False,
+                     mcu=tvmq.McuConfig(ram_bytes=2000))
+    with pytest.raises(tvmq.CompileError,
+                       match=r"constant tables need 21,856 B.*flash_bytes is 1,000"):
+        tvmq.compile(data.digits_model_path(), target="mcu", calib=x_calib, progress=False,
+                     mcu=tvmq.McuConfig(flash_bytes=1000))
+
+
+@pytest.mark.parametrize("kwargs", [{"ram_bytes": 0}, {"flash_bytes": -1}, {"ram_bytes": 1.5},
+                                    {"allow_float": "yes"}])
+def test_mcu_config_validates(kwargs):
+    with pytest.raises(ValueError, match=f"McuConfig.{next(iter(kwargs))}"):
+        tvmq.McuConfig(**kwargs)
+
+
+def test_lbfp_and_wrong_config_type_are_refused(digits):
+    with pytest.raises(tvmq.CompileError, match="int8, mixed"):
+        tvmq.compile(data.digits_model_path(), target="mcu", calib=digits[0][:4],
+                     config=tvmq.QuantConfig(scheme="lbfp8"), progress=False)
+    with pytest.raises(TypeError, match="McuConfig"):
+        tvmq.compile(data.digits_model_path(), target="mcu", calib=digits[0][:4],
+                     mcu={"ram_bytes": 1}, progress=False)
+
+
+# ---------------------------------------------------------------- generated C
+
+
+@needs_cc
+def test_exported_c_on_the_host_equals_host_build_and_oracle(digits_mcu, digits_project):
+    cm, x_test = digits_mcu
+    build_host(digits_project)
+    got = run_host(digits_project, x_test[:40])
+    oracle = cm.oracle()
+    assert len(got) == 40
+    for x, (q, y) in zip(x_test[:40], got):
+        values = run_program(cm.mcu.program, x[None])
+        np.testing.assert_array_equal(q, values["output_q"].reshape(-1))
+        np.testing.assert_array_equal(y, cm.run(x[None]).reshape(-1))
+        np.testing.assert_array_equal(y, oracle.run(x[None]).reshape(-1))
+
+
+@needs_cc
+def test_a_model_ending_in_a_view_writes_the_callers_buffer(tmp_path):
+    model = make_onnx([_conv("a", "input", "a", "w", pads=[1, 1, 1, 1], strides=[2, 2]),
+                       helper.make_node("Flatten", ["a"], ["output"], axis=1)],
+                      {"w": RNG.normal(size=(3, 2, 3, 3))}, [1, 2, 6, 6], [1, 27])
+    calib = RNG.normal(size=(8, 2, 6, 6)).astype(np.float32)
+    cm = tvmq.compile(model, target="mcu", calib=calib, progress=False)
+    assert cm.mcu.program.steps["run"][-1].kernel is None
+    project = cm.export(tmp_path / "view")
+    build_host(project)
+    for x, (_, y) in zip(calib, run_host(project, calib)):
+        np.testing.assert_array_equal(y, cm.run(x[None]).reshape(-1))
+
+
+@needs_cc
+def test_export_writes_a_project_whose_makefile_builds(digits_project):
+    names = {p.name for p in digits_project.iterdir()}
+    assert {"model.c", "model.h", "kernels.c", "tvmq_shim.c", "main.c", "Makefile",
+            "startup_m4.c", "mps2_an386.ld", "test_input.h", "include", "report.json"} <= names
+    assert "model.so" not in names
+    assert "int tvmq_model_run(const int8_t* in, int8_t* out);" in (
+        digits_project / "model.h").read_text()
+    import subprocess
+    r = subprocess.run(["make", "-B", "host"], cwd=digits_project, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    lines = subprocess.run(["./model_host"], cwd=digits_project, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("out ") for line in lines)
+
+
+@needs_cc
+@needs_m4
+def test_cortex_m4_on_qemu_prints_the_same_bytes(digits_mcu, digits_project):
+    cm, x_test = digits_mcu
+    build_host(digits_project)
+    host = run_host(digits_project, x_test[:3])
+    elf = build_m4(digits_project)
+    m4, instructions = run_qemu(digits_project)
+    assert len(m4) == 3
+    for (qa, ya), (qb, yb) in zip(m4, host):
+        np.testing.assert_array_equal(qa, qb)
+        np.testing.assert_array_equal(ya.view(np.uint32), yb.view(np.uint32))
+    assert len(instructions) == 3 and min(instructions) > 100_000  # ~350k MACs
+    assert max(instructions) - min(instructions) < 0.01 * min(instructions)
+    sizes = m4_sizes(elf)
+    assert sizes["rodata"] >= cm.mcu.const_bytes  # weights are const tables in flash
+    assert sizes["bss"] >= cm.mcu.plan.arena_bytes  # the arena is static RAM
