@@ -119,14 +119,18 @@ def run_qemu(project: Path, timeout: float = 300) -> tuple[list, list[int]]:
 
 def m4_sizes(elf: Path) -> dict[str, int]:
     """Section sizes of model.elf: flash = .text + .rodata + .data (its load copy) +
-    .ARM.exidx; ram = .data + .bss + .stack."""
+    .ARM.exidx; ram = .data + .bss + .stack; test_inputs = the harness's samples (in .rodata,
+    not part of the model: `model_flash` leaves them out)."""
     out = _run(["arm-none-eabi-size", "-A", str(elf)], elf.parent)
     sec = {m[0]: int(m[1]) for m in re.findall(r"^(\.\S+)\s+(\d+)", out, re.M)}
+    symbols = _run(["arm-none-eabi-nm", "-S", str(elf)], elf.parent)
+    test = re.search(r"^\S+ ([0-9a-f]+) \S tvmq_test_input$", symbols, re.M)
     get = sec.get
+    flash = get(".text", 0) + get(".rodata", 0) + get(".data", 0) + get(".ARM.exidx", 0)
+    test_inputs = int(test.group(1), 16) if test else 0
     return {"text": get(".text", 0), "rodata": get(".rodata", 0), "data": get(".data", 0),
-            "bss": get(".bss", 0), "stack": get(".stack", 0),
-            "flash": get(".text", 0) + get(".rodata", 0) + get(".data", 0)
-            + get(".ARM.exidx", 0),
+            "bss": get(".bss", 0), "stack": get(".stack", 0), "flash": flash,
+            "test_inputs": test_inputs, "model_flash": flash - test_inputs,
             "ram": get(".data", 0) + get(".bss", 0) + get(".stack", 0)}
 
 

@@ -6,6 +6,8 @@ under qemu against the host C. Tests needing gcc, arm-none-eabi-gcc or qemu skip
 """
 
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,7 +222,6 @@ def test_export_writes_a_project_whose_makefile_builds(digits_project):
     assert "model.so" not in names
     assert "int tvmq_model_run(const int8_t* in, int8_t* out);" in (
         digits_project / "model.h").read_text()
-    import subprocess
     r = subprocess.run(["make", "-B", "host"], cwd=digits_project, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
@@ -246,3 +247,43 @@ def test_cortex_m4_on_qemu_prints_the_same_bytes(digits_mcu, digits_project):
     sizes = m4_sizes(elf)
     assert sizes["rodata"] >= cm.mcu.const_bytes  # weights are const tables in flash
     assert sizes["bss"] >= cm.mcu.plan.arena_bytes  # the arena is static RAM
+
+
+@needs_m4
+def test_instruction_count_is_calibrated(tmp_path):
+    """A 2-instruction loop of n iterations reads 2n (+-40: one SysTick period of 40 ns at
+    qemu -icount shift=0, one instruction per ns)."""
+    from tvmq.targets.mcu import codegen
+
+    runtime = Path(codegen.__file__).parent / "runtime"
+    for name in ("startup_m4.c", "mps2_an386.ld"):
+        shutil.copy(runtime / name, tmp_path / name)
+    main = (runtime / "main.c").read_text()
+    start = main.index("#ifdef TVMQ_SEMIHOSTING")
+    harness = main[start:main.index("int main(void)", start)]
+    (tmp_path / "loop.c").write_text(
+        "#include <stdint.h>\n#include <string.h>\nstatic char line[64];\n"
+        + harness.replace("#ifdef TVMQ_SEMIHOSTING", "") + """
+int main(void) {
+  SYST_RVR = 0xFFFFFF; SYST_CVR = 0; SYST_CSR = 0x7;
+  while (SYST_CVR == 0) {}
+  for (uint32_t k = 1; k <= 3; ++k) {
+    uint32_t n = 1000000u * k;
+    uint64_t t0 = ticks();
+    __asm__ volatile("1: subs %0, %0, #1\\n bne 1b" : "+r"(n) :: "cc");
+    uint64_t t1 = ticks();
+    char* p = line;
+    memcpy(p, "instructions ", 13);
+    p = put_uint(p + 13, (t1 - t0) * TVMQ_TICK_NS); *p++ = '\\n'; *p = 0;
+    semihost(0x04, line);
+  }
+  return 0;
+}
+""")
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
+                    "-mfpu=fpv4-sp-d16", "-O2", "-T", "mps2_an386.ld", "-nostartfiles",
+                    "--specs=nano.specs", "--specs=nosys.specs", "-o", "model.elf", "loop.c",
+                    "startup_m4.c"], cwd=tmp_path, check=True)
+    _, counts = run_qemu(tmp_path)
+    for k, count in enumerate(counts, 1):
+        assert abs(count - 2_000_000 * k) <= 40, counts
