@@ -2,11 +2,13 @@
 
 Run from the repository root::
 
-    python benchmarks/mcu.py [--models digits,ppocr_cls] [--check N] [--m4-samples N]
+    python benchmarks/mcu.py [--models digits,digits_mixed,digits_w4,ppocr_cls] [--check N]
+                             [--m4-samples N]
 
-For each model: compile with ``target="mcu"`` (INT8, mult/shift double rounding; PP-OCR's
-hard-swish islands and softmax run as float C kernels: ``McuConfig(allow_float=True)``), export
-the C project, then
+For each model: compile with ``target="mcu"`` (INT8, mult/shift double rounding; digits_mixed:
+scheme "mixed" at 75% of uniform-INT8 accelerator cycles; digits_w4: every conv/matmul at 4-bit
+weights, stored two per byte; PP-OCR's hard-swish islands and softmax run as float C kernels:
+``McuConfig(allow_float=True)``), export the C project, then
 
 1. bit-exact: the exported C built with the host gcc (-Wall -Wextra -Werror) on ``--check``
    inputs against the host build (llvm) and the NumPy oracle; the same C for Cortex-M4
@@ -38,27 +40,37 @@ from tvmq.targets import mcu
 import tvmq
 from tvmq.data import digits_model_path, load_digits
 
+DIGITS_MACS = ("conv2d_0", "conv2d_1", "conv2d_2", "conv2d_4", "conv2d_5", "matmul_11")
 
-def _digits(n_check):
+
+def _digits(n_check, config=None):
     x_calib, x_test, _ = load_digits()
-    return digits_model_path(), None, x_calib[:64], x_test[:n_check]
+    return digits_model_path(), None, x_calib[:64], x_test[:n_check], config
 
 
 def _ppocr_cls(n_check):
     x_calib, _ = make_cls_dataset(16, seed=1)
     x_test, _ = make_cls_dataset(n_check, seed=0)
-    return fetch_model("ppocr_cls"), (1, *CLS_IMAGE_SHAPE), x_calib, x_test
+    return fetch_model("ppocr_cls"), (1, *CLS_IMAGE_SHAPE), x_calib, x_test, None
 
 
-MODELS = {"digits": _digits, "ppocr_cls": _ppocr_cls}
+MODELS = {  # name -> (model, input shape, calibration, test inputs, QuantConfig)
+    "digits": _digits,
+    # mixed precision at 75% of uniform-INT8 accelerator cycles (the ILP's choice)
+    "digits_mixed": lambda n: _digits(n, tvmq.QuantConfig(scheme="mixed", latency_budget=0.75)),
+    # every conv/matmul at 4-bit weights: weights packed two per byte
+    "digits_w4": lambda n: _digits(n, tvmq.QuantConfig(
+        scheme="mixed", layer_bits={name: (4, 8) for name in DIGITS_MACS})),
+    "ppocr_cls": _ppocr_cls,
+}
 
 
 def bench(name, n_check, m4_samples, work: Path) -> dict:
-    path, shape, x_calib, x_test = MODELS[name](n_check)
+    path, shape, x_calib, x_test, quant = MODELS[name](n_check)
     config = tvmq.McuConfig(ram_bytes=None, flash_bytes=None, allow_float=True)
     t0 = time.perf_counter()
-    cm = tvmq.compile(path, target="mcu", calib=x_calib, input_shape=shape, mcu=config,
-                      progress=False)
+    cm = tvmq.compile(path, target="mcu", config=quant, calib=x_calib, input_shape=shape,
+                      mcu=config, progress=False)
     compile_s = time.perf_counter() - t0
     project = cm.export(work / name, samples=x_test[:m4_samples])
     row = {"model": name, "compile_s": compile_s, "float_ops": len(cm.report().float_ops)}
@@ -90,26 +102,25 @@ def bench(name, n_check, m4_samples, work: Path) -> dict:
         row.update(mcu.m4_sizes(elf))
     summary = cm.mcu.summary()
     row.update(summary)
-    weights = [t for t in cm.mcu.program.tensors.values()
-               if t.kind == "const" and t.dtype == "int8"]
-    row["weight_params"] = sum(int(np.prod(t.shape)) for t in weights)
-    row["weight_bytes"] = sum(t.nbytes for t in weights)
+    weights = summary["weights"]
+    row["weight_params"] = weights["int8_params"] + weights["int4_params"]
+    row["weight_bytes"] = weights["bytes"]
     return row
 
 
 def print_tables(rows: list[dict]) -> None:
     print("\n== bit-exact (exported C) ==")
-    print(f"{'model':<10} {'host C == host build':>21} {'host C == oracle':>17} "
+    print(f"{'model':<12} {'host C == host build':>21} {'host C == oracle':>17} "
           f"{'Cortex-M4 (qemu) == host C':>27} {'float ops':>10}")
     for r in rows:
         m4 = f"{r['m4_eq_c']}/{r['m4_checked']}" if "m4_eq_c" in r else "no toolchain"
-        print(f"{r['model']:<10} {r['c_eq_host']:>17}/{r['checked']:<3} "
+        print(f"{r['model']:<12} {r['c_eq_host']:>17}/{r['checked']:<3} "
               f"{r['c_eq_oracle']:>13}/{r['checked']:<3} {m4:>27} {r['float_ops']:>10}")
     print("\n== memory (bytes) ==")
-    print(f"{'model':<10} {'arena':>9} {'peak live':>10} {'live pair':>10} {'arena/pair':>11} "
+    print(f"{'model':<12} {'arena':>9} {'peak live':>10} {'live pair':>10} {'arena/pair':>11} "
           f"{'no reuse':>10} {'workspace':>10} {'weights B/param':>16}")
     for r in rows:
-        print(f"{r['model']:<10} {r['arena_bytes']:>9,} {r['peak_live_bytes']:>10,} "
+        print(f"{r['model']:<12} {r['arena_bytes']:>9,} {r['peak_live_bytes']:>10,} "
               f"{r['largest_pair_bytes']:>10,} "
               f"{r['arena_bytes'] / max(1, r['largest_pair_bytes']):>10.2f}x "
               f"{r['no_reuse_bytes']:>10,} {r['workspace_bytes']:>10,} "
@@ -118,13 +129,13 @@ def print_tables(rows: list[dict]) -> None:
     print("\n== Cortex-M4 image (arm-none-eabi-size) and speed ==")
     print("flash: .text + .rodata + .data without the harness's test inputs; RAM: .data + .bss"
           " + stack")
-    print(f"{'model':<10} {'flash':>9} {'(.text':>8} {'.rodata)':>9} {'RAM':>9} {'(.bss':>8} "
+    print(f"{'model':<12} {'flash':>9} {'(.text':>8} {'.rodata)':>9} {'RAM':>9} {'(.bss':>8} "
           f"{'stack)':>7} {'instr/inference':>16} {'host C ms':>10} {'host build ms':>14}")
     for r in rows:
         if "flash" not in r:
-            print(f"{r['model']:<10} (no arm-none-eabi-gcc / qemu)")
+            print(f"{r['model']:<12} (no arm-none-eabi-gcc / qemu)")
             continue
-        print(f"{r['model']:<10} {r['model_flash']:>9,} {r['text']:>8,} "
+        print(f"{r['model']:<12} {r['model_flash']:>9,} {r['text']:>8,} "
               f"{r['rodata'] - r['test_inputs']:>9,} "
               f"{r['ram']:>9,} {r['bss']:>8,} {r['stack']:>7,} {r['instructions']:>16,} "
               f"{r['host_c_ms']:>10.2f} {r['host_ms']:>14.2f}")
@@ -137,7 +148,7 @@ def print_tables(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="digits,ppocr_cls")
+    parser.add_argument("--models", default="digits,digits_mixed,digits_w4,ppocr_cls")
     parser.add_argument("--check", type=int, default=50, help="inputs checked on the host")
     parser.add_argument("--m4-samples", type=int, default=4, help="inputs run on qemu")
     args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ class McuBuild:
         return {"arena_bytes": p.arena_bytes, "peak_live_bytes": p.peak_live,
                 "largest_pair_bytes": p.largest_pair, "no_reuse_bytes": p.total_bytes,
                 "workspace_bytes": self.workspace_bytes, "const_bytes": self.const_bytes,
+                "weights": dict(self.program.weights or {}),
                 "kernels": len(self.program.kernels.functions_items()),
                 "steps": len(self.program.steps["run"]), "config": self.config.to_dict()}
 

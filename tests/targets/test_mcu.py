@@ -287,3 +287,22 @@ int main(void) {
     _, counts = run_qemu(tmp_path)
     for k, count in enumerate(counts, 1):
         assert abs(count - 2_000_000 * k) <= 40, counts
+
+
+@needs_cc
+def test_int4_weights_are_stored_two_per_byte_and_stay_exact(digits, tmp_path):
+    x_calib, x_test, _ = digits
+    bits = {"conv2d_0": (4, 8), "conv2d_4": (4, 8), "matmul_11": (4, 8)}
+    cm = tvmq.compile(data.digits_model_path(), target="mcu", calib=x_calib[:32],
+                      config=tvmq.QuantConfig(scheme="mixed", layer_bits=bits), progress=False)
+    program = cm.mcu.program
+    packed = sorted(t.nbytes for t in program.tensors.values() if t.dtype == "uint8")
+    assert packed == sorted([144 // 2, 640 // 2, 9216 // 2, 288 // 2])  # + the avg pool's ones
+    w = program.weights
+    assert w["int4_params"] == 144 + 9216 + 640 + 288
+    assert w["bytes"] == w["int8_params"] + w["int4_params"] // 2
+    assert cm.mcu.workspace_bytes == 0  # unpacking is inlined into the kernels' loads
+    project = cm.export(tmp_path / "w4", samples=x_test[:2])
+    build_host(project)
+    for x, (_, y) in zip(x_test[:20], run_host(project, x_test[:20])):
+        np.testing.assert_array_equal(y, cm.run(x[None]).reshape(-1))
