@@ -71,3 +71,18 @@ def test_compile_mixed_scheme_with_budget(tmp_path, capsys, digits):
                  "mixed", "--latency-budget", "0.3", "--out", str(out), "--quiet"]) == 2
     assert "latency_budget=0.3 cannot be met: the smallest feasible is" in \
         capsys.readouterr().err
+
+
+def test_compile_for_mcu_writes_the_c_project_or_refuses_with_the_numbers(tmp_path, capsys,
+                                                                          digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "mcu"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--target",
+                 "mcu", "--out", str(out), "--quiet"]) == 0
+    assert (out / "model.c").is_file() and (out / "Makefile").is_file()
+    assert "mcu: arena 3,072 B" in capsys.readouterr().out
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--target",
+                 "mcu", "--ram-bytes", "1000", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "ram_bytes is 1,000" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ EPILOG = """examples:
   tvmq compile cls.onnx --input-shape 1,3,48,192 --calib lines.npz --observer kl --out build/cls
   tvmq compile model.onnx --calib calib.npz --scheme mixed --latency-budget 0.75 --target accel \
       --out build/mixed
+  tvmq compile model.onnx --calib calib.npz --target mcu --ram-bytes 65536 --out build/mcu
   tvmq report build/model
   tvmq hw-report
   tvmq hw-report cls.onnx --input-shape 1,3,48,192 --calib lines.npz --eval test.npz
@@ -92,10 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate, quantize and compile MODEL, print its per-layer "
                        "report and write the artefacts to --out (only after success).")
     p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--target", default="host", choices=("host", "accel"),
-                   help="host (llvm) or accel (conv/matmul on the C accelerator emulator)")
+    p.add_argument("--target", default="host", choices=("host", "accel", "mcu"),
+                   help="host (llvm), accel (conv/matmul on the C accelerator emulator) or mcu "
+                        "(a self-contained C project for microcontrollers)")
     p.add_argument("--accel", default="npu-small", choices=tuple(PRESETS),
                    help="accelerator preset for --target accel (default npu-small)")
+    g = p.add_argument_group("microcontroller (--target mcu)")
+    g.add_argument("--ram-bytes", type=int, default=256 * 1024, metavar="N",
+                   help="RAM for the arena and kernel workspace (default 262144)")
+    g.add_argument("--flash-bytes", type=int, default=1024 * 1024, metavar="N",
+                   help="flash for the constant tables (default 1048576)")
+    g.add_argument("--allow-float", action="store_true",
+                   help="run ops that stayed float as float C kernels instead of refusing")
     p.add_argument("--calib", required=True, metavar="DATA.npz",
                    help="calibration inputs: .npz with array 'calib', 'x_calib' or 'x' "
                    "(N, *input_shape[1:]) float32")
@@ -135,9 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_compile(args) -> int:
     from .compiler import compile
+    from .targets.mcu import McuConfig
 
+    mcu = None
+    if args.target == "mcu":
+        mcu = McuConfig(args.ram_bytes, args.flash_bytes, args.allow_float)
     cm = compile(args.model, target=args.target, config=_config(args), calib=args.calib,
-                 input_shape=args.input_shape, accel=args.accel, progress=not args.quiet)
+                 input_shape=args.input_shape, accel=args.accel, mcu=mcu,
+                 progress=not args.quiet)
     print(cm.report())
     out = cm.export(args.out)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")

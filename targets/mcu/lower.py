@@ -21,7 +21,7 @@ The kernels stay in TIR; `codegen` turns them into C with TVM's C target.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -67,6 +67,13 @@ class Program:
     steps: dict[str, list[Step]]
     tensors: dict[str, Tensor]
     weights: dict[str, int] | None = None  # conv2d/matmul weights: int8_params, int4_params, bytes
+    _llvm: object = field(default=None, repr=False, compare=False)
+
+    def llvm(self):
+        """The kernels built for this CPU with TVM's llvm target (built once)."""
+        if self._llvm is None:
+            self._llvm = tvm.compile(self.kernels, target="llvm")
+        return self._llvm
 
     @property
     def int_input(self) -> Tensor:
@@ -101,6 +108,7 @@ def lower_program(quant_mod: tvm.IRModule) -> Program:
 
 
 def _keep(bb, call):
+    """LegalizeOps rule that leaves the call as it is (a reshape stays a view)."""
     return call
 
 
@@ -134,37 +142,24 @@ def _split_boundary(mod: tvm.IRModule) -> dict[str, relax.Function]:
                            "layer's int8 result (a dequantize, then float ops if any); this "
                            "model returns a tuple or reads other tensors after it.")
     x, x_q = main.params[0], first.var
-    x_q_param = relax.Var("input_q", x_q.ty)
-    y_q_param = relax.Var("output_q", y_q.ty)
-    out = relax.Var("output", result.ty)
-    return {
-        "quantize": _function([relax.Var(x.name, x.ty)], lambda p: first.value.args[0], first,
-                              "input_q"),
-        "run": _function([x_q_param], None, None, "output_q",
-                         [relax.VarBinding(x_q, x_q_param), *bindings[1:cut]], y_q),
-        "dequantize": relax.Function(
-            [y_q_param], relax.SeqExpr([relax.DataflowBlock(
-                [relax.VarBinding(y_q, y_q_param), *tail, relax.VarBinding(out, result)])], out),
-            out.ty),
-    }
+    return {"quantize": _phase(x.name, x, [first], x_q, "input_q"),
+            "run": _phase("input_q", x_q, bindings[1:cut], y_q, "output_q"),
+            "dequantize": _phase("output_q", y_q, tail, result, "output")}
 
 
-def _function(params, old_arg, binding, out_name, body=None, result=None) -> relax.Function:
-    """A Relax function over `params`: either the single `binding` re-targeted to the param, or
-    `body` (bindings) returning `result`."""
-    if body is None:
-        remap = {old_arg(params[0]): params[0]}
-        value = _Substitute(remap).visit_expr(binding.value)
-        out = relax.Var(out_name, binding.var.ty)
-        block = relax.DataflowBlock([relax.VarBinding(out, value)])
-        return relax.Function(params, relax.SeqExpr([block], out), out.ty)
+def _phase(param_name, old_input, bindings, result, out_name) -> relax.Function:
+    """`fn(param) -> out`: `bindings` with `old_input` bound to the new parameter."""
+    param = relax.Var(param_name, old_input.ty)
     out = relax.Var(out_name, result.ty)
-    block = relax.DataflowBlock([*body, relax.VarBinding(out, result)])
-    return relax.Function(params, relax.SeqExpr([block], out), out.ty)
+    block = relax.DataflowBlock([relax.VarBinding(old_input, param), *bindings,
+                                 relax.VarBinding(out, result)])
+    return relax.Function([param], relax.SeqExpr([block], out), out.ty)
 
 
 @relax.expr_functor.mutator
 class _Substitute(relax.PyExprMutator):
+    """Replace vars and constants (by identity) with the mapped expressions."""
+
     def __init__(self, remap):
         super().__init__()
         self.remap = remap
@@ -174,6 +169,12 @@ class _Substitute(relax.PyExprMutator):
 
     def visit_dataflow_var_(self, var):
         return self.remap.get(var, var)
+
+    def visit_generic_const_(self, const):
+        for k, v in self.remap.items():
+            if k.same_as(const):
+                return v
+        return const
 
 
 # ---------------------------------------------------------------- int4 weights
@@ -306,7 +307,7 @@ def _emit_group(bb, group, remap, phase, is_result):
     with inner.function("group", params, attrs={"Primitive": True}, private=True):
         with inner.dataflow():
             for b in group:
-                value = _SubstituteExpr(local).visit_expr(b.value)
+                value = _Substitute(local).visit_expr(b.value)
                 local[b.var] = inner.emit(value, b.var.name)
             out = inner.emit_output(local[group[-1].var])
         inner.emit_func_output(out)
@@ -325,27 +326,6 @@ def _leaves(expr):
             yield from _leaves(a)
     elif isinstance(expr, relax.Var | tvm.ir.GenericConst):
         yield expr
-
-
-@relax.expr_functor.mutator
-class _SubstituteExpr(relax.PyExprMutator):
-    """Replace vars and constants (by identity) with the mapped expressions."""
-
-    def __init__(self, remap):
-        super().__init__()
-        self.remap = remap
-
-    def visit_var_(self, var):
-        return self.remap.get(var, var)
-
-    def visit_dataflow_var_(self, var):
-        return self.remap.get(var, var)
-
-    def visit_generic_const_(self, const):
-        for k, v in self.remap.items():
-            if k.same_as(const):
-                return v
-        return const
 
 
 # ---------------------------------------------------------------- steps
@@ -494,7 +474,7 @@ def run_program(program: Program, x: np.ndarray) -> dict[str, np.ndarray]:
     """Run the program's kernels built with TVM's llvm target, step by step, on one float input;
     return every tensor by name. The reference the generated C is compared with (a C build
     with TVMQ_TRACE shows the same tensors)."""
-    ex = tvm.compile(program.kernels, target="llvm")
+    ex = program.llvm()
     values = {program.steps["quantize"][0].args[0]: np.asarray(x, np.float32)}
     for phase in PHASES:
         for step in program.steps[phase]:
