@@ -11,6 +11,7 @@ Files written by `write_project(program, plan, out_dir, samples)`:
 - `startup_m4.c`, `mps2_an386.ld`: Cortex-M4 startup and linker script for qemu's mps2-an386.
 - `include/`: the five TVM/DLPack headers the kernels include (C declarations only).
 - `Makefile`: `make host` and `make m4`, `make run-m4`, `make size-m4`.
+- `memory_plan.txt`: every activation's size, arena offset and live steps.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def write_project(program: Program, plan: MemoryPlan, out: Path, samples: np.nda
     (out / "model.c").write_text(_model_c(program, plan))
     (out / "test_input.h").write_text(_test_input_h(samples))
     (out / "Makefile").write_text(_makefile())
+    (out / "memory_plan.txt").write_text(plan.table(program.tensors) + "\n")
     for name in RUNTIME_FILES:
         shutil.copyfile(RUNTIME / name, out / name)
     for dest, (package, path) in HEADERS.items():

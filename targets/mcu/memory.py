@@ -28,10 +28,18 @@ class MemoryPlan:
     total_bytes: int  # every activation in its own buffer (no reuse)
     lives: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def table(self) -> str:
-        rows = [f"arena {self.arena_bytes:,} B | peak live {self.peak_live:,} B | "
-                f"largest live pair {self.largest_pair:,} B | no reuse {self.total_bytes:,} B"]
-        return "\n".join(rows)
+    def table(self, tensors=None) -> str:
+        """The summary line; with the program's `tensors`, one row per activation too."""
+        lines = [f"arena {self.arena_bytes:,} B | peak live {self.peak_live:,} B | "
+                 f"largest live pair {self.largest_pair:,} B | no reuse {self.total_bytes:,} B"]
+        if tensors is not None:
+            lines.append(f"{'tensor':<24} {'bytes':>9} {'offset':>9}  live steps")
+            for name in sorted(self.offsets, key=lambda n: (self.offsets[n], n)):
+                life = self.lives.get(name)
+                span = f"{life[0]}..{life[1]}" if life else "view"
+                lines.append(f"{name:<24} {tensors[name].nbytes:>9,} {self.offsets[name]:>9,}"
+                             f"  {span}")
+        return "\n".join(lines)
 
 
 def _align(n: int) -> int:

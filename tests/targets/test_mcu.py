@@ -218,7 +218,10 @@ def test_a_model_ending_in_a_view_writes_the_callers_buffer(tmp_path):
 def test_export_writes_a_project_whose_makefile_builds(digits_project):
     names = {p.name for p in digits_project.iterdir()}
     assert {"model.c", "model.h", "kernels.c", "tvmq_shim.c", "main.c", "Makefile",
-            "startup_m4.c", "mps2_an386.ld", "test_input.h", "include", "report.json"} <= names
+            "startup_m4.c", "mps2_an386.ld", "test_input.h", "include", "report.json",
+            "memory_plan.txt"} <= names
+    plan = (digits_project / "memory_plan.txt").read_text()
+    assert plan.startswith("arena 3,072 B") and "conv2d_2_q" in plan
     assert "model.so" not in names
     assert "int tvmq_model_run(const int8_t* in, int8_t* out);" in (
         digits_project / "model.h").read_text()
