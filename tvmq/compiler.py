@@ -118,13 +118,18 @@ class CompiledModel:
         failed export leaves nothing half-written.
         """
         out = Path(out_dir)
+        if samples is not None:
+            samples = np.asarray(samples, np.float32)
+            if samples.ndim != len(self.input.shape) or samples.shape[1:] != self.input.shape[1:]:
+                raise ValueError(f"samples of shape {samples.shape}: use (N, "
+                                 f"{', '.join(map(str, self.input.shape[1:]))}) float inputs")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             options = []
             if self.mcu is not None:
-                x = np.zeros(self.input.shape, np.float32) if samples is None else samples
-                self.mcu.write(tmp, np.asarray(x, np.float32).reshape(-1, *self.input.shape[1:]))
+                self.mcu.write(tmp, np.zeros(self.input.shape, np.float32) if samples is None
+                               else samples)
             elif self.accel is not None:  # the tile loops call the emulator: link it (rpath);
                 lib = emulator.build()  # TVM puts options before the objects, so no --as-needed
                 options = [f"-L{lib.parent}", f"-Wl,-rpath,{lib.parent}", "-Wl,--no-as-needed",
@@ -155,8 +160,8 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     ----------
     model : path to .onnx, onnx.ModelProto or tvm.IRModule
     target : "host" (llvm), "accel" (int8 conv/matmul layers on the C accelerator emulator) or
-        "mcu" (self-contained C for microcontrollers; `run` uses the host build of the same
-        kernels, `export` writes the C project)
+        "mcu" (self-contained C for microcontrollers; `run` uses the host build, which the C
+        equals bit for bit; `export` writes the C project)
     config : QuantConfig, optional (default: int8, mult_shift/double, minmax)
     calib : array, iterable of arrays, or .npz path with the calibration inputs
     input_shape : static input shape when the model's is symbolic

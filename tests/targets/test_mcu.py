@@ -309,3 +309,10 @@ def test_int4_weights_are_stored_two_per_byte_and_stay_exact(digits, tmp_path):
     build_host(project)
     for x, (_, y) in zip(x_test[:20], run_host(project, x_test[:20])):
         np.testing.assert_array_equal(y, cm.run(x[None]).reshape(-1))
+
+
+def test_export_refuses_samples_of_the_wrong_shape(digits_mcu, tmp_path):
+    cm, _ = digits_mcu
+    with pytest.raises(ValueError, match=r"use \(N, 1, 8, 8\)"):
+        cm.export(tmp_path / "bad", samples=np.zeros((2, 64), np.float32))
+    assert not (tmp_path / "bad").exists()
