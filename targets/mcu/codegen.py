@@ -131,8 +131,11 @@ def _model_h(program: Program, plan: MemoryPlan, workspace: int) -> str:
 
 #define TVMQ_INPUT_SIZE {_size(inp)}  /* int8 elements, shape {list(inp.shape)} */
 #define TVMQ_OUTPUT_SIZE {_size(out)}  /* int8 elements, shape {list(out.shape)} */
-#define TVMQ_ARENA_BYTES {max(plan.arena_bytes, ALIGN)}
-#define TVMQ_WORKSPACE_BYTES {max(workspace, ALIGN)}
+/* One static arena: activations at planned offsets, then the kernels' workspace. */
+#define TVMQ_ACTIVATION_BYTES {_align(plan.arena_bytes)}
+#define TVMQ_WORKSPACE_BYTES {_align(workspace)}
+#define TVMQ_ARENA_BYTES (TVMQ_ACTIVATION_BYTES + TVMQ_WORKSPACE_BYTES + 16)
+extern uint8_t tvmq_arena[TVMQ_ARENA_BYTES];
 
 /* int8 in, int8 out (the quantized model). Returns 0, or the failing kernel's nonzero code. */
 int tvmq_model_run(const int8_t* in, int8_t* out);
@@ -159,7 +162,7 @@ def _model_c(program: Program, plan: MemoryPlan) -> str:
     lines += [f"int32_t __tvm_ffi_{k}(void* self, void* args, int32_t num_args, void* result);"
               for k in kernels]
     lines += ["", "/* Arena: activations at planned offsets (see report: memory plan). */",
-              "static uint8_t tvmq_arena[TVMQ_ARENA_BYTES] __attribute__((aligned(16)));", ""]
+              "uint8_t tvmq_arena[TVMQ_ARENA_BYTES] __attribute__((aligned(16)));", ""]
     for name in sorted(used, key=list(tensors).index):
         t = tensors[name]
         if t.kind == "const":

@@ -316,3 +316,36 @@ def test_export_refuses_samples_of_the_wrong_shape(digits_mcu, tmp_path):
     with pytest.raises(ValueError, match=r"use \(N, 1, 8, 8\)"):
         cm.export(tmp_path / "bad", samples=np.zeros((2, 64), np.float32))
     assert not (tmp_path / "bad").exists()
+
+
+@needs_cc
+def test_workspace_shim_is_a_stack_in_the_arena_and_refuses_overflow(tmp_path):
+    from tvmq.targets.mcu import codegen
+
+    shutil.copy(Path(codegen.__file__).parent / "runtime" / "tvmq_shim.c", tmp_path)
+    (tmp_path / "model.h").write_text(
+        "#include <stdint.h>\n#define TVMQ_ACTIVATION_BYTES 32\n#define TVMQ_WORKSPACE_BYTES 64\n"
+        "#define TVMQ_ARENA_BYTES (32 + 64 + 16)\nextern uint8_t tvmq_arena[TVMQ_ARENA_BYTES];\n")
+    (tmp_path / "t.c").write_text("""
+#include <stdio.h>
+#include "model.h"
+uint8_t tvmq_arena[TVMQ_ARENA_BYTES];
+void* TVMBackendAllocWorkspace(int, int, uint64_t, int, int);
+int TVMBackendFreeWorkspace(int, int, void*);
+int main(void) {
+  uint8_t* a = TVMBackendAllocWorkspace(1, 0, 20, 0, 8);
+  uint8_t* b = TVMBackendAllocWorkspace(1, 0, 40, 0, 8);   /* 32 + 40 > 64: refused */
+  uint8_t* c = TVMBackendAllocWorkspace(1, 0, 10, 0, 8);
+  int freed = TVMBackendFreeWorkspace(1, 0, c) | TVMBackendFreeWorkspace(1, 0, a);
+  uint8_t* d = TVMBackendAllocWorkspace(1, 0, 64, 0, 8);   /* all of it again after the frees */
+  printf("%d %d %d %d %d %d\\n", (int)(a - tvmq_arena), b == NULL, (int)(c - tvmq_arena), freed,
+         (int)(d - tvmq_arena), TVMBackendFreeWorkspace(1, 0, tvmq_arena));
+  return 0;
+}
+""")
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I.", "-o", "t", "t.c",
+                    "tvmq_shim.c"], cwd=tmp_path, check=True)
+    out = subprocess.run(["./t"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    base = int(out[0])
+    assert 32 <= base < 48  # after the activations, at the next 16-byte boundary
+    assert out[1:] == ["1", str(base + 32), "0", str(base), "-1"]
