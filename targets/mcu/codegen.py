@@ -34,8 +34,9 @@ WARNINGS = ("-Wall", "-Wextra", "-Werror")
 # TVM prints a reinterpret as `*(float*)&u32` (see exact_float_immediates): type punning that is
 # defined behaviour only without strict aliasing.
 HOST_CFLAGS = ("-std=c99", "-O2", "-fno-strict-aliasing", *WARNINGS, "-Iinclude", "-I.")
+# -O3 on the M4: digits 6.6 M -> 2.9 M instructions per inference for 3.9 KB more .text.
 M4_CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-std=c99",
-             "-O2", "-fno-strict-aliasing", *WARNINGS, "-ffunction-sections", "-fdata-sections",
+             "-O3", "-fno-strict-aliasing", *WARNINGS, "-ffunction-sections", "-fdata-sections",
              "-DTVMQ_SEMIHOSTING", "-Iinclude", "-I.")
 M4_LDFLAGS = ("-T", "mps2_an386.ld", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
               "-Wl,--gc-sections")
