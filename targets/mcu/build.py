@@ -73,13 +73,9 @@ def build_mcu(quant_mod, config: McuConfig, float_ops: list[str]) -> McuBuild:
 # ---------------------------------------------------------------- toolchains
 
 
-def tool(name: str) -> str | None:
-    return shutil.which(name)
-
-
 def build_host(project: Path) -> Path:
     """Compile the project's host harness with the system C compiler; return the binary."""
-    cc = tool("cc") or tool("gcc")
+    cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no host C compiler (cc/gcc) on PATH")
     _run([cc, *codegen.HOST_CFLAGS, "-o", "model_host", *codegen.SOURCES, "-lm"], project)
@@ -88,7 +84,7 @@ def build_host(project: Path) -> Path:
 
 def build_m4(project: Path) -> Path:
     """Cross-compile the Cortex-M4 image (arm-none-eabi-gcc + newlib); return model.elf."""
-    if tool("arm-none-eabi-gcc") is None:
+    if shutil.which("arm-none-eabi-gcc") is None:
         raise RuntimeError("arm-none-eabi-gcc is not installed (Debian: gcc-arm-none-eabi "
                            "libnewlib-arm-none-eabi)")
     _run(["arm-none-eabi-gcc", *codegen.M4_CFLAGS, *codegen.M4_LDFLAGS, "-o", "model.elf",
@@ -108,10 +104,10 @@ def run_host(project: Path, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]
 def run_qemu(project: Path, timeout: float = 300) -> tuple[list, list[int]]:
     """Run model.elf on qemu mps2-an386: per test_input.h sample (int8, float32) outputs, and
     the instructions of each tvmq_model_run (qemu -icount shift=0, read with SysTick)."""
-    if tool("qemu-system-arm") is None:
+    if shutil.which("qemu-system-arm") is None:
         raise RuntimeError("qemu-system-arm is not installed (Debian: qemu-system-arm)")
     out = _run(["qemu-system-arm", *codegen.QEMU_ARGS], project, timeout, stderr=True)
-    if "exit 0" not in out:
+    if not re.search(r"^exit 0$", out, re.M):
         raise RuntimeError(f"model.elf did not finish cleanly on qemu:\n{out[-2000:]}")
     outputs = [_parse(line) for line in out.splitlines() if line.startswith("out ")]
     counts = [int(n) for n in re.findall(r"^instructions (\d+)", out, re.M)]

@@ -6,7 +6,7 @@ Files written by `write_project(program, plan, out_dir, samples)`:
 - `model.h`/`model.c`: `tvmq_model_run(const int8_t*, int8_t*)` calls the kernels in order over
   one static arena laid out by the memory plan; constant tables are `const` arrays (flash);
   `tvmq_quantize_input`, `tvmq_dequantize_output`, `tvmq_model_run_float` for the float boundary.
-- `tvmq_shim.c`: TVMBackendAllocWorkspace/Free over a static stack (no malloc).
+- `tvmq_shim.c`: TVMBackendAllocWorkspace/Free as a stack in the arena (no malloc).
 - `main.c`, `test_input.h`: a harness printing each sample's int8 and float output as hex.
 - `startup_m4.c`, `mps2_an386.ld`: Cortex-M4 startup and linker script for qemu's mps2-an386.
 - `include/`: the five TVM/DLPack headers the kernels include (C declarations only).
@@ -162,7 +162,7 @@ def _model_c(program: Program, plan: MemoryPlan) -> str:
     ]
     lines += [f"int32_t __tvm_ffi_{k}(void* self, void* args, int32_t num_args, void* result);"
               for k in kernels]
-    lines += ["", "/* Arena: activations at planned offsets (see report: memory plan). */",
+    lines += ["", "/* Activations at planned offsets (memory_plan.txt), then the workspace. */",
               "uint8_t tvmq_arena[TVMQ_ARENA_BYTES] __attribute__((aligned(16)));", ""]
     for name in sorted(used, key=list(tensors).index):
         t = tensors[name]
