@@ -226,6 +226,11 @@ def _unpack_te(packed, shape):
     return te.compute(shape, value, name="unpack_int4")
 
 
+def _is_view(value) -> bool:
+    """A reshape or a plain alias: no kernel, the output shares its input's storage."""
+    return op_name(value) == "relax.reshape" or isinstance(value, relax.Var)
+
+
 def _is_unpack(value) -> bool:
     return (op_name(value) == "relax.call_tir"
             and value.args[0].name_hint.startswith(UNPACK_INT4))
@@ -262,7 +267,7 @@ def _groups(bindings, result) -> list[list[relax.VarBinding]]:
     uses[result] = uses.get(result, 0) + 1
     groups, current = [], []
     for b in bindings:
-        if op_name(b.value) == "relax.reshape" or isinstance(b.value, relax.Var):
+        if _is_view(b.value):
             if current:
                 groups.append(current)
             groups.append([b])
@@ -289,8 +294,7 @@ def _groups(bindings, result) -> list[list[relax.VarBinding]]:
 def _emit_group(bb, group, remap, phase, is_result):
     """Emit one group: a view as itself, anything else as a call of a Primitive function whose
     parameters are the group's outside tensors and constants."""
-    if len(group) == 1 and (op_name(group[0].value) == "relax.reshape"
-                            or isinstance(group[0].value, relax.Var)):
+    if len(group) == 1 and _is_view(group[0].value):
         value = _Substitute(remap).visit_expr(group[0].value)
         return (bb.emit_output if is_result else bb.emit)(value, group[0].var.name)
     members = {b.var for b in group}
@@ -351,7 +355,7 @@ def _steps(func: relax.Function, tensors: dict[str, Tensor]) -> list[Step]:
             out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
             names[b.var] = out
             steps.append(Step(value.args[0].name_hint, tuple(args), out))
-        elif op_name(value) == "relax.reshape" or isinstance(value, relax.Var):
+        elif _is_view(value):
             src = value.args[0] if isinstance(value, relax.Call) else value
             out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
             names[b.var] = out
