@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 
 from .lower import Program, Tensor
-from .memory import ALIGN, MemoryPlan
+from .memory import MemoryPlan, align
 
 RUNTIME = Path(__file__).parent / "runtime"
 RUNTIME_FILES = ("main.c", "tvmq_shim.c", "startup_m4.c", "mps2_an386.ld")
@@ -91,7 +91,7 @@ def workspace_bytes(source: str) -> int:
     for body in re.split(r"\nTVM_DLL int32_t __tvm_ffi_", source)[1:]:
         sizes = [int(n) for n in re.findall(r"TVMBackendAllocWorkspace\([^;]*?\(uint64_t\)(\d+)",
                                             body)]
-        best = max(best, sum(_align(n) for n in sizes))
+        best = max(best, sum(align(n) for n in sizes))
     return best
 
 
@@ -115,10 +115,6 @@ def write_project(program: Program, plan: MemoryPlan, out: Path, samples: np.nda
     return {"workspace": workspace}
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def _size(t: Tensor) -> int:
     return int(np.prod(t.shape, dtype=np.int64))
 
@@ -133,8 +129,8 @@ def _model_h(program: Program, plan: MemoryPlan, workspace: int) -> str:
 #define TVMQ_INPUT_SIZE {_size(inp)}  /* int8 elements, shape {list(inp.shape)} */
 #define TVMQ_OUTPUT_SIZE {_size(out)}  /* int8 elements, shape {list(out.shape)} */
 /* One static arena: activations at planned offsets, then the kernels' workspace. */
-#define TVMQ_ACTIVATION_BYTES {_align(plan.arena_bytes)}
-#define TVMQ_WORKSPACE_BYTES {_align(workspace)}
+#define TVMQ_ACTIVATION_BYTES {align(plan.arena_bytes)}
+#define TVMQ_WORKSPACE_BYTES {align(workspace)}
 #define TVMQ_ARENA_BYTES (TVMQ_ACTIVATION_BYTES + TVMQ_WORKSPACE_BYTES + 16)
 extern uint8_t tvmq_arena[TVMQ_ARENA_BYTES];
 

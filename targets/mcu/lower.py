@@ -351,18 +351,16 @@ def _steps(func: relax.Function, tensors: dict[str, Tensor]) -> list[Step]:
         if b.var.same_as(result):
             kind = {"quantize": "input", "run": "output", "dequantize": "float_output"}[phase]
         if op_name(value) == "relax.call_tir":
+            kernel = value.args[0].name_hint
             args = [_arg_name(a, tensors, names) for a in value.args[1].fields]
-            out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
-            names[b.var] = out
-            steps.append(Step(value.args[0].name_hint, tuple(args), out))
         elif _is_view(value):
-            src = value.args[0] if isinstance(value, relax.Call) else value
-            out = _register(tensors, _out_name(b, phase, kind), b.var, kind)
-            names[b.var] = out
-            steps.append(Step(None, (names[src],), out))
+            kernel = None
+            args = [names[value.args[0] if isinstance(value, relax.Call) else value]]
         else:
             raise CompileError(f"target 'mcu': binding {b.var.name} ({op_name(value)}) has no "
                                "kernel after lowering.")
+        names[b.var] = _register(tensors, _out_name(b, phase, kind), b.var, kind)
+        steps.append(Step(kernel, tuple(args), names[b.var]))
     return steps
 
 
@@ -372,11 +370,11 @@ def _out_name(binding, phase, kind) -> str:
     return _c_name(binding.var.name)
 
 
-def _register(tensors, name, var, kind, value=None) -> str:
+def _register(tensors, name, var, kind) -> str:
     name = _unique(tensors, name, kind)
     if name not in tensors:
         tensors[name] = Tensor(name, tuple(int(d) for d in var.ty.shape), str(var.ty.dtype),
-                               kind, value)
+                               kind)
     return name
 
 

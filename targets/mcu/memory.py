@@ -42,7 +42,8 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """n rounded up to a multiple of ALIGN."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -64,7 +65,7 @@ def plan_memory(program: Program, phase: str = "run") -> MemoryPlan:
                 continue
             span = lives.setdefault(o, [i, i])
             span[0], span[1] = min(span[0], i), max(span[1], i)
-    sizes = {name: _align(tensors[name].nbytes) for name in lives}
+    sizes = {name: align(tensors[name].nbytes) for name in lives}
     offsets: dict[str, int] = {}
     for name in sorted(lives, key=lambda n: (-sizes[n], lives[n][0])):
         lo, hi = lives[name]
@@ -77,10 +78,10 @@ def plan_memory(program: Program, phase: str = "run") -> MemoryPlan:
             offset = max(offset, end)
         offsets[name] = offset
     arena = max((offsets[n] + sizes[n] for n in offsets), default=0)
-    peak = max((sum(sizes[n] for n, (lo, hi) in lives.items() if lo <= i <= hi)
-                for i in range(len(steps))), default=0)
-    pair = max((sum(sorted((sizes[n] for n, (lo, hi) in lives.items() if lo <= i <= hi),
-                           reverse=True)[:2]) for i in range(len(steps))), default=0)
+    live = [sorted((sizes[n] for n, (lo, hi) in lives.items() if lo <= i <= hi), reverse=True)
+            for i in range(len(steps))]  # sizes live at each step, largest first
+    peak = max((sum(s) for s in live), default=0)
+    pair = max((sum(s[:2]) for s in live), default=0)
     for name in tensors:  # views take their owner's offset
         if owner[name] in offsets and name not in offsets:
             offsets[name] = offsets[owner[name]]
