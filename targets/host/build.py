@@ -1,12 +1,32 @@
-"""Build a Relax module for this CPU and run it through the Relax VM."""
+"""Build a Relax module for this CPU and run it through the Relax VM.
+
+The pipeline is TVM's CPU pipeline with one pass added after fusion: `ScheduleHost` applies
+tvmq's schedule (targets/host/schedules.py) to every fused PrimFunc, with the parameters the
+tuner stored for it or the defaults.
+
+Target: llvm for this machine's CPU (`mcpu` = the host CPU LLVM detects) **without FMA**
+(`mattr=-fma`): with FMA LLVM contracts `a * b + c` in float code into one fused rounding,
+which changes float32 results (requant in fp32, dequantize / hard-swish glue) against the
+NumPy oracle. Without FMA, AVX-512 is off too (it implies FMA in LLVM); AVX2 remains.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-TARGET = {"kind": "llvm"}
+from . import schedules
+
+
+@functools.cache
+def host_target() -> tvm.target.Target:
+    """llvm for the CPU of this machine, FMA off (bit-exact float32)."""
+    cpu_name = tvm.target.codegen.llvm_get_system_cpu()
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu_name, "mattr": ["-fma"]})
 
 
 class HostModule:
@@ -23,9 +43,58 @@ class HostModule:
         return [o.numpy() for o in out]
 
 
-def build(mod: tvm.IRModule) -> HostModule:
-    """Compile `mod` for llvm with `relax.get_default_pipeline` (FoldConstant, FuseOps, FuseTIR)."""
-    target = tvm.target.Target(TARGET)
+def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
+    """TVM's CPU legalization and fusion: the module whose PrimFuncs get scheduled (and tuned)."""
+    target = target or host_target()
     mod = relax.transform.InlinePrivateFunctions()(mod)
-    executable = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
-    return HostModule(executable)
+    with target:
+        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def schedule_host(cache=None, use_schedules: bool = True) -> tvm.transform.Pass:
+    """Module pass: every PrimFunc gets tvmq's schedule (tuned parameters from `cache` when it
+    has them, else the defaults); a function the schedule does not apply to keeps its loops."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if not use_schedules:
+            return mod
+        target = tvm.target.Target.current() or host_target()
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            params = cache.lookup(func, target) if cache is not None else None
+            if params is None:
+                params = schedules.default_params(schedules.describe(func))
+            if params is None or isinstance(params, str):
+                continue
+            try:
+                out.update_func(gv, schedules.schedule(func, params))
+            except (tvm.s_tir.ScheduleError, ValueError):
+                continue
+        return out
+
+    return _pass
+
+
+def build(mod: tvm.IRModule, use_schedules: bool = True, cache=None) -> HostModule:
+    """Compile `mod` for this CPU: fuse, schedule (tuned parameters from `cache`, default: the
+    on-disk tuning cache), lower, build."""
+    from .tune import TuningCache
+
+    target = host_target()
+    if cache is None and use_schedules:
+        cache = TuningCache()
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.HostPipeline")
+    def pipeline(m: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            seq = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                   + [schedule_host(cache, use_schedules)]
+                   + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            return tvm.transform.Sequential(seq)(m)
+
+    mod = relax.transform.InlinePrivateFunctions()(mod)
+    return HostModule(tvm.compile(mod, target=target, relax_pipeline=pipeline))

@@ -1,0 +1,290 @@
+"""tvmq's CPU schedules for the fused PrimFuncs of a quantized model.
+
+After TVM's default fusion a quantized layer is one PrimFunc: an optional padding stage, one
+reduction (conv2d, depthwise conv2d, matmul, pooling sum) and an elementwise epilogue (bias,
+requant, the next layer's zero-point subtract, float glue ops). One schedule covers them all:
+
+    for <outer spatial loops>            parallel over (rows x output-channel tiles)
+      for w_o                            one output tile: `tile` rows x `vec` columns
+        reduction:  for r..: for tile rows (unrolled): for vec columns (vectorized)
+        epilogue:   each stage on the tile, vectorized over the columns
+
+The vector axis is the innermost output axis (a conv's output width, a matmul's output
+features), which is contiguous in the output, in the conv input (stride 1) and in a (K, N)
+matmul weight, so no weight repacking is needed. The register tile is a second output axis
+(`tile_axis`): a conv's output channels share the input vector (one load, `tile` multiply-adds).
+`ScheduleParams` are the knobs the tuner searches; `default_params` picks them from the shape.
+Every schedule only reorders the same integer arithmetic, so results stay bit-exact; a function
+the schedule does not understand keeps TVM's default loops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir
+
+_EXPERIMENT = {}
+VECTOR_LANES = 16  # int32 lanes of two AVX2 registers; the default vector width
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """Knobs of the host schedule for one PrimFunc.
+
+    vec:       columns per output tile (vectorized); divides the innermost output extent.
+    tile:      rows per output tile along `tile_axis` (unrolled); divides that extent.
+    tile_axis: which output axis (counted from the last, >= 1) is tiled: 1 is the output
+               channels of an NCHW conv (axis -3), as -1 - tile_axis.
+    parallel:  how many outer loops are fused into the parallel loop.
+    """
+
+    vec: int
+    tile: int = 1
+    tile_axis: int = 2
+    parallel: int = 2
+
+    def to_dict(self) -> dict:
+        return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
+                "parallel": self.parallel}
+
+
+@dataclass(frozen=True)
+class FuncInfo:
+    """What the schedule needs to know about a PrimFunc: its output extents and whether it
+    has a reduction (and which kind, for reports and the tuning cache)."""
+
+    kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
+    out_shape: tuple[int, ...]
+
+
+def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
+    """Classify `func` by its reduction block and give its output shape."""
+    sch = _schedule(func)
+    root = sch.get_sblock("root")
+    outputs = sch.get_output_blocks(root)
+    out_shape = ()
+    if len(outputs) == 1:
+        out_shape = tuple(int(d) for d in sch.get(outputs[0]).writes[0].source.shape)
+    kind = "elementwise"
+    for block in sch.get_child_blocks(root):
+        name = sch.get(block).name_hint
+        if sch.get(block).init is None:
+            continue
+        if tuple(int(d) for d in sch.get(block).writes[0].source.shape) != out_shape:
+            kind = "other"  # e.g. a squeeze-excite conv broadcast into a larger output
+            break
+        if name.startswith("conv2d") or name.startswith("depth_conv2d"):
+            kind = "depthwise" if name.startswith("depth") or _is_depthwise(sch, block) else "conv2d"
+        elif name.startswith("matmul") or name.startswith("T_matmul"):
+            kind = "matmul"
+        else:
+            kind = "reduce"
+        break
+    if len(outputs) != 1:
+        kind = "other"
+    return FuncInfo(kind, out_shape)
+
+
+def default_params(info: FuncInfo) -> ScheduleParams | None:
+    """The untuned schedule, only where it measured faster than TVM's loops: regular conv2d
+    and matmul with at least 4 output columns; vector width the largest divisor of the
+    columns up to 16 lanes, 4 output channels (rows of a matmul) per tile, no threads (the
+    kernels of the bundled models are too small to win back a thread launch). Everything
+    else keeps TVM's loops until the tuner finds better (None)."""
+    if info.kind not in ("conv2d", "matmul") or len(info.out_shape) < 2:
+        return None
+    if info.out_shape[-1] < 4:
+        return None
+    axis = 3 if len(info.out_shape) == 4 else 2
+    return ScheduleParams(vec=_largest_divisor(info.out_shape[-1], VECTOR_LANES),
+                          tile=_largest_divisor(info.out_shape[-axis], 4), tile_axis=axis,
+                          parallel=0)
+
+
+def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
+    """Every schedule the tuner may try for `info`: vector width (a divisor of the innermost
+    output extent, at least 4 unless the extent is smaller, at most 32) x tile rows (1, 2, 4,
+    8 dividing the axis) x tile axis x parallel depth (0, 1 or 2 outer loops)."""
+    if not info.out_shape or info.kind == "other" or info.out_shape[-1] < 4:
+        return []
+    rank = len(info.out_shape)
+    last = info.out_shape[-1]
+    vecs = [d for d in _divisors_upto(last, 32) if d >= min(4, last)]
+    out = {ScheduleParams(vec, 1, 2, parallel) for vec in vecs for parallel in (0, 1, 2)}
+    for axis in range(2, rank + 1):
+        for tile in (2, 4, 8):
+            if info.out_shape[-axis] % tile == 0:
+                out |= {ScheduleParams(vec, tile, axis, parallel)
+                        for vec in vecs for parallel in (0, 1, 2)}
+    return sorted(out, key=lambda p: (p.tile_axis, p.vec, p.tile, p.parallel))
+
+
+def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
+    """`func` with the output-tile schedule applied (raises s_tir.ScheduleError if it does not
+    apply; `ScheduleHost` then keeps the default loops)."""
+    sch = _schedule(func)
+    root = sch.get_sblock("root")
+    _inline_single_reads(sch, root)
+    (out,) = sch.get_output_blocks(root)
+    loops = sch.get_loops(out)
+    rank = len(loops)
+    if rank < 1:
+        raise s_tir.ScheduleError("output block has no loops")
+    # Output tile: split the innermost axis by vec and the tile axis by tile.
+    w_o, w_i = sch.split(loops[-1], factors=[None, params.vec])
+    loops = sch.get_loops(out)
+    tiled = params.tile > 1 and params.tile_axis <= rank
+    if tiled:
+        t_o, t_i = sch.split(loops[rank - params.tile_axis], factors=[None, params.tile])
+        loops = sch.get_loops(out)
+        # loops: [..., t_o, t_i, ..., w_o, w_i] -> [..., t_o, ..., w_o, t_i, w_i]
+        outer = [lp for lp in loops if not _same(sch, lp, t_i) and not _same(sch, lp, w_i)]
+        sch.reorder(*outer, t_i, w_i)
+        loops = sch.get_loops(out)
+    tile_loop = loops[-3] if tiled else loops[-2]   # w_o: everything in the tile hangs here
+    for block in reversed(_intermediates(sch, root)):
+        if _is_padding(sch, block):
+            continue
+        sch.compute_at(block, tile_loop, preserve_unit_loops=True)
+    _parallel_outer(sch, sch.get_loops(out), tile_loop, params.parallel)
+    for block in _intermediates(sch, root):
+        if _is_padding(sch, block):
+            _schedule_elementwise(sch, block, params.parallel)
+    reductions = []
+    for block in _blocks_under(sch, tile_loop):
+        if _vectorize_tile(sch, block, tile_loop):
+            reductions.append(block)
+    for block in reductions:  # last: parallel and vectorize need complete blocks
+        loops = sch.get_loops(block)
+        sch.decompose_reduction(block, loops[_first_reduce_loop(sch, block, tile_loop)])
+    return sch.mod["main"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _schedule(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    sch.work_on("main")
+    return sch
+
+
+def _intermediates(sch, root):
+    outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    return [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in outs]
+
+
+def _inline_single_reads(sch, root) -> None:
+    """Inline every elementwise stage that each consumer element reads once (a copy-only pad
+    too); keep the padding that adds a border (its test would sit in the conv's inner loop)
+    and stages read several times (a requant's first stage)."""
+    changed = True
+    while changed:
+        changed = False
+        for block in _intermediates(sch, root):
+            if sch.get(block).init is not None or _is_padding(sch, block):
+                continue
+            written = sch.get(block).writes[0].source.name
+            if any(_reads(sch.get(c), written) > 1 for c in sch.get_consumers(block)):
+                continue
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                continue
+            changed = True
+            break
+
+
+def _is_padding(sch, block) -> bool:
+    return sch.get(block).name_hint.startswith("pad") and "if_then_else" in str(sch.get(block).body)
+
+
+def _is_depthwise(sch, block) -> bool:
+    """A conv2d whose weight has one input channel per group (reads `[.., 0, ..]` of weight)."""
+    reads = sch.get(block).reads
+    if len(reads) < 2:
+        return False
+    return int(reads[1].source.shape[1]) == 1 and int(reads[0].source.shape[1]) > 1
+
+
+def _reads(block, buffer_name: str) -> int:
+    """How many loads of `buffer_name` a block's body has (TIR has no Python visitor here)."""
+    return len(re.findall(rf"\b{re.escape(buffer_name)}\[", str(block.body)))
+
+
+def _blocks_under(sch, loop):
+    return list(sch.get_child_blocks(loop))
+
+
+def _vectorize_tile(sch, block, tile_loop) -> bool:
+    """Inside one output tile: a reduction runs its reduce loops outside the tile rows and
+    columns (rows unrolled, columns vectorized); an elementwise stage vectorizes its columns.
+    Returns whether `block` is a reduction (to be decomposed last)."""
+    inner = sch.get_loops(block)[_depth(sch, block, tile_loop):]
+    if sch.get(block).init is None:
+        if inner and _EXPERIMENT.get("vec_epilogue", True):
+            sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
+        return False
+    n_reduce = sum(1 for v in sch.get(block).iter_vars if int(v.iter_type) != 0)
+    spatial, reduce = inner[:len(inner) - n_reduce], inner[len(inner) - n_reduce:]
+    col = spatial[-1] if spatial else None
+    rows = [lp for lp in spatial[:-1] if _extent(sch, lp) > 1]
+    if col is not None and reduce:
+        sch.reorder(*reduce, *rows, col)
+    if col is not None:
+        sch.vectorize(col)
+    for row in rows:
+        sch.unroll(row)
+    return True
+
+
+def _depth(sch, block, loop) -> int:
+    """Index of the first loop of `block` below `loop`."""
+    loops = sch.get_loops(block)
+    return next(i for i, lp in enumerate(loops) if _same(sch, lp, loop)) + 1
+
+
+def _first_reduce_loop(sch, block, tile_loop) -> int:
+    """The outermost loop under the tile that binds a reduce variable (after the reorder
+    in `_vectorize_tile`, the first loop below the tile)."""
+    return _depth(sch, block, tile_loop)
+
+
+def _same(sch, a, b) -> bool:
+    return sch.get(a).same_as(sch.get(b))
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _parallel_outer(sch, loops, tile_loop, depth: int) -> None:
+    outer = []
+    for lp in loops:
+        if _same(sch, lp, tile_loop):
+            break
+        outer.append(lp)
+    outer = [lp for lp in outer if _extent(sch, lp) > 1][:depth]
+    if not outer:
+        return
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _schedule_elementwise(sch, block, depth: int) -> None:
+    """A stage left at the root (padding): parallel outer loops, vectorized innermost."""
+    loops = sch.get_loops(block)
+    sch.vectorize(loops[-1])
+    outer = [lp for lp in loops[:-1] if _extent(sch, lp) > 1][:depth]
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _divisors_upto(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
