@@ -1,4 +1,4 @@
-"""The `tvmq` command line: compile a model, run the bundled demo, show a saved report."""
+"""The `tvmq` command line: compile or tune a model, run the bundled demo, show a saved report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ EPILOG = """examples:
   tvmq compile model.onnx --calib calib.npz --scheme mixed --latency-budget 0.75 --target accel \
       --out build/mixed
   tvmq compile model.onnx --calib calib.npz --target mcu --ram-bytes 65536 --out build/mcu
+  tvmq tune model.onnx --calib calib.npz --budget 300
   tvmq report build/model
   tvmq hw-report
   tvmq hw-report cls.onnx --input-shape 1,3,48,192 --calib lines.npz --eval test.npz
@@ -114,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
+    p = sub.add_parser("tune", help="tune the host kernels of a model; later compiles use them",
+                       description="Quantize MODEL as `tvmq compile` does, then time schedule "
+                       "candidates for each of its host kernels for at most --budget seconds "
+                       "and store the fastest in the tuning cache ($TVMQ_CACHE_DIR or "
+                       "~/.cache/tvmq). Prints the per-kernel table and the model latency "
+                       "before and after.")
+    p.add_argument("model", help="float ONNX model file")
+    p.add_argument("--calib", required=True, metavar="DATA.npz",
+                   help="calibration inputs, as for tvmq compile")
+    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
+                   help="static input shape for models with symbolic dimensions")
+    p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+                   help="tuning time after the first timing pass (default 600)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quant_args(p)
+
     p = sub.add_parser("demo", help="quantize the bundled digits CNN and compare with float",
                        description="Quantize the bundled handwritten-digits CNN (no network "
                        "needed), compare INT8 with FP32 and check host == NumPy oracle.")
@@ -155,6 +172,27 @@ def cmd_compile(args) -> int:
     print(cm.report())
     out = cm.export(args.out)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .compiler import compile
+    from .targets.host.tune import tune_model
+
+    if args.budget <= 0:
+        raise CompileError(f"--budget {args.budget}: give a positive number of seconds.")
+    config = _config(args)
+    cm = compile(args.model, config=config, calib=args.calib, input_shape=args.input_shape,
+                 progress=not args.quiet)
+    before = cm.benchmark(runs=20)
+    result = tune_model(cm.quant_mod, args.budget, progress=not args.quiet)
+    print(result.table())
+    tuned = compile(args.model, config=config, calib=args.calib, input_shape=args.input_shape,
+                    progress=not args.quiet)
+    after = tuned.benchmark(runs=20)
+    print(f"model latency (batch 1, median of 20): {before.ms:.3f} ms default schedules -> "
+          f"{after.ms:.3f} ms tuned ({before.ms / after.ms:.2f}x)")
+    print(f"tuning cache: {result.cache_path}")
     return 0
 
 
@@ -235,8 +273,8 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"compile": cmd_compile, "demo": cmd_demo, "report": cmd_report,
-               "hw-report": cmd_hw_report}[args.command]
+    handler = {"compile": cmd_compile, "tune": cmd_tune, "demo": cmd_demo,
+               "report": cmd_report, "hw-report": cmd_hw_report}[args.command]
     try:
         return handler(args)
     except (CompileError, ValueError) as err:

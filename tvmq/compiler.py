@@ -33,6 +33,7 @@ from .report import LayerRow, Report, sqnr_db
 from .targets.accel import AccelConfig, emulator, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
+from .targets.host.benchmark import Benchmark, benchmark
 from .targets.mcu import McuConfig, build_mcu
 
 TARGETS = ("host", "accel", "mcu")
@@ -105,6 +106,15 @@ class CompiledModel:
 
     def report(self) -> Report:
         return self._report
+
+    def benchmark(self, x: np.ndarray | None = None, runs: int = 50, warmup: int = 5) -> Benchmark:
+        """Latency of `run` on this machine, batch 1: the whole model (median of `runs` calls
+        after `warmup`) and each kernel (median over the runs). `x` defaults to zeros."""
+        x = np.zeros(self.input.shape, np.float32) if x is None else np.asarray(x, np.float32)
+        if x.shape != self.input.shape:
+            raise ValueError(f"benchmark input of shape {x.shape}: use the model input shape "
+                             f"{self.input.shape}")
+        return benchmark(self.host.vm, x, runs=runs, warmup=warmup)
 
     def oracle(self) -> Oracle:
         return Oracle(self.quant_mod)

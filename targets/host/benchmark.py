@@ -43,8 +43,8 @@ class Benchmark:
             lines.append(f"{f'({len(rest)} more)':<60} {sum(k.calls for k in rest):>5} "
                          f"{sum(k.ms for k in rest):>9.4f} "
                          f"{sum(k.ms for k in rest) / total:>6.1%}")
-        lines.append(f"{'whole model (median of %d runs, no hook)' % self.runs:<60} {'':>5} "
-                     f"{self.ms:>9.4f}")
+        label = f"whole model (median of {self.runs} runs, no hook)"
+        lines.append(f"{label:<60} {'':>5} {self.ms:>9.4f}")
         return "\n".join(lines)
 
 

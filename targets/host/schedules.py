@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir
 
-_EXPERIMENT = {}
 VECTOR_LANES = 16  # int32 lanes of two AVX2 registers; the default vector width
 
 
@@ -76,8 +75,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         if tuple(int(d) for d in sch.get(block).writes[0].source.shape) != out_shape:
             kind = "other"  # e.g. a squeeze-excite conv broadcast into a larger output
             break
-        if name.startswith("conv2d") or name.startswith("depth_conv2d"):
-            kind = "depthwise" if name.startswith("depth") or _is_depthwise(sch, block) else "conv2d"
+        if name.startswith(("conv2d", "group_conv2d")):
+            kind = "depthwise" if _is_depthwise(sch, block) else "conv2d"
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
         else:
@@ -134,11 +133,11 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     if rank < 1:
         raise s_tir.ScheduleError("output block has no loops")
     # Output tile: split the innermost axis by vec and the tile axis by tile.
-    w_o, w_i = sch.split(loops[-1], factors=[None, params.vec])
+    _, w_i = sch.split(loops[-1], factors=[None, params.vec])
     loops = sch.get_loops(out)
     tiled = params.tile > 1 and params.tile_axis <= rank
     if tiled:
-        t_o, t_i = sch.split(loops[rank - params.tile_axis], factors=[None, params.tile])
+        _, t_i = sch.split(loops[rank - params.tile_axis], factors=[None, params.tile])
         loops = sch.get_loops(out)
         # loops: [..., t_o, t_i, ..., w_o, w_i] -> [..., t_o, ..., w_o, t_i, w_i]
         outer = [lp for lp in loops if not _same(sch, lp, t_i) and not _same(sch, lp, w_i)]
@@ -154,12 +153,12 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
         if _is_padding(sch, block):
             _schedule_elementwise(sch, block, params.parallel)
     reductions = []
-    for block in _blocks_under(sch, tile_loop):
+    for block in sch.get_child_blocks(tile_loop):
         if _vectorize_tile(sch, block, tile_loop):
             reductions.append(block)
     for block in reductions:  # last: parallel and vectorize need complete blocks
         loops = sch.get_loops(block)
-        sch.decompose_reduction(block, loops[_first_reduce_loop(sch, block, tile_loop)])
+        sch.decompose_reduction(block, loops[_depth(sch, block, tile_loop)])  # 1st reduce loop
     return sch.mod["main"]
 
 
@@ -203,20 +202,14 @@ def _is_padding(sch, block) -> bool:
 
 
 def _is_depthwise(sch, block) -> bool:
-    """A conv2d whose weight has one input channel per group (reads `[.., 0, ..]` of weight)."""
-    reads = sch.get(block).reads
-    if len(reads) < 2:
-        return False
-    return int(reads[1].source.shape[1]) == 1 and int(reads[0].source.shape[1]) > 1
+    """A conv whose reduction over input channels (its first reduce variable) has extent 1."""
+    reduce = [v for v in sch.get(block).iter_vars if int(v.iter_type) != 0]
+    return bool(reduce) and int(reduce[0].dom.extent) == 1
 
 
 def _reads(block, buffer_name: str) -> int:
     """How many loads of `buffer_name` a block's body has (TIR has no Python visitor here)."""
     return len(re.findall(rf"\b{re.escape(buffer_name)}\[", str(block.body)))
-
-
-def _blocks_under(sch, loop):
-    return list(sch.get_child_blocks(loop))
 
 
 def _vectorize_tile(sch, block, tile_loop) -> bool:
@@ -225,7 +218,7 @@ def _vectorize_tile(sch, block, tile_loop) -> bool:
     Returns whether `block` is a reduction (to be decomposed last)."""
     inner = sch.get_loops(block)[_depth(sch, block, tile_loop):]
     if sch.get(block).init is None:
-        if inner and _EXPERIMENT.get("vec_epilogue", True):
+        if inner:
             sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
         return False
     n_reduce = sum(1 for v in sch.get(block).iter_vars if int(v.iter_type) != 0)
@@ -245,12 +238,6 @@ def _depth(sch, block, loop) -> int:
     """Index of the first loop of `block` below `loop`."""
     loops = sch.get_loops(block)
     return next(i for i, lp in enumerate(loops) if _same(sch, lp, loop)) + 1
-
-
-def _first_reduce_loop(sch, block, tile_loop) -> int:
-    """The outermost loop under the tile that binds a reduce variable (after the reorder
-    in `_vectorize_tile`, the first loop below the tile)."""
-    return _depth(sch, block, tile_loop)
 
 
 def _same(sch, a, b) -> bool:

@@ -119,6 +119,7 @@ class TuneResult:
     tasks: list[Task]
     seconds: float
     trials: int
+    cache_path: Path
 
     def table(self) -> str:
         """Per function: kind, output shape, calls, ms unscheduled / default / tuned, choice."""
@@ -128,7 +129,7 @@ class TuneResult:
         for t in sorted(self.tasks, key=lambda t: -t.unscheduled_ms * t.calls):
             choice = t.best if isinstance(t.best, str) else \
                 ", ".join(f"{k}={v}" for k, v in t.best.to_dict().items())
-            lines.append(f"{t.name[:44]:<44} {t.info.kind:<11} {str(t.info.out_shape):<18} "
+            lines.append(f"{t.name[:44]:<44} {t.info.kind:<11} {t.info.out_shape!s:<18} "
                          f"{t.calls:>5} {t.unscheduled_ms:>8.4f} {t.default_ms:>8.4f} "
                          f"{t.best_ms:>8.4f} {t.trials:>6}  {choice}")
         total = [sum(getattr(t, a) * t.calls for t in self.tasks)
@@ -208,7 +209,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
                     unscheduled_ms=task.unscheduled_ms)
         del task.args
     cache.save()
-    return TuneResult(tasks, time.perf_counter() - start, trials)
+    return TuneResult(tasks, time.perf_counter() - start, trials, cache.path)
 
 
 def _try(task: Task, params: ScheduleParams, target) -> float:
@@ -221,3 +222,15 @@ def _try(task: Task, params: ScheduleParams, target) -> float:
     if ms < task.best_ms:
         task.best_ms, task.best = ms, params
     return ms
+
+
+def tune_model(quant_mod: tvm.IRModule, budget_seconds: float = 600.0,
+               cache: TuningCache | None = None, progress: bool = True) -> TuneResult:
+    """Tune the host kernels of a realized model (`CompiledModel.quant_mod`); compiles of the
+    same model afterwards use the tuned schedules from the cache."""
+    from .build import fuse, host_target
+
+    if budget_seconds <= 0:
+        raise ValueError(f"budget_seconds must be positive, got {budget_seconds}")
+    target = host_target()
+    return tune(fuse(quant_mod, target), target, budget_seconds, cache, progress)

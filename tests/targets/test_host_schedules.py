@@ -1,0 +1,160 @@
+"""Host schedules and tuner: every schedule is bit-exact (odd shapes, stride 2, padding,
+depthwise, matmul), the tuning cache round-trips, benchmark() reports sane numbers."""
+
+import functools
+import importlib
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from tvm import te
+from tvmq.targets.host import schedules
+from tvmq.targets.host.tune import TuningCache, random_args, tasks_of, tune_model
+
+import tvmq
+from tests.conftest import assert_taps_equal_oracle, make_onnx
+from tvmq.cli import main
+
+host_build = importlib.import_module("tvmq.targets.host.build")
+RNG = np.random.default_rng(7)
+
+
+def _conv_model(c_in, c_out, hw, k=3, stride=1, pad=1, group=1):
+    h, w = hw
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    conv = helper.make_node("Conv", ["input", "w", "b"], ["c"], strides=[stride, stride],
+                            pads=[pad] * 4, group=group)
+    relu = helper.make_node("Relu", ["c"], ["output"])
+    init = {"w": RNG.normal(size=(c_out, c_in // group, k, k)), "b": RNG.normal(size=c_out)}
+    return make_onnx([conv, relu], init, [1, c_in, h, w], [1, c_out, oh, ow])
+
+
+def _matmul_model(k, n):
+    init = {"w": RNG.normal(size=(k, n)), "b": RNG.normal(size=n)}
+    return make_onnx([helper.make_node("Gemm", ["input", "w", "b"], ["output"])], init, [1, k],
+                     [1, n])
+
+
+MODELS = {
+    # output width 7 and 5 channels: nothing divides the 16-lane vector or the 4-row tile
+    "conv3x3_odd": (lambda: _conv_model(3, 5, (6, 7)), (3, 6, 7)),
+    "conv3x3_stride2": (lambda: _conv_model(4, 8, (9, 11), stride=2), (4, 9, 11)),
+    "conv1x1_12ch": (lambda: _conv_model(6, 12, (5, 6), k=1, pad=0), (6, 5, 6)),
+    "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
+    "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
+}
+
+
+@functools.cache
+def _compiled(name):
+    make, shape = MODELS[name]
+    calib = RNG.normal(size=(16, *shape)).astype(np.float32)
+    cm = tvmq.compile(make(), calib=calib, config=tvmq.QuantConfig(sqnr_samples=0),
+                      progress=False)
+    return name, cm, calib
+
+
+@pytest.fixture(params=sorted(MODELS))
+def compiled(request):
+    return _compiled(request.param)
+
+
+def test_scheduled_model_equals_oracle(compiled):
+    name, cm, calib = compiled
+    oracle = cm.oracle()
+    for x in calib[:4]:
+        np.testing.assert_array_equal(cm.run(x[None]), oracle.run(x[None]), err_msg=name)
+    assert_taps_equal_oracle(cm.quant_mod, [], calib[:2])
+
+
+def test_every_candidate_schedule_is_bit_exact(compiled):
+    name, cm, _ = compiled
+    target = host_build.host_target()
+    tasks = tasks_of(host_build.fuse(cm.quant_mod))
+    mac = [t for t in tasks if t.info.kind in ("conv2d", "depthwise", "matmul")]
+    assert mac, f"{name}: no conv/matmul kernel found in {[t.info for t in tasks]}"
+    checked = 0
+    for task in mac:
+        candidates = schedules.candidate_params(task.info)
+        default = schedules.default_params(task.info)
+        assert candidates or task.info.out_shape[-1] < 4
+        picks = candidates[:: max(1, len(candidates) // 6)] + ([default] if default else [])
+        args = random_args(task.func, seed=3)
+        want = _run(task.func, target, args)
+        for params in picks:
+            scheduled = schedules.schedule(task.func, params)
+            assert "vectorized" in scheduled.script(), (name, params)
+            np.testing.assert_array_equal(_run(scheduled, target, args), want,
+                                          err_msg=f"{name} {params}")
+            checked += 1
+    assert checked >= 1
+
+
+def _run(func, target, args):
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                     target=target)
+    out = [tvm.runtime.tensor(a.numpy()) for a in args]
+    out[-1] = tvm.runtime.tensor(np.zeros_like(args[-1].numpy()))
+    ex["main"](*out)
+    return out[-1].numpy()
+
+
+def test_default_schedule_applies_to_regular_convs_only():
+    conv = schedules.FuncInfo("conv2d", (1, 8, 6, 7))
+    assert schedules.default_params(conv) == schedules.ScheduleParams(7, 4, 3, 0)
+    assert schedules.default_params(schedules.FuncInfo("depthwise", (1, 8, 6, 7))) is None
+    assert schedules.default_params(schedules.FuncInfo("conv2d", (1, 8, 1, 1))) is None
+    assert schedules.default_params(schedules.FuncInfo("other", (1, 8, 6, 7))) is None
+    assert all(8 % p.tile == 0 or p.tile_axis != 3 for p in schedules.candidate_params(conv))
+
+
+def test_host_target_keeps_float_mul_add_unfused():
+    """With FMA, LLVM would fuse a * b + c into one rounding and differ from NumPy."""
+    n = 4096
+    a, b, c = (te.placeholder((n,), "float32", name=s) for s in "abc")
+    d = te.compute((n,), lambda i: a[i] * b[i] + c[i], name="d")
+    func = te.create_prim_func([a, b, c, d])
+    values = [RNG.normal(size=n).astype(np.float32) for _ in range(3)]
+    args = [tvm.runtime.tensor(v) for v in values] + [tvm.runtime.tensor(np.zeros(n, "float32"))]
+    got = _run(func, host_build.host_target(), args)
+    np.testing.assert_array_equal(got, values[0] * values[1] + values[2])
+
+
+def test_tuner_stores_winners_and_builds_use_them(tmp_path):
+    _, cm, calib = _compiled("conv3x3_stride2")
+    cache = TuningCache(tmp_path / "tuning.json")
+    result = tune_model(cm.quant_mod, budget_seconds=3, cache=cache, progress=False)
+    assert (tmp_path / "tuning.json").is_file()
+    reloaded = TuningCache(tmp_path / "tuning.json")
+    target = host_build.host_target()
+    for task in result.tasks:
+        assert task.best_ms <= task.unscheduled_ms
+        assert reloaded.lookup(task.func, target) == task.best
+    assert "tuning time" in result.table() and "conv2d" in result.table()
+    tuned = host_build.build(cm.quant_mod, cache=reloaded)
+    for x in calib[:3]:
+        np.testing.assert_array_equal(tuned.run(x[None]), cm.oracle().run(x[None]))
+
+
+def test_benchmark_reports_model_and_kernels():
+    _, cm, _ = _compiled("conv3x3_odd")
+    bench = cm.benchmark(runs=5, warmup=1)
+    assert bench.ms > 0 and bench.runs == 5
+    assert any(k.name.startswith("fused_") and k.calls >= 1 for k in bench.kernels)
+    assert "whole model" in bench.table()
+    with pytest.raises(ValueError, match="model input shape"):
+        cm.benchmark(np.zeros((1, 2)))
+
+
+def test_cli_tune(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "conv.onnx"
+    model.write_bytes(_conv_model(3, 5, (6, 7)).SerializeToString())
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=RNG.normal(size=(8, 3, 6, 7)).astype(np.float32))
+    assert main(["tune", str(model), "--calib", str(calib), "--budget", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "sum of kernels" in out and "default schedules ->" in out
+    assert (tmp_path / "cache" / "host_tuning.json").is_file()
+    assert main(["tune", str(model), "--calib", str(calib), "--budget", "0", "--quiet"]) == 2
