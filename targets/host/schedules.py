@@ -62,7 +62,10 @@ class FuncInfo:
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     """Classify `func` by its reduction block and give its output shape."""
     sch = _schedule(func)
-    root = sch.get_sblock("root")
+    try:
+        root = sch.get_sblock("root")
+    except s_tir.ScheduleError:  # hand-written TIR without blocks (the accelerator's tile loops)
+        return FuncInfo("other", ())
     outputs = sch.get_output_blocks(root)
     out_shape = ()
     if len(outputs) == 1:
