@@ -79,7 +79,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
             kind = "other"  # e.g. a squeeze-excite conv broadcast into a larger output
             break
         if name.startswith(("conv2d", "group_conv2d")):
-            kind = "depthwise" if _is_depthwise(sch, block) else "conv2d"
+            depthwise = name.startswith("group") and _is_depthwise(sch, block)
+            kind = "depthwise" if depthwise else "conv2d"
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
         else:

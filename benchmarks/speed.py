@@ -1,0 +1,181 @@
+"""Host speed, batch 1: ONNX Runtime FP32 and INT8 next to TVM FP32 and tvmq INT8.
+
+Run from the repository root::
+
+    python benchmarks/speed.py [--models digits,ppocr_cls,ppocr_rec] [--budget 300] [--runs 30]
+
+Per model, in one process:
+
+- ORT FP32: onnxruntime's CPU provider on the float model (its default threads);
+- ORT INT8: `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax) on the
+  same calibration inputs tvmq uses;
+- TVM FP32: the float model through TVM's default CPU pipeline, no schedules (same llvm target
+  as tvmq: this CPU, no FMA);
+- tvmq INT8 default: `tvmq.compile` with an empty tuning cache (the default schedules);
+- tvmq INT8 tuned: after `tune_model` with --budget seconds (the budget and the time actually
+  used are printed).
+
+Timing: the variants take turns, `--rounds` rounds of `--runs` calls each after a warm-up; each
+row's figure is the median over all its calls (this machine is shared and noisy: the ratios of
+one run are the figures to compare). The table shows ms per inference and the two goals:
+tuned / ORT INT8 (goal <= 1.5) and TVM FP32 / tvmq default (goal >= 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from models import fetch_model
+from onnx import version_converter
+from onnxruntime import quantization as ortq
+from textlines import CLS_IMAGE_SHAPE, REC_IMAGE_SHAPE, make_cls_dataset, make_rec_dataset
+
+import tvmq
+from tvmq import data
+from tvmq.frontend import load_model
+
+host_build = importlib.import_module("tvmq.targets.host.build")
+tune_mod = importlib.import_module("tvmq.targets.host.tune")
+
+MODELS = ("digits", "ppocr_cls", "ppocr_rec")
+N_CALIB = {"digits": 64, "ppocr_cls": 16, "ppocr_rec": 4}
+
+
+def load(name: str):
+    """(onnx path, input shape, calibration inputs)."""
+    if name == "digits":
+        x_calib = data.load_digits()[0][:N_CALIB[name]]
+        return Path(data.digits_model_path()), (1, *x_calib.shape[1:]), x_calib
+    if name == "ppocr_cls":
+        x_calib, _ = make_cls_dataset(N_CALIB[name], seed=1)
+        return fetch_model(name), (1, *CLS_IMAGE_SHAPE), x_calib
+    x_calib, _ = make_rec_dataset(N_CALIB[name], seed=1)
+    return fetch_model(name), (1, *REC_IMAGE_SHAPE), x_calib
+
+
+class _Reader(ortq.CalibrationDataReader):
+    def __init__(self, input_name: str, xs: np.ndarray):
+        self._it = iter([{input_name: x[None]} for x in xs])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_sessions(path: Path, x_calib: np.ndarray, work: Path):
+    """(FP32 session, INT8 QDQ session)."""
+    opts = ort.SessionOptions()
+    fp32 = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = fp32.get_inputs()[0].name
+    model = onnx.load(str(path))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
+        model = version_converter.convert_version(model, 13)
+    opset13 = work / "opset13.onnx"
+    onnx.save(model, str(opset13))
+    pre = work / "pre.onnx"  # ORT's recommended pre-processing: shapes, BN folding, fusions
+    ortq.quant_pre_process(str(opset13), str(pre), skip_symbolic_shape=True)
+    q = work / "int8.onnx"
+    ortq.quantize_static(str(pre), str(q), _Reader(name, x_calib),
+                         quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8,
+                         weight_type=ortq.QuantType.QInt8)
+    int8 = ort.InferenceSession(str(q), opts, providers=["CPUExecutionProvider"])
+    return name, fp32, int8
+
+
+def interleaved(fns: dict, runs: int, rounds: int) -> dict[str, float]:
+    """Median ms per call of each function, taking turns round by round."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+
+
+def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool) -> dict:
+    path, shape, x_calib = load(name)
+    x = np.ascontiguousarray(x_calib[:1].reshape(shape), np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["TVMQ_CACHE_DIR"] = str(work / "cache")  # empty: default schedules
+        input_name, ort_fp32, ort_int8 = ort_sessions(path, x_calib, work)
+        float_mod, _ = load_model(str(path), shape)
+        tvm_fp32 = host_build.build(float_mod, use_schedules=False)
+        t0 = time.perf_counter()
+        cm = tvmq.compile(str(path), calib=x_calib, input_shape=shape,
+                          config=tvmq.QuantConfig(sqnr_samples=0), progress=progress)
+        compile_s = time.perf_counter() - t0
+        cache = tune_mod.TuningCache(work / "tuning.json")
+        result = tune_mod.tune_model(cm.quant_mod, budget, cache=cache, progress=progress)
+        tuned = host_build.build(cm.quant_mod, cache=cache)
+        exact = np.array_equal(tuned.run(x), cm.oracle().run(x)) and \
+            np.array_equal(cm.run(x), cm.oracle().run(x))
+        arg = {input_name: x}
+        fns = {
+            "ORT FP32": lambda: ort_fp32.run(None, arg),
+            "ORT INT8": lambda: ort_int8.run(None, arg),
+            "TVM FP32": lambda: tvm_fp32.run(x),
+            "tvmq INT8 default": lambda: cm.run(x),
+            "tvmq INT8 tuned": lambda: tuned.run(x),
+        }
+        ms = interleaved(fns, runs, rounds)
+    return {"name": name, "ms": ms, "tune": result, "compile_s": compile_s, "exact": exact}
+
+
+def print_table(rows: list[dict], budget: float) -> None:
+    cols = ("ORT FP32", "ORT INT8", "TVM FP32", "tvmq INT8 default", "tvmq INT8 tuned")
+    head = (f"{'model':<10} " + " ".join(f"{c:>17}" for c in cols)
+            + f" {'tuned/ORT8':>10} {'TVM32/tvmq':>10} {'tuning s':>8} {'exact':>5}")
+    print("\nbatch-1 latency, ms per inference (median)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ms = r["ms"]
+        print(f"{r['name']:<10} " + " ".join(f"{ms[c]:>17.3f}" for c in cols)
+              + f" {ms['tvmq INT8 tuned'] / ms['ORT INT8']:>10.2f}"
+              f" {ms['TVM FP32'] / ms['tvmq INT8 default']:>10.2f}"
+              f" {r['tune'].seconds:>8.0f} {'yes' if r['exact'] else 'NO':>5}")
+    print(f"goals: tuned / ORT INT8 <= 1.5; TVM FP32 untuned / tvmq INT8 >= 5; tuning budget "
+          f"{budget:.0f} s per model (plus the first timing pass)")
+    for r in rows:
+        print(f"\n{r['name']}: tvmq compile {r['compile_s']:.0f} s; tuning table")
+        print(r["tune"].table())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--budget", type=float, default=300.0, help="tuning seconds per model")
+    p.add_argument("--runs", type=int, default=20, help="calls per variant per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    rows = []
+    for name in names:
+        print(f"== {name}", flush=True)
+        rows.append(bench_model(name, args.budget, args.runs, args.rounds, not args.quiet))
+    print_table(rows, args.budget)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
