@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir
 
-VECTOR_LANES = 16  # int32 lanes of two AVX2 registers; the default vector width
+VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,15 @@ class ScheduleParams:
 
     vec:       columns per output tile (vectorized); divides the innermost output extent.
     tile:      rows per output tile along `tile_axis` (unrolled); divides that extent.
-    tile_axis: which output axis (counted from the last, >= 1) is tiled: 1 is the output
-               channels of an NCHW conv (axis -3), as -1 - tile_axis.
-    parallel:  how many outer loops are fused into the parallel loop.
+    tile_axis: the tiled output axis counted from the end: 2 = the rows (H) of an NCHW conv
+               output or of a matmul, 3 = a conv's output channels.
+    parallel:  how many outer loops (of extent > 1) are fused into one parallel loop; 0 = none.
     """
 
     vec: int
     tile: int = 1
     tile_axis: int = 2
-    parallel: int = 2
+    parallel: int = 0
 
     def to_dict(self) -> dict:
         return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
@@ -52,8 +52,8 @@ class ScheduleParams:
 
 @dataclass(frozen=True)
 class FuncInfo:
-    """What the schedule needs to know about a PrimFunc: its output extents and whether it
-    has a reduction (and which kind, for reports and the tuning cache)."""
+    """What the schedule needs to know about a PrimFunc: its output extents and its reduction
+    kind (for the defaults, the candidates and the tuner's table)."""
 
     kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
     out_shape: tuple[int, ...]
@@ -109,13 +109,13 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
 
 def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
     """Every schedule the tuner may try for `info`: vector width (a divisor of the innermost
-    output extent, at least 4 unless the extent is smaller, at most 32) x tile rows (1, 2, 4,
-    8 dividing the axis) x tile axis x parallel depth (0, 1 or 2 outer loops)."""
+    output extent, 4 to 32) x tile rows (1, 2, 4, 8 dividing the axis) x tile axis x parallel
+    depth (0, 1 or 2 outer loops)."""
     if not info.out_shape or info.kind == "other" or info.out_shape[-1] < 4:
         return []
     rank = len(info.out_shape)
     last = info.out_shape[-1]
-    vecs = [d for d in _divisors_upto(last, 32) if d >= min(4, last)]
+    vecs = [d for d in _divisors_upto(last, 32) if d >= 4]
     out = {ScheduleParams(vec, 1, 2, parallel) for vec in vecs for parallel in (0, 1, 2)}
     for axis in range(2, rank + 1):
         for tile in (2, 4, 8):
