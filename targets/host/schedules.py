@@ -130,7 +130,9 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     apply; `ScheduleHost` then keeps the default loops)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
-    _inline_single_reads(sch, root)
+    # a copy-only pad is inlined; padding with a border stays (its test would sit in the
+    # conv's inner loop)
+    inline_single_reads(sch, root, keep=lambda block: _is_padding(sch, block))
     (out,) = sch.get_output_blocks(root)
     loops = sch.get_loops(out)
     rank = len(loops)
@@ -148,12 +150,12 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
         sch.reorder(*outer, t_i, w_i)
         loops = sch.get_loops(out)
     tile_loop = loops[-3] if tiled else loops[-2]   # w_o: everything in the tile hangs here
-    for block in reversed(_intermediates(sch, root)):
+    for block in reversed(intermediates(sch, root)):
         if _is_padding(sch, block):
             continue
         sch.compute_at(block, tile_loop, preserve_unit_loops=True)
     _parallel_outer(sch, sch.get_loops(out), tile_loop, params.parallel)
-    for block in _intermediates(sch, root):
+    for block in intermediates(sch, root):
         if _is_padding(sch, block):
             _schedule_elementwise(sch, block, params.parallel)
     reductions = []
@@ -175,20 +177,21 @@ def _schedule(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-def _intermediates(sch, root):
+def intermediates(sch, root):
+    """The child blocks of `root` that do not write a function output."""
     outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
     return [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in outs]
 
 
-def _inline_single_reads(sch, root) -> None:
-    """Inline every elementwise stage that each consumer element reads once (a copy-only pad
-    too); keep the padding that adds a border (its test would sit in the conv's inner loop)
-    and stages read several times (a requant's first stage)."""
+def inline_single_reads(sch, root, keep=lambda block: False) -> None:
+    """Inline every intermediate stage that each consumer element reads once, except those
+    `keep(block)` says to keep; stages read several times (a requant's first stage) and
+    reductions stay. Shared with the microcontroller target's schedule."""
     changed = True
     while changed:
         changed = False
-        for block in _intermediates(sch, root):
-            if sch.get(block).init is not None or _is_padding(sch, block):
+        for block in intermediates(sch, root):
+            if sch.get(block).init is not None or keep(block):
                 continue
             written = sch.get(block).writes[0].source.name
             if any(_reads(sch.get(c), written) > 1 for c in sch.get_consumers(block)):

@@ -30,6 +30,7 @@ from tvm import relax, s_tir, te
 from ...errors import CompileError
 from ...numerics.weights import pack_int4
 from ...passes._util import op_name, rewrite_functions
+from ..host.schedules import inline_single_reads, intermediates
 
 PHASES = ("quantize", "run", "dequantize")
 
@@ -414,25 +415,8 @@ def fuse_per_output(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     sch = s_tir.Schedule(tvm.IRModule({"f": func}))
     sch.work_on("f")
     root = sch.get_sblock("root")
-
-    def intermediates():
-        outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
-        return [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in outs]
-
-    changed = True
-    while changed:
-        changed = False
-        for block in intermediates():
-            written = sch.get(block).writes[0].source.name
-            if any(_reads(sch.get(c), written) > 1 for c in sch.get_consumers(block)):
-                continue  # inlining would repeat the expression
-            try:
-                sch.compute_inline(block)
-            except s_tir.ScheduleError:
-                continue
-            changed = True
-            break
-    for block in reversed(intermediates()):
+    inline_single_reads(sch, root)
+    for block in reversed(intermediates(sch, root)):
         consumers = sch.get_consumers(block)
         if len(consumers) != 1:
             continue
@@ -462,11 +446,6 @@ def _nested(sch, root):
             out += [b for b in sch.get_child_blocks(loop) if not any(
                 sch.get(b).same_as(sch.get(c)) for c in sch.get_child_blocks(root))]
     return out
-
-
-def _reads(block, buffer_name: str) -> int:
-    """How many loads of `buffer_name` a block's body has (TIR has no Python visitor here)."""
-    return len(re.findall(rf"\b{re.escape(buffer_name)}\[", str(block.body)))
 
 
 # ---------------------------------------------------------------- reference run
