@@ -5,9 +5,10 @@ candidate `ScheduleParams`, and keeps the fastest in an on-disk cache keyed by t
 structural hash (its ops, shapes, dtypes and fused epilogue), the target and the tvmq version.
 `build()` reads the cache, so a tuned model compiles with its tuned schedules from then on.
 
-Budget: the tuner first times each function with the default schedule, then spends the rest of
-the budget on the function whose current best time (x how often the model calls it) is largest,
-one candidate at a time, so the time goes where the model spends its time.
+Budget: the tuner first times each function unscheduled and with the default schedule, then
+gives the next trial to the function with the largest current best time x calls / (1 + its
+trials so far): the time goes where the model spends its time, with diminishing returns so one
+big kernel does not take the whole budget.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from ..accel.emulator import cache_root
 from . import schedules
 from .schedules import ScheduleParams
 
-TVMQ_VERSION = "0.1.0"
+TVMQ_VERSION = version("tvmq")
 UNSCHEDULED = "unscheduled"  # cache value: TVM's default loops were fastest
 
 
@@ -112,6 +114,7 @@ class Task:
     best_ms: float = float("inf")
     best: ScheduleParams | str = UNSCHEDULED
     trials: int = 0
+    args: list = field(default_factory=list, repr=False)  # random inputs, while tuning
 
 
 @dataclass
@@ -143,9 +146,8 @@ class TuneResult:
 def tasks_of(mod: tvm.IRModule) -> list[Task]:
     """The distinct PrimFuncs of a fused module (structurally equal ones are one task) with
     how many times `main` calls each."""
-    calls: dict[str, int] = {}
-    main_text = mod["main"].script() if "main" in [gv.name_hint for gv in mod.get_global_vars()] \
-        else ""
+    has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
+    main_text = mod["main"].script() if has_main else ""
     by_hash: dict[int, Task] = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -155,7 +157,6 @@ def tasks_of(mod: tvm.IRModule) -> list[Task]:
         if h in by_hash:
             by_hash[h].calls += n
             continue
-        calls[gv.name_hint] = n
         by_hash[h] = Task(gv.name_hint, func, n, schedules.describe(func))
     return list(by_hash.values())
 
@@ -179,9 +180,8 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
         bar.refresh()
 
     for task in tasks:
-        args = random_args(task.func)
-        task.args = args
-        task.unscheduled_ms = time_func(task.func, target, args)
+        task.args = random_args(task.func)
+        task.unscheduled_ms = time_func(task.func, target, task.args)
         task.best_ms, task.best = task.unscheduled_ms, UNSCHEDULED
         default = schedules.default_params(task.info)
         task.candidates = schedules.candidate_params(task.info)
@@ -198,7 +198,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
         open_tasks = [t for t in tasks if t.candidates]
         if not open_tasks:
             break
-        task = max(open_tasks, key=lambda t: t.best_ms * t.calls)
+        task = max(open_tasks, key=lambda t: t.best_ms * t.calls / (1 + t.trials))
         _try(task, task.candidates.pop(), target)
         trials += 1
         tick()
@@ -207,7 +207,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
         cache.store(task.func, target, task.best, kind=task.info.kind,
                     shape=list(task.info.out_shape), ms=task.best_ms,
                     unscheduled_ms=task.unscheduled_ms)
-        del task.args
+        task.args = []
     cache.save()
     return TuneResult(tasks, time.perf_counter() - start, trials, cache.path)
 
