@@ -1,6 +1,6 @@
 """Build a Relax module for this CPU and run it through the Relax VM.
 
-The pipeline is TVM's CPU pipeline with one pass added after fusion: `ScheduleHost` applies
+The pipeline is TVM's CPU pipeline with one pass added after fusion: `schedule_host` applies
 tvmq's schedule (targets/host/schedules.py) to every fused PrimFunc, with the parameters the
 tuner stored for it or the defaults.
 
@@ -20,6 +20,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from . import schedules
+from .tune import UNSCHEDULED, TuningCache
 
 
 @functools.cache
@@ -52,14 +53,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRMo
         return tvm.transform.Sequential(passes)(mod)
 
 
-def schedule_host(cache=None, use_schedules: bool = True) -> tvm.transform.Pass:
+def schedule_host(cache: TuningCache | None = None) -> tvm.transform.Pass:
     """Module pass: every PrimFunc gets tvmq's schedule (tuned parameters from `cache` when it
     has them, else the defaults); a function the schedule does not apply to keeps its loops."""
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        if not use_schedules:
-            return mod
         target = tvm.target.Target.current() or host_target()
         out = mod.clone()
         for gv, func in mod.functions_items():
@@ -68,7 +67,7 @@ def schedule_host(cache=None, use_schedules: bool = True) -> tvm.transform.Pass:
             params = cache.lookup(func, target) if cache is not None else None
             if params is None:
                 params = schedules.default_params(schedules.describe(func))
-            if params is None or isinstance(params, str):
+            if params is None or params == UNSCHEDULED:
                 continue
             try:
                 out.update_func(gv, schedules.schedule(func, params))
@@ -79,20 +78,18 @@ def schedule_host(cache=None, use_schedules: bool = True) -> tvm.transform.Pass:
     return _pass
 
 
-def build(mod: tvm.IRModule, use_schedules: bool = True, cache=None) -> HostModule:
+def build(mod: tvm.IRModule, use_schedules: bool = True,
+          cache: TuningCache | None = None) -> HostModule:
     """Compile `mod` for this CPU: fuse, schedule (tuned parameters from `cache`, default: the
     on-disk tuning cache), lower, build."""
-    from .tune import TuningCache
-
     target = host_target()
-    if cache is None and use_schedules:
-        cache = TuningCache()
+    scheduling = [schedule_host(cache or TuningCache())] if use_schedules else []
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.HostPipeline")
     def pipeline(m: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             seq = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                   + [schedule_host(cache, use_schedules)]
+                   + scheduling
                    + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             return tvm.transform.Sequential(seq)(m)
 

@@ -127,7 +127,7 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
 
 def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
     """`func` with the output-tile schedule applied (raises s_tir.ScheduleError if it does not
-    apply; `ScheduleHost` then keeps the default loops)."""
+    apply; the build's `schedule_host` pass then keeps TVM's loops)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
@@ -210,8 +210,12 @@ def _is_padding(sch, block) -> bool:
 
 def _is_depthwise(sch, block) -> bool:
     """A conv whose reduction over input channels (its first reduce variable) has extent 1."""
-    reduce = [v for v in sch.get(block).iter_vars if int(v.iter_type) != 0]
+    reduce = _reduce_vars(sch, block)
     return bool(reduce) and int(reduce[0].dom.extent) == 1
+
+
+def _reduce_vars(sch, block) -> list:
+    return [v for v in sch.get(block).iter_vars if int(v.iter_type) != 0]  # 0: data parallel
 
 
 def _reads(block, buffer_name: str) -> int:
@@ -228,7 +232,7 @@ def _vectorize_tile(sch, block, tile_loop) -> bool:
         if inner:
             sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
         return False
-    n_reduce = sum(1 for v in sch.get(block).iter_vars if int(v.iter_type) != 0)
+    n_reduce = len(_reduce_vars(sch, block))
     spatial, reduce = inner[:len(inner) - n_reduce], inner[len(inner) - n_reduce:]
     col = spatial[-1] if spatial else None
     rows = [lp for lp in spatial[:-1] if _extent(sch, lp) > 1]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 import tvm_ffi
+from tqdm import tqdm
 
 from ..accel.emulator import cache_root
 from . import schedules
@@ -166,8 +167,6 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
     """Tune every PrimFunc of the fused module `mod` for at most `budget_seconds` (the first
     pass, which times each function unscheduled and with the default schedule, always runs),
     store the winners in `cache` and return the per-function table."""
-    from tqdm.auto import tqdm
-
     cache = cache or TuningCache()
     start = time.perf_counter()
     tasks = tasks_of(mod)
