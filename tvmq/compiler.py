@@ -108,8 +108,9 @@ class CompiledModel:
         return self._report
 
     def benchmark(self, x: np.ndarray | None = None, runs: int = 50, warmup: int = 5) -> Benchmark:
-        """Latency of `run` on this machine, batch 1: the whole model (median of `runs` calls
-        after `warmup`) and each kernel (median over the runs). `x` defaults to zeros."""
+        """Latency of the compiled model on this machine, batch 1: the whole VM call (median
+        of `runs` calls after `warmup`; `run` adds the numpy conversions, a few us) and each
+        kernel (median over the runs). `x` defaults to zeros."""
         x = np.zeros(self.input.shape, np.float32) if x is None else np.asarray(x, np.float32)
         if x.shape != self.input.shape:
             raise ValueError(f"benchmark input of shape {x.shape}: use the model input shape "
