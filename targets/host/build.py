@@ -85,13 +85,10 @@ def build(mod: tvm.IRModule, use_schedules: bool = True,
     target = host_target()
     scheduling = [schedule_host(cache or TuningCache())] if use_schedules else []
 
-    @tvm.transform.module_pass(opt_level=0, name="tvmq.HostPipeline")
-    def pipeline(m: tvm.IRModule, _ctx) -> tvm.IRModule:
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.HostLowering")
+    def lowering(m: tvm.IRModule, _ctx) -> tvm.IRModule:  # after `fuse`
         with target:
-            seq = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                   + scheduling
-                   + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            seq = scheduling + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
             return tvm.transform.Sequential(seq)(m)
 
-    mod = relax.transform.InlinePrivateFunctions()(mod)
-    return HostModule(tvm.compile(mod, target=target, relax_pipeline=pipeline))
+    return HostModule(tvm.compile(fuse(mod, target), target=target, relax_pipeline=lowering))
