@@ -21,3 +21,13 @@ def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x_calib [200,1,8,8], x_test [360,1,8,8], y_test [360]) float32 / int64."""
     with np.load(digits_data_path(), allow_pickle=False) as d:
         return d["x_calib"], d["x_test"], d["y_test"]
+
+
+def load_digits_train() -> tuple[np.ndarray, np.ndarray]:
+    """(x_train [1437,1,8,8] float32 in [0, 1], y_train [1437] int64): the train split.
+
+    The complement of `load_digits`' test split (same ``train_test_split``), stored as the
+    original 0..16 pixel values and scaled by 1/16 here.
+    """
+    with np.load(Path(str(resources.files(__package__) / "digits_train.npz"))) as d:
+        return d["pixels"].astype(np.float32) / 16, d["y_train"]

@@ -1,0 +1,148 @@
+"""QuantizeGradients: quantize the gradients inside a Relax training module's backward function.
+
+Run on the module `relax.training.SetupTrainer` returns (its `backbone_loss_adjoint`, made by the
+Gradient pass), before building. Two kinds of gradient are quantized, each switchable:
+
+- activation gradients: the adjoint of every conv2d / matmul output, ``dL/dy`` -- the error signal
+  the backward convolutions consume. The quantized value replaces it in every later use.
+- weight gradients: the returned adjoint of every parameter, ``dL/dW``, before the optimizer.
+
+Each site becomes ``call_dps_packed("tvmq.quantize_gradient", (g, step, spec))`` computing
+`tvmq.numerics.gradq.fake_quantize_gradient` (in the accelerator emulator's C, bit-exact with
+it). Stochastic rounding draws its uniforms from ``(seed + site, step * g.size)``, so a run is
+reproducible from the seed and the training step, which the module takes as its int64 input
+`step` (see `tvmq.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvmq.numerics.gradq import GradQuant, fake_quantize_gradient
+
+ADJOINT_FUNC = "backbone_loss_adjoint"
+STEP_INPUT = "step"
+_PACKED = "tvmq.quantize_gradient"
+_LINEAR_PRIMS = ("conv2d", "matmul")
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.QuantizeGradients")
+class QuantizeGradients:
+    """Insert gradient quantization into `backbone_loss_adjoint`.
+
+    Parameters
+    ----------
+    activations, weights : GradQuant or None
+        Quantizer of activation gradients / weight gradients; None leaves them float.
+    seed : int
+        Stochastic-rounding seed; site ``i`` uses ``seed + i``.
+    sites : sequence of str or None
+        Names of the forward variables whose adjoints are activation gradients; None finds the
+        outputs of conv2d / matmul kernels.
+    """
+
+    def __init__(self, activations: GradQuant | None = None, weights: GradQuant | None = None,
+                 seed: int = 0, sites=None):
+        for name, q in (("activations", activations), ("weights", weights)):
+            if q is not None and not isinstance(q, GradQuant):
+                raise TypeError(f"{name} must be a GradQuant or None, got {type(q).__name__}")
+        self.activations, self.weights, self.seed = activations, weights, int(seed)
+        self.sites = None if sites is None else tuple(sites)
+        _register_packed()
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        if ADJOINT_FUNC not in [gv.name_hint for gv in mod.get_global_vars()]:
+            raise ValueError(f"QuantizeGradients needs a `{ADJOINT_FUNC}` function (run "
+                             "relax.training.SetupTrainer first)")
+        func = mod[ADJOINT_FUNC]
+        step = next((p for p in func.params if p.name == STEP_INPUT), None)
+        uses_sr = any(q is not None and q.rounding == "stochastic"
+                      for q in (self.activations, self.weights))
+        if step is None and uses_sr:
+            raise ValueError(f"stochastic rounding needs the int64 scalar input `{STEP_INPUT}` "
+                             "in the backbone (tvmq.train adds it)")
+        sites = self.sites if self.sites is not None else activation_sites(mod, func)
+        rewriter = _Rewriter(mod, self, set(sites), step)
+        out = rewriter.builder_
+        out.update_func(mod.get_global_var(ADJOINT_FUNC), rewriter.visit_expr(func))
+        return out.get()
+
+
+def activation_sites(mod: tvm.IRModule, func: relax.Function) -> list[str]:
+    """Forward variables of `func` bound to a conv2d / matmul kernel that have an adjoint."""
+    bound = {b.var.name: b.value for block in func.body.blocks for b in block.bindings}
+    sites = []
+    for name, value in bound.items():
+        if f"{name}_adjoint" not in bound or not isinstance(value, relax.Call):
+            continue
+        if value.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            callee = value.args[0].name_hint
+            if callee.startswith(_LINEAR_PRIMS):
+                sites.append(name)
+    return sites
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, qpass, sites, step):
+        super().__init__(mod)
+        self.qpass, self.sites, self.step, self.count = qpass, sites, step, 0
+        self.params: set[str] = set()
+
+    def visit_function_(self, func):
+        self.params = {p.name for p in func.params}
+        return super().visit_function_(func)
+
+    def visit_var_binding_(self, binding):
+        super().visit_var_binding_(binding)
+        name = binding.var.name
+        q = None
+        if name.endswith("_adjoint") and name[: -len("_adjoint")] in self.sites:
+            q = self.qpass.activations
+        elif name.endswith("_adjoint_out") and name[: -len("_adjoint_out")] in self.params:
+            q = self.qpass.weights
+            if q is not None and q.axis is not None and len(binding.var.ty.shape) <= q.axis:
+                q = dataclasses.replace(q, axis=None)  # a bias: per tensor
+        if q is None:
+            return
+        new = self.get_var_remap(binding.var) or binding.var
+        emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
+                else self.builder_.emit_output)
+        step = self.step if self.step is not None else relax.const(0, "int64")
+        spec = tvm.ir.StringImm(json.dumps({**dataclasses.asdict(q),
+                                           "seed": self.qpass.seed + self.count}))
+        self.count += 1
+        call = relax.call_dps_packed(_PACKED, [new, step, spec], new.ty)
+        self.set_var_remap(binding.var, emit(call, f"{name}_q"))
+
+
+def quantize_gradient_site(g: np.ndarray, step: int, spec: dict) -> np.ndarray:
+    """What one inserted site computes: the fake-quantized gradient (golden numerics)."""
+    spec = dict(spec)
+    seed = spec.pop("seed")
+    return fake_quantize_gradient(g, GradQuant(**spec), seed=seed, offset=_offset(step, g.size))
+
+
+def _offset(step: int, size: int) -> int:
+    return (int(step) * int(size)) % (1 << 32)
+
+
+def _register_packed() -> None:
+    if tvm.get_global_func(_PACKED, allow_missing=True) is not None:
+        return
+    from tvmq.targets.accel import gradq as c_gradq  # the C unit: bit-exact, faster
+
+    def _quantize(g, step, spec, out):
+        s = json.loads(str(spec))
+        seed = s.pop("seed")
+        a = g.numpy()
+        codes, scale = c_gradq.quantize_gradient(a, GradQuant(**s), seed=seed,
+                                                 offset=_offset(step.numpy(), a.size))
+        out.copyfrom(codes.astype(np.float32) * scale)
+
+    tvm.register_global_func(_PACKED, _quantize)

@@ -1,0 +1,195 @@
+"""QuantTrainer: a Relax training module (relax.training) for a float model, run on the CPU.
+
+    model --load_model--> main(x) --lift_weights--> main(x, *params) --FakeQuantize-->
+    backbone(x, step, *params) --SetupTrainer(CrossEntropyLoss, optimizer)--> train module
+    --QuantizeGradients--> tvm.compile --> relax.training.Trainer
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import tvm
+from tqdm.auto import tqdm
+from tvm import relax
+from tvm.relax.training import SetupTrainer, Trainer
+from tvm.relax.training.loss import CrossEntropyLoss
+from tvm.relax.training.optimizer import SGD, Adam, MomentumSGD
+
+from tvmq.frontend import load_model
+from tvmq.passes import _gradients
+from tvmq.passes.fake_quantize import FakeQuantize
+from tvmq.passes.quantize_gradients import QuantizeGradients
+
+from .config import TrainConfig
+from .export import to_onnx
+from .graph import lift_weights, make_backbone
+
+
+@dataclass
+class History:
+    """Per-step training loss and per-epoch evaluation accuracy."""
+
+    loss: list[float] = field(default_factory=list)
+    epoch_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+
+
+class _Adam(Adam):
+    """TVM 0.27's Adam stores its dtype as a PrimType and then fails in SetupTrainer."""
+
+    def _set_params_and_dtype(self, params):
+        super()._set_params_and_dtype(params)
+        self.dtype = str(self.dtype.dtype) if hasattr(self.dtype, "dtype") else str(self.dtype)
+
+
+def _optimizer(config: TrainConfig):
+    if config.optimizer == "sgd":
+        return SGD(config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "momentum":
+        return MomentumSGD(config.lr, config.momentum, weight_decay=config.weight_decay)
+    return _Adam(config.lr, weight_decay=config.weight_decay)
+
+
+class QuantTrainer:
+    """Train a float model with a fake-quantized forward and quantized gradients.
+
+    Parameters
+    ----------
+    model : path, onnx.ModelProto or tvm.IRModule
+        A classifier with one float32 NCHW (or NC) input and logits [N, classes] out. An ONNX
+        model's batch dimension is set to ``config.batch_size``; a Relax module must already
+        have it. Its float32 constants become the trained parameters (their values the start).
+    sample_shape : tuple of int
+        One input sample's shape without the batch, e.g. ``(1, 8, 8)``.
+    config : TrainConfig
+    target : str
+        TVM target of the training module.
+
+    Examples
+    --------
+    >>> tr = QuantTrainer("model.onnx", (1, 8, 8), TrainConfig())     # doctest: +SKIP
+    >>> history = tr.fit(x, y, epochs=5)                              # doctest: +SKIP
+    >>> tr.export_onnx("trained.onnx")                                # doctest: +SKIP
+    """
+
+    def __init__(self, model, sample_shape: tuple[int, ...], config: TrainConfig | None = None,
+                 target: str = "llvm"):
+        self.config = config or TrainConfig()
+        batch = self.config.batch_size
+        input_shape = (batch, *sample_shape)
+        if isinstance(model, str | os.PathLike | onnx.ModelProto):
+            model = _with_batch(model, batch)
+        float_mod, self.input = load_model(model, input_shape)
+        self.float_mod, params = lift_weights(float_mod)
+        self.param_names = list(params)
+        if not params:
+            raise ValueError("the model has no float32 weights to train")
+        logits = self.float_mod["main"].ret_ty
+        if len(logits.shape) != 2 or int(logits.shape[0]) != batch:
+            raise ValueError(f"the model must return logits [batch, classes], got {logits}")
+        self.num_classes = int(logits.shape[1])
+        _gradients.register()
+        fwd = self.float_mod
+        if self.config.fake_quant:
+            fwd = FakeQuantize(self.config.requant, self.config.bits)(fwd)
+        setup = SetupTrainer(CrossEntropyLoss(reduction="mean"), _optimizer(self.config),
+                             [relax.TensorType((batch, self.num_classes), "float32"),
+                              relax.TensorType((batch,), "int64")])
+        self.train_mod = setup(make_backbone(fwd))
+        if self.config.quantizes_gradients:
+            self.train_mod = QuantizeGradients(self.config.activation_grads,
+                                               self.config.weight_grads,
+                                               seed=self.config.seed)(self.train_mod)
+        vm = relax.VirtualMachine(tvm.compile(self.train_mod, target=target), tvm.cpu())
+        self._trainer = Trainer(self.train_mod, vm, tvm.cpu(), zero_init_param_state=True)
+        self._trainer.load_params({k: v.astype(np.float32) for k, v in params.items()})
+        self.step = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameter values."""
+        return {k: v.numpy() for k, v in self._trainer.export_params().items()}
+
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        self._trainer.load_params({k: np.asarray(v, np.float32) for k, v in params.items()})
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One optimizer step on a full batch; returns the batch loss."""
+        loss = self._trainer.update([np.asarray(x, np.float32), np.array(self.step, np.int64)],
+                                    np.asarray(y, np.int64))
+        self.step += 1
+        return float(loss.numpy())
+
+    def export_onnx(self, path: str | os.PathLike | None = None) -> onnx.ModelProto:
+        """The trained float model as ONNX (batch dimension ``N``), written to `path` if given;
+        `tvmq.compile` takes it."""
+        model = to_onnx(self.float_mod, self.params(), input_name=self.input.name)
+        if path is not None:
+            onnx.save(model, os.fspath(path))
+        return model
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits of the training-mode forward (fake-quantized if configured) for any N."""
+        x = np.asarray(x, np.float32)
+        outs = []
+        for start in range(0, len(x), self.batch_size):
+            chunk = x[start:start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            logits = self._trainer.predict(chunk, np.array(self.step, np.int64)).numpy()
+            outs.append(logits[:len(logits) - pad])
+        return np.concatenate(outs)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Top-1 accuracy in [0, 1]."""
+        return float(np.mean(self.predict(x).argmax(1) == np.asarray(y)))
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, x_val=None, y_val=None,
+            progress: bool = True) -> History:
+        """Train for `epochs` passes over (x, y) in shuffled full batches (the last partial
+        batch of each epoch is dropped); evaluates on (x_val, y_val) after each epoch if given."""
+        if len(x) != len(y) or len(x) < self.batch_size:
+            raise ValueError(f"x and y must hold the same number (>= batch_size "
+                             f"{self.batch_size}) of samples, got {len(x)} and {len(y)}")
+        rng = np.random.default_rng(self.config.seed)
+        history = History()
+        steps = len(x) // self.batch_size
+        bar = tqdm(total=epochs * steps, desc="train", disable=not progress, leave=False)
+        for _ in range(epochs):
+            order = rng.permutation(len(x))
+            losses = []
+            for i in range(steps):
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                losses.append(self.update(x[idx], y[idx]))
+                bar.update()
+            history.loss.extend(losses)
+            history.epoch_loss.append(float(np.mean(losses)))
+            if x_val is not None:
+                history.val_accuracy.append(self.evaluate(x_val, y_val))
+            bar.set_postfix(loss=f"{history.epoch_loss[-1]:.3f}")
+        bar.close()
+        return history
+
+
+def _with_batch(model, batch: int) -> onnx.ModelProto:
+    """The ONNX model with its input's batch dimension set to `batch`."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise ValueError(f"the model must have one input, got {[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if not dims:
+        raise ValueError(f"input {inputs[0].name!r} has no shape; export it with a batch axis")
+    dims[0].ClearField("dim_param")
+    dims[0].dim_value = batch
+    return proto
