@@ -106,7 +106,7 @@ class _Rewriter(relax.PyExprMutator):
             q = self.qpass.activations
         elif name.endswith("_adjoint_out") and name[: -len("_adjoint_out")] in self.params:
             q = self.qpass.weights
-            if q is not None and q.axis is not None and len(binding.var.ty.shape) <= q.axis:
+            if q is not None and q.axis is not None and len(binding.var.ty.shape) < 2:
                 q = dataclasses.replace(q, axis=None)  # a bias: per tensor
         if q is None:
             return

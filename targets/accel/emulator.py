@@ -1,5 +1,6 @@
 """Build, load and call the C emulator of the accelerator (``emulator/accel.c``): INT8 layers
-(`conv2d`) and the LBFP MAC mode (`lbfp_conv2d`, bit-exact with :mod:`tvmq.numerics.lbfp`).
+(`conv2d`) and the LBFP MAC mode (`lbfp_conv2d`, bit-exact with :mod:`tvmq.numerics.lbfp`); the
+gradient quantization unit (``emulator/gradq.c``) is called through :mod:`.gradq`.
 
 The C sources are compiled once with the system C compiler (``$CC``, else ``cc``, else ``gcc``)
 into ``$TVMQ_CACHE_DIR/accel/<sha256>/libaccel.so`` (default ``~/.cache/tvmq``), the hash
@@ -35,7 +36,7 @@ from tvmq.numerics.weights import pack_int4
 from .config import PRESETS, AccelConfig
 
 SOURCE_DIR = Path(__file__).with_name("emulator")
-SOURCES = ("accel.h", "accel.c")
+SOURCES = ("accel.h", "accel.c", "gradq.c")
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
           "-ffp-contract=off", "-fwrapv")
 KINDS = {"double": 0, "single": 1, "tonearest": 2, "fp32": 3}
@@ -44,6 +45,7 @@ COUNTERS = ("cycles", "compute_cycles", "dma_cycles", "requant_cycles", "macs", 
 
 _i32p = ctypes.POINTER(ctypes.c_int32)
 _i8p = ctypes.POINTER(ctypes.c_int8)
+_i16p = ctypes.POINTER(ctypes.c_int16)
 _f32p = ctypes.POINTER(ctypes.c_float)
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -137,7 +139,8 @@ def build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        cmd = [cc, *CFLAGS, "-o", tmp, str(SOURCE_DIR / "accel.c"), "-lm"]
+        sources = [str(SOURCE_DIR / name) for name in SOURCES if name.endswith(".c")]
+        cmd = [cc, *CFLAGS, "-o", tmp, *sources, "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"building the accel emulator failed: {' '.join(cmd)}\n"
@@ -186,6 +189,7 @@ def load() -> ctypes.CDLL:
             raise RuntimeError(f"{path}: accel.h has {lib.accel_desc_len()} descriptor fields, "
                                f"emulator.py {len(DESC_FIELDS)}; update DESC_FIELDS")
         _declare_lbfp(lib, path)
+        _declare_gradq(lib)
         _LOADED[key] = lib
     return _LOADED[key]
 
@@ -201,6 +205,18 @@ def _declare_lbfp(lib: ctypes.CDLL, path: Path) -> None:
     if lib.accel_lbfp_desc_len() != len(LBFP_DESC_FIELDS):
         raise RuntimeError(f"{path}: accel.h has {lib.accel_lbfp_desc_len()} LBFP descriptor "
                            f"fields, emulator.py {len(LBFP_DESC_FIELDS)}; update LBFP_DESC_FIELDS")
+
+
+def _declare_gradq(lib: ctypes.CDLL) -> None:
+    """Argument types of the gradient quantization unit (gradq.c)."""
+    lib.accel_gradq.argtypes = [_f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_double,
+                                ctypes.c_uint32, ctypes.c_uint32, _i16p, _f32p]
+    lib.accel_gradq.restype = ctypes.c_int
+    lib.accel_uniform.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64, _f32p]
+    lib.accel_uniform.restype = ctypes.c_int
+    lib.accel_gradq_last_error.argtypes = []
+    lib.accel_gradq_last_error.restype = ctypes.c_char_p
 
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:

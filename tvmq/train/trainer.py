@@ -84,6 +84,11 @@ class QuantTrainer:
         if isinstance(model, str | os.PathLike | onnx.ModelProto):
             model = _with_batch(model, batch)
         float_mod, self.input = load_model(model, input_shape)
+        if tuple(self.input.shape) != input_shape:
+            raise ValueError(f"the model's input {self.input.name!r} has shape "
+                             f"{tuple(self.input.shape)}, training needs {input_shape} (batch "
+                             "TrainConfig.batch_size, then sample_shape); build the Relax module "
+                             "at that batch size")
         self.float_mod, params = lift_weights(float_mod)
         self.param_names = list(params)
         if not params:
@@ -126,6 +131,17 @@ class QuantTrainer:
                                     np.asarray(y, np.int64))
         self.step += 1
         return float(loss.numpy())
+
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, gradient per parameter) of one batch as the optimizer would receive them
+        (quantized if configured), without updating anything."""
+        adjoint = self._trainer.vm[Trainer.ADJOINT_FUNC]
+        loss, grads = adjoint(tvm.runtime.tensor(np.asarray(x, np.float32)),
+                              tvm.runtime.tensor(np.array(self.step, np.int64)),
+                              *self._trainer._params,
+                              tvm.runtime.tensor(np.asarray(y, np.int64)))
+        return float(loss.numpy()), {n: g.numpy() for n, g in zip(self.param_names, grads,
+                                                                  strict=True)}
 
     def export_onnx(self, path: str | os.PathLike | None = None) -> onnx.ModelProto:
         """The trained float model as ONNX (batch dimension ``N``), written to `path` if given;

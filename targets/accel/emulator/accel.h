@@ -147,6 +147,30 @@ int accel_lbfp_conv2d_tile(const int32_t* desc, const uint8_t* x, const uint8_t*
 /* The reason for the last nonzero return. */
 const char* accel_last_error(void);
 
+/* ---- gradient quantization unit (gradq.c; tvmq/numerics/gradq.py) ------------------------
+ *
+ * Entry points here report bad arguments through accel_gradq_last_error() (gradq.c's own
+ * buffer, same one-thread rule as accel_last_error). */
+enum { ACCEL_GRADQ_NEAREST = 0, ACCEL_GRADQ_STOCHASTIC = 1, ACCEL_GRADQ_RTZ = 2 };
+enum { ACCEL_GRADQ_CLIP_NONE = 0, ACCEL_GRADQ_CLIP_MAX = 1, ACCEL_GRADQ_CLIP_ZSCORE = 2 };
+
+/* Quantize n = outer*channels*inner float32 gradients laid out [outer][channels][inner]
+ * (per tensor: outer = channels = 1) to int16 codes in [-qmax, qmax], qmax = 2^(bits-1) - 1,
+ * with one float32 step per channel, bit-exact with tvmq.numerics.gradq.quantize_gradient.
+ * bits in [2, 16]; rounding ACCEL_GRADQ_{NEAREST, STOCHASTIC, RTZ}; clip ACCEL_GRADQ_CLIP_*;
+ * k: the z-score multiplier, finite and > 0. Stochastic rounding uses counter offset + i for
+ * the element at flat index i (mod 2^32) under key seed. g must be finite; clip 'none' also
+ * needs max|g| of each channel <= 2^127. */
+int accel_gradq(const float* g, int64_t outer, int64_t channels, int64_t inner, int bits,
+                int rounding, int clip, double k, uint32_t seed, uint32_t offset,
+                int16_t* codes, float* step);
+
+/* u[i] = tvmq.numerics.gradq.uniform(seed, offset, n)[i]: the stochastic rounding draws. */
+int accel_uniform(uint32_t seed, uint32_t offset, int64_t n, float* u);
+
+/* The reason for the last nonzero return of accel_gradq or accel_uniform. */
+const char* accel_gradq_last_error(void);
+
 #ifdef __cplusplus
 }
 #endif
