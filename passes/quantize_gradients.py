@@ -7,11 +7,11 @@ Gradient pass), before building. Two kinds of gradient are quantized, each switc
   the backward convolutions consume. The quantized value replaces it in every later use.
 - weight gradients: the returned adjoint of every parameter, ``dL/dW``, before the optimizer.
 
-Each site becomes ``call_dps_packed("tvmq.quantize_gradient", (g, step, spec))`` computing
+Each site becomes ``call_dps_packed("tvmq.quantize_gradient", (g, rng, spec))`` computing
 `tvmq.numerics.gradq.fake_quantize_gradient` (in the accelerator emulator's C, bit-exact with
-it). Stochastic rounding draws its uniforms from ``(seed + site, step * g.size)``, so a run is
-reproducible from the seed and the training step, which the module takes as its int64 input
-`step` (see `tvmq.train`).
+it). Site ``i`` (in binding order) draws its stochastic-rounding uniforms with key ``seed + i``
+and counter offset ``step * g.size``, where ``rng = [seed, step]`` is the module's int64 input
+(see `tvmq.train`), so a run is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tvm import relax
 from tvmq.numerics.gradq import GradQuant, fake_quantize_gradient
 
 ADJOINT_FUNC = "backbone_loss_adjoint"
-STEP_INPUT = "step"
+RNG_INPUT = "rng"
 _PACKED = "tvmq.quantize_gradient"
 _LINEAR_PRIMS = ("conv2d", "matmul")
 
@@ -39,19 +39,17 @@ class QuantizeGradients:
     ----------
     activations, weights : GradQuant or None
         Quantizer of activation gradients / weight gradients; None leaves them float.
-    seed : int
-        Stochastic-rounding seed; site ``i`` uses ``seed + i``.
     sites : sequence of str or None
         Names of the forward variables whose adjoints are activation gradients; None finds the
         outputs of conv2d / matmul kernels.
     """
 
     def __init__(self, activations: GradQuant | None = None, weights: GradQuant | None = None,
-                 seed: int = 0, sites=None):
+                 sites=None):
         for name, q in (("activations", activations), ("weights", weights)):
             if q is not None and not isinstance(q, GradQuant):
                 raise TypeError(f"{name} must be a GradQuant or None, got {type(q).__name__}")
-        self.activations, self.weights, self.seed = activations, weights, int(seed)
+        self.activations, self.weights = activations, weights
         self.sites = None if sites is None else tuple(sites)
         _register_packed()
 
@@ -60,14 +58,14 @@ class QuantizeGradients:
             raise ValueError(f"QuantizeGradients needs a `{ADJOINT_FUNC}` function (run "
                              "relax.training.SetupTrainer first)")
         func = mod[ADJOINT_FUNC]
-        step = next((p for p in func.params if p.name == STEP_INPUT), None)
+        rng = next((p for p in func.params if p.name == RNG_INPUT), None)
         uses_sr = any(q is not None and q.rounding == "stochastic"
                       for q in (self.activations, self.weights))
-        if step is None and uses_sr:
-            raise ValueError(f"stochastic rounding needs the int64 scalar input `{STEP_INPUT}` "
-                             "in the backbone (tvmq.train adds it)")
+        if rng is None and uses_sr:
+            raise ValueError(f"stochastic rounding needs the int64 input `{RNG_INPUT}` = [seed, "
+                             "step] in the backbone (tvmq.train.make_backbone adds it)")
         sites = self.sites if self.sites is not None else activation_sites(mod, func)
-        rewriter = _Rewriter(mod, self, set(sites), step)
+        rewriter = _Rewriter(mod, self, set(sites), rng)
         out = rewriter.builder_
         out.update_func(mod.get_global_var(ADJOINT_FUNC), rewriter.visit_expr(func))
         return out.get()
@@ -89,9 +87,9 @@ def activation_sites(mod: tvm.IRModule, func: relax.Function) -> list[str]:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod, qpass, sites, step):
+    def __init__(self, mod, qpass, sites, rng):
         super().__init__(mod)
-        self.qpass, self.sites, self.step, self.count = qpass, sites, step, 0
+        self.qpass, self.sites, self.rng, self.count = qpass, sites, rng, 0
         self.params: set[str] = set()
 
     def visit_function_(self, func):
@@ -113,23 +111,25 @@ class _Rewriter(relax.PyExprMutator):
         new = self.get_var_remap(binding.var) or binding.var
         emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
                 else self.builder_.emit_output)
-        step = self.step if self.step is not None else relax.const(0, "int64")
-        spec = tvm.ir.StringImm(json.dumps({**dataclasses.asdict(q),
-                                           "seed": self.qpass.seed + self.count}))
+        rng = self.rng if self.rng is not None else relax.const(np.zeros(2, np.int64))
+        spec = tvm.ir.StringImm(json.dumps({**dataclasses.asdict(q), "site": self.count}))
         self.count += 1
-        call = relax.call_dps_packed(_PACKED, [new, step, spec], new.ty)
+        call = relax.call_dps_packed(_PACKED, [new, rng, spec], new.ty)
         self.set_var_remap(binding.var, emit(call, f"{name}_q"))
 
 
-def quantize_gradient_site(g: np.ndarray, step: int, spec: dict) -> np.ndarray:
+def quantize_gradient_site(g: np.ndarray, rng, spec: dict) -> np.ndarray:
     """What one inserted site computes: the fake-quantized gradient (golden numerics)."""
+    q, seed, offset = _site_key(rng, spec, g.size)
+    return fake_quantize_gradient(g, q, seed=seed, offset=offset)
+
+
+def _site_key(rng, spec: dict, size: int) -> tuple[GradQuant, int, int]:
+    """(quantizer, stochastic-rounding key, counter offset) of a site at ``rng = [seed, step]``."""
     spec = dict(spec)
-    seed = spec.pop("seed")
-    return fake_quantize_gradient(g, GradQuant(**spec), seed=seed, offset=_offset(step, g.size))
-
-
-def _offset(step: int, size: int) -> int:
-    return (int(step) * int(size)) % (1 << 32)
+    site = spec.pop("site")
+    seed, step = (int(v) for v in np.asarray(rng).reshape(2))
+    return GradQuant(**spec), (seed + site) % (1 << 32), (step * size) % (1 << 32)
 
 
 def _register_packed() -> None:
@@ -137,12 +137,10 @@ def _register_packed() -> None:
         return
     from tvmq.targets.accel import gradq as c_gradq  # the C unit: bit-exact, faster
 
-    def _quantize(g, step, spec, out):
-        s = json.loads(str(spec))
-        seed = s.pop("seed")
+    def _quantize(g, rng, spec, out):
         a = g.numpy()
-        codes, scale = c_gradq.quantize_gradient(a, GradQuant(**s), seed=seed,
-                                                 offset=_offset(step.numpy(), a.size))
-        out.copyfrom(codes.astype(np.float32) * scale)
+        q, seed, offset = _site_key(rng.numpy(), json.loads(str(spec)), a.size)
+        codes, step = c_gradq.quantize_gradient(a, q, seed=seed, offset=offset)
+        out.copyfrom(codes.astype(np.float32) * step)
 
     tvm.register_global_func(_PACKED, _quantize)

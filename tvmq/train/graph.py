@@ -8,7 +8,7 @@ from tvm import relax
 
 from tvmq.passes._util import op_name
 
-STEP_INPUT = "step"
+RNG_INPUT = "rng"
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
@@ -71,14 +71,14 @@ class _Lifter(relax.PyExprMutator):
 
 
 def make_backbone(mod: tvm.IRModule) -> tvm.IRModule:
-    """`main(x, *params)` -> module with `backbone(x, step, *params)` and the trainer's attrs.
+    """`main(x, *params)` -> module with `backbone(x, rng, *params)` and the trainer's attrs.
 
-    `step` (int64 scalar) is the training step; the forward ignores it, gradient quantization
-    seeds stochastic rounding with it.
+    `rng` (int64 ``[seed, step]``) keys stochastic rounding of the gradients; the forward ignores
+    it.
     """
     func = mod["main"]
     x, *params = func.params
-    step = relax.Var(STEP_INPUT, relax.TensorType((), "int64"))
-    backbone = relax.Function([x, step, *params], func.body, func.ret_ty, func.is_pure)
+    rng = relax.Var(RNG_INPUT, relax.TensorType((2,), "int64"))
+    backbone = relax.Function([x, rng, *params], func.body, func.ret_ty, func.is_pure)
     out = tvm.IRModule({"backbone": backbone.with_attr("global_symbol", "backbone")})
     return out.with_attr("param_num", len(params)).with_attr("state_num", 0)

@@ -90,7 +90,7 @@ class QuantTrainer:
                              "TrainConfig.batch_size, then sample_shape); build the Relax module "
                              "at that batch size")
         self.float_mod, params = lift_weights(float_mod)
-        self.param_names = list(params)
+        self.param_names, self._initial = list(params), params
         if not params:
             raise ValueError("the model has no float32 weights to train")
         logits = self.float_mod["main"].ret_ty
@@ -107,16 +107,40 @@ class QuantTrainer:
         self.train_mod = setup(make_backbone(fwd))
         if self.config.quantizes_gradients:
             self.train_mod = QuantizeGradients(self.config.activation_grads,
-                                               self.config.weight_grads,
-                                               seed=self.config.seed)(self.train_mod)
+                                               self.config.weight_grads)(self.train_mod)
         vm = relax.VirtualMachine(tvm.compile(self.train_mod, target=target), tvm.cpu())
         self._trainer = Trainer(self.train_mod, vm, tvm.cpu(), zero_init_param_state=True)
         self._trainer.load_params({k: v.astype(np.float32) for k, v in params.items()})
-        self.step = 0
+        self.seed, self.step = self.config.seed, 0
 
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
+
+    def reset(self, seed: int, init: str = "he") -> None:
+        """Start over with seed `seed`: fresh parameters, optimizer state, step 0.
+
+        ``init="he"`` draws weights from N(0, 2 / fan_in) and zeroes biases (1-D parameters and
+        those named ``*_bias``); ``init="model"`` restores the model's own values.
+        """
+        if init not in ("he", "model"):
+            raise ValueError(f"init must be 'he' or 'model', got {init!r}")
+        rng = np.random.default_rng(seed)
+        params = {}
+        for name, value in self._initial.items():
+            if init == "model":
+                params[name] = value
+            elif name.endswith("_bias") or value.ndim == 1:
+                params[name] = np.zeros_like(value)
+            else:
+                fan_in = int(np.prod(value.shape[1:])) if name.startswith("conv") \
+                    else value.shape[0]
+                params[name] = (rng.normal(size=value.shape) * np.sqrt(2 / fan_in)).astype(
+                    np.float32)
+        self.load_params(params)
+        self._trainer._optim_state = [s.copyto(tvm.cpu()) for s in
+                                      self.train_mod.attrs["optim_state"]]
+        self.seed, self.step = seed, 0
 
     def params(self) -> dict[str, np.ndarray]:
         """The current parameter values."""
@@ -127,7 +151,7 @@ class QuantTrainer:
 
     def update(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on a full batch; returns the batch loss."""
-        loss = self._trainer.update([np.asarray(x, np.float32), np.array(self.step, np.int64)],
+        loss = self._trainer.update([np.asarray(x, np.float32), self._rng()],
                                     np.asarray(y, np.int64))
         self.step += 1
         return float(loss.numpy())
@@ -137,11 +161,14 @@ class QuantTrainer:
         (quantized if configured), without updating anything."""
         adjoint = self._trainer.vm[Trainer.ADJOINT_FUNC]
         loss, grads = adjoint(tvm.runtime.tensor(np.asarray(x, np.float32)),
-                              tvm.runtime.tensor(np.array(self.step, np.int64)),
+                              tvm.runtime.tensor(self._rng()),
                               *self._trainer._params,
                               tvm.runtime.tensor(np.asarray(y, np.int64)))
         return float(loss.numpy()), {n: g.numpy() for n, g in zip(self.param_names, grads,
                                                                   strict=True)}
+
+    def _rng(self) -> np.ndarray:
+        return np.array([self.seed, self.step], np.int64)
 
     def export_onnx(self, path: str | os.PathLike | None = None) -> onnx.ModelProto:
         """The trained float model as ONNX (batch dimension ``N``), written to `path` if given;
@@ -160,7 +187,7 @@ class QuantTrainer:
             pad = self.batch_size - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            logits = self._trainer.predict(chunk, np.array(self.step, np.int64)).numpy()
+            logits = self._trainer.predict(chunk, self._rng()).numpy()
             outs.append(logits[:len(logits) - pad])
         return np.concatenate(outs)
 
@@ -175,7 +202,7 @@ class QuantTrainer:
         if len(x) != len(y) or len(x) < self.batch_size:
             raise ValueError(f"x and y must hold the same number (>= batch_size "
                              f"{self.batch_size}) of samples, got {len(x)} and {len(y)}")
-        rng = np.random.default_rng(self.config.seed)
+        rng = np.random.default_rng(self.seed)
         history = History()
         steps = len(x) // self.batch_size
         bar = tqdm(total=epochs * steps, desc="train", disable=not progress, leave=False)
