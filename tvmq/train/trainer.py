@@ -61,8 +61,8 @@ class QuantTrainer:
     ----------
     model : path, onnx.ModelProto or tvm.IRModule
         A classifier with one float32 NCHW (or NC) input and logits [N, classes] out. An ONNX
-        model's batch dimension is set to ``config.batch_size``; a Relax module must already
-        have it. Its float32 constants become the trained parameters (their values the start).
+        model's input is declared ``(config.batch_size, *sample_shape)``; a Relax module must
+        already have that shape. Its float32 constants become the trained parameters (their values the start).
     sample_shape : tuple of int
         One input sample's shape without the batch, e.g. ``(1, 8, 8)``.
     config : TrainConfig
@@ -82,7 +82,7 @@ class QuantTrainer:
         batch = self.config.batch_size
         input_shape = (batch, *sample_shape)
         if isinstance(model, str | os.PathLike | onnx.ModelProto):
-            model = _with_batch(model, batch)
+            model = _with_input_shape(model, input_shape)
         float_mod, self.input = load_model(model, input_shape)
         if tuple(self.input.shape) != input_shape:
             raise ValueError(f"the model's input {self.input.name!r} has shape "
@@ -222,8 +222,9 @@ class QuantTrainer:
         return history
 
 
-def _with_batch(model, batch: int) -> onnx.ModelProto:
-    """The ONNX model with its input's batch dimension set to `batch`."""
+def _with_input_shape(model, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The ONNX model with its input declared as `shape` (batch and sample dimensions; a fully
+    convolutional model then trains on other image sizes too)."""
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     init = {i.name for i in proto.graph.initializer}
@@ -231,8 +232,10 @@ def _with_batch(model, batch: int) -> onnx.ModelProto:
     if len(inputs) != 1:
         raise ValueError(f"the model must have one input, got {[i.name for i in inputs]}")
     dims = inputs[0].type.tensor_type.shape.dim
-    if not dims:
-        raise ValueError(f"input {inputs[0].name!r} has no shape; export it with a batch axis")
-    dims[0].ClearField("dim_param")
-    dims[0].dim_value = batch
+    if len(dims) != len(shape):
+        raise ValueError(f"input {inputs[0].name!r} has rank {len(dims)}, but the batch plus "
+                         f"sample_shape {shape} has rank {len(shape)}")
+    for dim, value in zip(dims, shape, strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
     return proto

@@ -114,19 +114,48 @@ static float step_of(float c, int32_t qmax) {
   return step == 0.0f ? 1.0f : step;
 }
 
-/* tvmq _round and the saturation of quantize_gradient, for x already clamped to +-(qmax+1). */
-static int16_t code_of(float x, int rounding, float u, int32_t qmax) {
-  float r;
+static inline float clampf(float x, float limit) {
+  return x < -limit ? -limit : x > limit ? limit : x;
+}
+
+/* 1.5 * 2^23: (x + R) - R rounds a float32 |x| <= 2^22 to the nearest integer, ties to even,
+ * exactly as nearbyintf in the default rounding mode (needs -ffp-contract=off, no fast-math). */
+#define ROUND_MAGIC 12582912.0f
+
+/* tvmq _round and the saturation of quantize_gradient on one row of n elements sharing `step`,
+ * `offset` being the stochastic-rounding counter of its first element. x = g / step is clamped
+ * to +-(qmax+1) first, so the int32 conversions below (which truncate toward zero) are exact.
+ * One loop per rounding mode, so each stays a simple loop. */
+static void quantize_row(const float* g, int64_t n, float step, int32_t qmax, int rounding,
+                         uint32_t key, uint32_t offset, int16_t* codes) {
+  const float limit = (float)(qmax + 1), lim = (float)qmax;
+#define CLAMPED(j) clampf(g[j] / step, limit)
+#define SATURATE(r) (int16_t)((r) < -lim ? -lim : (r) > lim ? lim : (r))
   switch (rounding) {
-    case ACCEL_GRADQ_NEAREST: r = nearbyintf(x); break; /* half to even (default mode) */
-    case ACCEL_GRADQ_RTZ: r = truncf(x); break;
-    default: {
-      float fl = floorf(x);
-      r = fl + (u < x - fl ? 1.0f : 0.0f);
-    }
+    case ACCEL_GRADQ_NEAREST:
+      for (int64_t j = 0; j < n; ++j) {
+        float r = (CLAMPED(j) + ROUND_MAGIC) - ROUND_MAGIC;
+        codes[j] = SATURATE(r);
+      }
+      break;
+    case ACCEL_GRADQ_RTZ:
+      for (int64_t j = 0; j < n; ++j) {
+        float r = (float)(int32_t)CLAMPED(j);
+        codes[j] = SATURATE(r);
+      }
+      break;
+    default: /* stochastic: floor(x) + (u < x - floor(x)), in integers: no branches, since
+              * the outcomes are random and a mispredicted branch per element triples the time */
+      for (int64_t j = 0; j < n; ++j) {
+        float x = CLAMPED(j);
+        int32_t t = (int32_t)x;
+        int32_t fl = t - (int32_t)(x < (float)t);
+        int32_t r = fl + (int32_t)(uniform_at(key, offset + (uint32_t)j) < x - (float)fl);
+        codes[j] = (int16_t)(r < -qmax ? -qmax : r > qmax ? qmax : r);
+      }
   }
-  float lim = (float)qmax;
-  return (int16_t)(r < -lim ? -lim : r > lim ? lim : r);
+#undef CLAMPED
+#undef SATURATE
 }
 
 static int check_gradq(const float* g, int64_t outer, int64_t channels, int64_t inner, int bits,
@@ -160,13 +189,11 @@ int accel_gradq(const float* g, int64_t outer, int64_t channels, int64_t inner, 
     step[ch] = step_of(c, qmax);
   }
   uint32_t key = lowbias32(seed ^ SEED_MIX);
-  float limit = (float)(qmax + 1);
-  int64_t n = outer * channels * inner;
-  for (int64_t i = 0; i < n; ++i) {
-    float x = g[i] / step[(i / inner) % channels];
-    x = x < -limit ? -limit : x > limit ? limit : x;
-    float u = rounding == ACCEL_GRADQ_STOCHASTIC ? uniform_at(key, offset + (uint32_t)i) : 0.0f;
-    codes[i] = code_of(x, rounding, u, qmax);
-  }
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      int64_t base = (o * channels + ch) * inner;
+      quantize_row(g + base, inner, step[ch], qmax, rounding, key, offset + (uint32_t)base,
+                   codes + base);
+    }
   return 0;
 }
