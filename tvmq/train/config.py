@@ -27,6 +27,12 @@ class TrainConfig:
     activation_grads, weight_grads : GradQuant or None
         Quantizers of the activation gradients and weight gradients (`QuantizeGradients`); None
         keeps them FP32.
+    quantize_logits_grad : bool
+        Whether the activation gradient of the last conv/matmul layer (for a classifier:
+        ``dL/dlogits = softmax - onehot``, made by the loss) is quantized too. Off by default:
+        it is bounded by 1 and its few large entries are the misclassified samples, which
+        z-score clipping cuts; with it on, RTZ + z-score training on digits oscillated
+        (benchmarks/gradq.py shows the row).
     optimizer : {"sgd", "momentum", "adam"}
     lr, momentum, weight_decay : float
         Optimizer settings (momentum is used by "momentum" only).
@@ -40,6 +46,7 @@ class TrainConfig:
     bits: int = 8
     activation_grads: GradQuant | None = None
     weight_grads: GradQuant | None = None
+    quantize_logits_grad: bool = False
     optimizer: str = "momentum"
     lr: float = 0.05
     momentum: float = 0.9
@@ -58,6 +65,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, GradQuant):
                 raise ValueError(f"{name} must be a GradQuant or None, got {value!r}")
+        if not isinstance(self.quantize_logits_grad, bool):
+            raise ValueError(f"quantize_logits_grad must be a bool, got "
+                             f"{self.quantize_logits_grad!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name, lo in (("lr", 0.0), ("momentum", 0.0), ("weight_decay", 0.0)):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import tvm
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from tvm import relax
 from tvm.relax.training import SetupTrainer, Trainer
 from tvm.relax.training.loss import CrossEntropyLoss
@@ -22,7 +22,7 @@ from tvm.relax.training.optimizer import SGD, Adam, MomentumSGD
 from tvmq.frontend import load_model
 from tvmq.passes import _gradients
 from tvmq.passes.fake_quantize import FakeQuantize
-from tvmq.passes.quantize_gradients import QuantizeGradients
+from tvmq.passes.quantize_gradients import ADJOINT_FUNC, QuantizeGradients, activation_sites
 
 from .config import TrainConfig
 from .export import to_onnx
@@ -62,7 +62,8 @@ class QuantTrainer:
     model : path, onnx.ModelProto or tvm.IRModule
         A classifier with one float32 NCHW (or NC) input and logits [N, classes] out. An ONNX
         model's input is declared ``(config.batch_size, *sample_shape)``; a Relax module must
-        already have that shape. Its float32 constants become the trained parameters (their values the start).
+        already have that shape. Its float32 constants become the trained parameters, starting
+        from their values.
     sample_shape : tuple of int
         One input sample's shape without the batch, e.g. ``(1, 8, 8)``.
     config : TrainConfig
@@ -106,12 +107,17 @@ class QuantTrainer:
                               relax.TensorType((batch,), "int64")])
         self.train_mod = setup(make_backbone(fwd))
         if self.config.quantizes_gradients:
+            sites = activation_sites(self.train_mod, self.train_mod[ADJOINT_FUNC])
+            if not self.config.quantize_logits_grad:
+                sites = sites[:-1]  # in forward order: the last is the output layer's
             self.train_mod = QuantizeGradients(self.config.activation_grads,
-                                               self.config.weight_grads)(self.train_mod)
+                                               self.config.weight_grads,
+                                               sites=sites)(self.train_mod)
         vm = relax.VirtualMachine(tvm.compile(self.train_mod, target=target), tvm.cpu())
         self._trainer = Trainer(self.train_mod, vm, tvm.cpu(), zero_init_param_state=True)
         self._trainer.load_params({k: v.astype(np.float32) for k, v in params.items()})
         self.seed, self.step = self.config.seed, 0
+        self._shuffle = np.random.default_rng(self.seed)
 
     @property
     def batch_size(self) -> int:
@@ -141,6 +147,7 @@ class QuantTrainer:
         self._trainer._optim_state = [s.copyto(tvm.cpu()) for s in
                                       self.train_mod.attrs["optim_state"]]
         self.seed, self.step = seed, 0
+        self._shuffle = np.random.default_rng(seed)
 
     def params(self) -> dict[str, np.ndarray]:
         """The current parameter values."""
@@ -179,7 +186,12 @@ class QuantTrainer:
         return model
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Logits of the training-mode forward (fake-quantized if configured) for any N."""
+        """Logits of the training-mode forward (fake-quantized if configured) for any N.
+
+        The fake-quantized forward takes each activation scale from its batch's max, so a
+        sample's logits depend slightly on its batch-mates (batches of ``batch_size``, the last
+        one zero-padded); the exported model, compiled by `tvmq.compile`, has calibrated scales.
+        """
         x = np.asarray(x, np.float32)
         outs = []
         for start in range(0, len(x), self.batch_size):
@@ -202,12 +214,11 @@ class QuantTrainer:
         if len(x) != len(y) or len(x) < self.batch_size:
             raise ValueError(f"x and y must hold the same number (>= batch_size "
                              f"{self.batch_size}) of samples, got {len(x)} and {len(y)}")
-        rng = np.random.default_rng(self.seed)
         history = History()
         steps = len(x) // self.batch_size
         bar = tqdm(total=epochs * steps, desc="train", disable=not progress, leave=False)
         for _ in range(epochs):
-            order = rng.permutation(len(x))
+            order = self._shuffle.permutation(len(x))
             losses = []
             for i in range(steps):
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
