@@ -98,21 +98,7 @@ class QuantTrainer:
         if len(logits.shape) != 2 or int(logits.shape[0]) != batch:
             raise ValueError(f"the model must return logits [batch, classes], got {logits}")
         self.num_classes = int(logits.shape[1])
-        _gradients.register()
-        fwd = self.float_mod
-        if self.config.fake_quant:
-            fwd = FakeQuantize(self.config.requant, self.config.bits)(fwd)
-        setup = SetupTrainer(CrossEntropyLoss(reduction="mean"), _optimizer(self.config),
-                             [relax.TensorType((batch, self.num_classes), "float32"),
-                              relax.TensorType((batch,), "int64")])
-        self.train_mod = setup(make_backbone(fwd))
-        if self.config.quantizes_gradients:
-            sites = activation_sites(self.train_mod, self.train_mod[ADJOINT_FUNC])
-            if not self.config.quantize_logits_grad:
-                sites = sites[:-1]  # in forward order: the last is the output layer's
-            self.train_mod = QuantizeGradients(self.config.activation_grads,
-                                               self.config.weight_grads,
-                                               sites=sites)(self.train_mod)
+        self.train_mod = training_module(self.float_mod, self.config, self.num_classes)
         vm = relax.VirtualMachine(tvm.compile(self.train_mod, target=target), tvm.cpu())
         self._trainer = Trainer(self.train_mod, vm, tvm.cpu(), zero_init_param_state=True)
         self._trainer.load_params({k: v.astype(np.float32) for k, v in params.items()})
@@ -231,6 +217,26 @@ class QuantTrainer:
             bar.set_postfix(loss=f"{history.epoch_loss[-1]:.3f}")
         bar.close()
         return history
+
+
+def training_module(float_mod: tvm.IRModule, config: TrainConfig,
+                    num_classes: int) -> tvm.IRModule:
+    """`main(x, *params)` -> the relax.training module: FakeQuantize (if configured),
+    `backbone`, SetupTrainer (cross-entropy, the optimizer), QuantizeGradients (if configured)."""
+    _gradients.register()
+    batch = config.batch_size
+    fwd = FakeQuantize(config.requant, config.bits)(float_mod) if config.fake_quant else float_mod
+    setup = SetupTrainer(CrossEntropyLoss(reduction="mean"), _optimizer(config),
+                         [relax.TensorType((batch, num_classes), "float32"),
+                          relax.TensorType((batch,), "int64")])
+    train_mod = setup(make_backbone(fwd))
+    if not config.quantizes_gradients:
+        return train_mod
+    sites = activation_sites(train_mod, train_mod[ADJOINT_FUNC])
+    if not config.quantize_logits_grad:
+        sites = sites[:-1]  # in forward order: the last is the output layer's
+    return QuantizeGradients(config.activation_grads, config.weight_grads,
+                             sites=sites)(train_mod)
 
 
 def _with_input_shape(model, shape: tuple[int, ...]) -> onnx.ModelProto:
