@@ -9,9 +9,9 @@ import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
+from tvmq.passes.quantize_gradients import QuantizeGradients, activation_sites
 
 from tvmq.numerics.gradq import GradQuant
-from tvmq.passes.quantize_gradients import QuantizeGradients, activation_sites
 
 ACT = GradQuant(8, "rtz", "zscore")
 WEIGHT = GradQuant(4, "stochastic", "max", axis=0)
