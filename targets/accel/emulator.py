@@ -215,8 +215,6 @@ def _declare_gradq(lib: ctypes.CDLL) -> None:
     lib.accel_gradq.restype = ctypes.c_int
     lib.accel_uniform.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64, _f32p]
     lib.accel_uniform.restype = ctypes.c_int
-    lib.accel_gradq_last_error.argtypes = []
-    lib.accel_gradq_last_error.restype = ctypes.c_char_p
 
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:

@@ -31,7 +31,7 @@ _i16p = ctypes.POINTER(ctypes.c_int16)
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
     if status != 0:
-        raise ValueError(f"{what}: {lib.accel_gradq_last_error().decode()}")
+        raise ValueError(f"{what}: {lib.accel_last_error().decode()}")
 
 
 def quantize_gradient(g: object, q: GradQuant, *, seed: int = 0,

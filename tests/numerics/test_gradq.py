@@ -482,4 +482,4 @@ def test_accel_checks_its_arguments(args, match):
     status = lib.accel_gradq(g.ctypes.data_as(f32p), *call.values(), 0, 0,
                              codes.ctypes.data_as(i16p), step.ctypes.data_as(f32p))
     assert status != 0
-    assert re.search(match, lib.accel_gradq_last_error().decode())
+    assert re.search(match, lib.accel_last_error().decode())

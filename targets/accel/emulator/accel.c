@@ -80,13 +80,15 @@ typedef char accel_check_arithmetic_shift[(((int64_t)-5) >> 1) == -3 ? 1 : -1];
 
 static char g_error[512];
 
-static int fail(const char* fmt, ...) {
+/* Record the reason for a nonzero return (printf format) and return 1; gradq.c uses it too. */
+int accel_fail(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(g_error, sizeof g_error, fmt, ap);
   va_end(ap);
   return 1;
 }
+#define fail accel_fail
 
 const char* accel_last_error(void) { return g_error; }
 

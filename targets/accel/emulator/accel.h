@@ -147,10 +147,12 @@ int accel_lbfp_conv2d_tile(const int32_t* desc, const uint8_t* x, const uint8_t*
 /* The reason for the last nonzero return. */
 const char* accel_last_error(void);
 
+/* Set that reason (printf format); returns 1 (internal to the emulator's sources). */
+int accel_fail(const char* fmt, ...);
+
 /* ---- gradient quantization unit (gradq.c; tvmq/numerics/gradq.py) ------------------------
  *
- * Entry points here report bad arguments through accel_gradq_last_error() (gradq.c's own
- * buffer, same one-thread rule as accel_last_error). */
+ * Entry points here report bad arguments through accel_last_error(). */
 enum { ACCEL_GRADQ_NEAREST = 0, ACCEL_GRADQ_STOCHASTIC = 1, ACCEL_GRADQ_RTZ = 2 };
 enum { ACCEL_GRADQ_CLIP_NONE = 0, ACCEL_GRADQ_CLIP_MAX = 1, ACCEL_GRADQ_CLIP_ZSCORE = 2 };
 
@@ -169,7 +171,6 @@ int accel_gradq(const float* g, int64_t outer, int64_t channels, int64_t inner, 
 int accel_uniform(uint32_t seed, uint32_t offset, int64_t n, float* u);
 
 /* The reason for the last nonzero return of accel_gradq or accel_uniform. */
-const char* accel_gradq_last_error(void);
 
 #ifdef __cplusplus
 }

@@ -16,24 +16,10 @@
 
 #include <float.h>
 #include <math.h>
-#include <stdarg.h>
-#include <stdio.h>
 
 #if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
 #error "gradq.c needs FLT_EVAL_METHOD == 0 (SSE float math), for bit-exact rounding"
 #endif
-
-static char g_gradq_error[512];
-
-static int gradq_fail(const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(g_gradq_error, sizeof g_gradq_error, fmt, ap);
-  va_end(ap);
-  return 1;
-}
-
-const char* accel_gradq_last_error(void) { return g_gradq_error; }
 
 /* Mixed into the seed before hashing, so seed 0 does not give key 0 (lowbias32(0) == 0). */
 #define SEED_MIX 0x9E3779B9u
@@ -54,8 +40,8 @@ static float uniform_at(uint32_t key, uint32_t counter) {
 }
 
 int accel_uniform(uint32_t seed, uint32_t offset, int64_t n, float* u) {
-  if (n < 0) return gradq_fail("n=%lld: use n >= 0", (long long)n);
-  if (n > 0 && !u) return gradq_fail("u is NULL");
+  if (n < 0) return accel_fail("n=%lld: use n >= 0", (long long)n);
+  if (n > 0 && !u) return accel_fail("u is NULL");
   uint32_t key = lowbias32(seed ^ SEED_MIX);
   for (int64_t i = 0; i < n; ++i) u[i] = uniform_at(key, offset + (uint32_t)i);
   return 0;
@@ -90,7 +76,7 @@ static int clip_channel(const float* g, int64_t outer, int64_t channels, int64_t
       return 0;
     }
     if (e > 127)
-      return gradq_fail("clip 'none' rounds max|g|=%g of channel %lld up to 2**%d, beyond "
+      return accel_fail("clip 'none' rounds max|g|=%g of channel %lld up to 2**%d, beyond "
                         "float32; use clip 'max' or 'zscore'", (double)top, (long long)ch, e);
     *c = ldexpf(1.0f, e);
     return 0;
@@ -161,20 +147,20 @@ static void quantize_row(const float* g, int64_t n, float step, int32_t qmax, in
 static int check_gradq(const float* g, int64_t outer, int64_t channels, int64_t inner, int bits,
                        int rounding, int clip, double k, const int16_t* codes, const float* step) {
   if (outer < 1 || channels < 1 || inner < 1)
-    return gradq_fail("outer=%lld, channels=%lld, inner=%lld: use values >= 1", (long long)outer,
+    return accel_fail("outer=%lld, channels=%lld, inner=%lld: use values >= 1", (long long)outer,
                       (long long)channels, (long long)inner);
   if (outer > INT64_MAX / channels || outer * channels > INT64_MAX / inner)
-    return gradq_fail("outer*channels*inner overflows int64");
-  if (!g || !codes || !step) return gradq_fail("g, codes or step is NULL");
-  if (bits < 2 || bits > 16) return gradq_fail("bits=%d: use [2, 16]", bits);
+    return accel_fail("outer*channels*inner overflows int64");
+  if (!g || !codes || !step) return accel_fail("g, codes or step is NULL");
+  if (bits < 2 || bits > 16) return accel_fail("bits=%d: use [2, 16]", bits);
   if (rounding < 0 || rounding > 2)
-    return gradq_fail("rounding=%d: use 0 nearest, 1 stochastic, 2 rtz", rounding);
-  if (clip < 0 || clip > 2) return gradq_fail("clip=%d: use 0 none, 1 max, 2 zscore", clip);
-  if (!(isfinite(k) && k > 0.0)) return gradq_fail("k=%g: use a finite number > 0", k);
+    return accel_fail("rounding=%d: use 0 nearest, 1 stochastic, 2 rtz", rounding);
+  if (clip < 0 || clip > 2) return accel_fail("clip=%d: use 0 none, 1 max, 2 zscore", clip);
+  if (!(isfinite(k) && k > 0.0)) return accel_fail("k=%g: use a finite number > 0", k);
   int64_t n = outer * channels * inner;
   for (int64_t i = 0; i < n; ++i)
     if (!isfinite(g[i]))
-      return gradq_fail("g[%lld]=%g: use finite float32 values", (long long)i, (double)g[i]);
+      return accel_fail("g[%lld]=%g: use finite float32 values", (long long)i, (double)g[i]);
   return 0;
 }
 
