@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import tvm
 from tvm import relax
-from tvmq.passes.fake_quantize import fake_quant, fake_requant
+from tvmq.passes.fake_quantize import FakeQuantize, fake_quant, fake_requant
 from tvmq.passes.quantize_gradients import quantize_gradient_site
 
 import tvmq
@@ -213,6 +213,26 @@ def test_export_rejects_unsupported_ops():
         bb.emit_func_output(out)
     with pytest.raises(ValueError, match=r"does not support relax\.sigmoid"):
         to_onnx(bb.get(), {})
+
+
+def test_fake_quantize_touches_only_parameter_weights():
+    """A matmul of two activations stays float; bad settings are refused."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    w = relax.Var("w", relax.TensorType((3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.matmul(x, relax.op.permute_dims(x)))  # (2, 2), no weight
+            out = bb.emit_output(relax.op.matmul(relax.op.matmul(h, x), w))
+        bb.emit_func_output(out)
+    calls = [b.value.op.name for block in FakeQuantize()(bb.get())["main"].body.blocks
+             for b in block.bindings if isinstance(b.value, relax.Call)]
+    assert calls.count("relax.matmul") == 4  # two activation matmuls + y and acc of the layer
+    assert calls.count("relax.call_dps_packed") == 3  # fake_quant x, fake_quant w, requant
+    with pytest.raises(ValueError, match="requant"):
+        FakeQuantize(requant="int")
+    with pytest.raises(ValueError, match="bits"):
+        FakeQuantize(bits=9)
 
 
 def test_config_and_model_errors():
