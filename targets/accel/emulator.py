@@ -20,6 +20,7 @@ array([ 3, -2], dtype=int32)
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -95,10 +96,16 @@ def find_compiler() -> str | None:
     """Path of the C compiler: ``$CC`` if set, else ``cc``, else ``gcc``; None if none found."""
     names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]
     for name in names:
-        path = shutil.which(name)
+        path = _which(name, os.environ.get("PATH"))
         if path:
             return path
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _which(name: str, search_path: str | None) -> str | None:
+    """`shutil.which`, remembered per PATH: `load()` runs on every call into the library."""
+    return shutil.which(name, path=search_path)
 
 
 def cache_root() -> Path:
