@@ -5,6 +5,8 @@
 >>> cm = tvmq.compile("model.onnx", target="host", config=cfg, calib=x)  # doctest: +SKIP
 """
 
+from importlib.metadata import version as _version
+
 from .compiler import CompiledModel, compile
 from .config import QuantConfig
 from .errors import CompileError
@@ -12,4 +14,4 @@ from .report import Report
 from .targets.mcu import McuConfig
 
 __all__ = ["CompileError", "CompiledModel", "McuConfig", "QuantConfig", "Report", "compile"]
-__version__ = "0.1.0"
+__version__ = _version("tvmq")  # one source: pyproject.toml (the tuning cache keys on it too)
