@@ -31,7 +31,7 @@ from tvmq.numerics import QParams, Requant, choose_qparams, dequantize, quantize
 from tvmq.numerics.weights import quantize_weight
 
 from . import _gradients
-from ._util import op_name, rewrite_functions, shape_of
+from ._util import LINEAR_OPS, op_name, rewrite_functions, shape_of
 
 REQUANT_KINDS = ("mult_shift", "fp32")
 _FAKE_QUANT = "tvmq.fake_quant"
@@ -84,7 +84,7 @@ class _Rewriter(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         kind = op_name(call)
-        if kind not in ("relax.nn.conv2d", "relax.matmul") or self.func is None:
+        if kind not in LINEAR_OPS or self.func is None:
             return call
         if weight_param(self.func, call.args[1]) is None or len(shape_of(call.args[1])) < 2:
             return call

@@ -64,14 +64,14 @@ class QuantizeGradients:
         if rng is None and uses_sr:
             raise ValueError(f"stochastic rounding needs the int64 input `{RNG_INPUT}` = [seed, "
                              "step] in the backbone (tvmq.train.make_backbone adds it)")
-        sites = self.sites if self.sites is not None else activation_sites(mod, func)
+        sites = self.sites if self.sites is not None else activation_sites(func)
         rewriter = _Rewriter(mod, self, set(sites), rng)
         out = rewriter.builder_
         out.update_func(mod.get_global_var(ADJOINT_FUNC), rewriter.visit_expr(func))
         return out.get()
 
 
-def activation_sites(mod: tvm.IRModule, func: relax.Function) -> list[str]:
+def activation_sites(func: relax.Function) -> list[str]:
     """Forward variables of `func` bound to a conv2d / matmul kernel that have an adjoint."""
     bound = {b.var.name: b.value for block in func.body.blocks for b in block.bindings}
     sites = []

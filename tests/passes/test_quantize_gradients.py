@@ -87,7 +87,7 @@ class Expected:
 
 
 def test_activation_sites_are_linear_kernel_outputs_with_an_adjoint():
-    assert activation_sites(Before, Before["backbone_loss_adjoint"]) == ["y"]
+    assert activation_sites(Before["backbone_loss_adjoint"]) == ["y"]
 
 
 def test_quantizers_inserted_after_activation_and_weight_gradients():

@@ -6,9 +6,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvmq.passes._util import op_name
-
-RNG_INPUT = "rng"
+from tvmq.passes._util import LINEAR_OPS, bindings_of, op_name
+from tvmq.passes.quantize_gradients import RNG_INPUT
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
@@ -35,10 +34,10 @@ def _weight_names(func: relax.Function) -> list[tuple[tvm.ir.GenericConst, str]]
     """(constant, name) pairs, named after the op that consumes the constant."""
     names: list[tuple[tvm.ir.GenericConst, str]] = []
     counts: dict[str, int] = {}
-    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    bound = bindings_of(func)
     for var, value in bound.items():
         op = op_name(value)
-        weight = value.args[1] if op in ("relax.nn.conv2d", "relax.matmul") else None
+        weight = value.args[1] if op in LINEAR_OPS else None
         if isinstance(weight, tvm.ir.GenericConst):
             kind = "conv" if op == "relax.nn.conv2d" else "dense"
             i = counts.get(kind, 0)

@@ -232,7 +232,7 @@ def training_module(float_mod: tvm.IRModule, config: TrainConfig,
     train_mod = setup(make_backbone(fwd))
     if not config.quantizes_gradients:
         return train_mod
-    sites = activation_sites(train_mod, train_mod[ADJOINT_FUNC])
+    sites = activation_sites(train_mod[ADJOINT_FUNC])
     if not config.quantize_logits_grad:
         sites = sites[:-1]  # in forward order: the last is the output layer's
     return QuantizeGradients(config.activation_grads, config.weight_grads,
