@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir
 
+from . import pair_dot
+
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 
 
@@ -38,16 +40,19 @@ class ScheduleParams:
     tile_axis: the tiled output axis counted from the end: 2 = the rows (H) of an NCHW conv
                output or of a matmul, 3 = a conv's output channels.
     parallel:  how many outer loops (of extent > 1) are fused into one parallel loop; 0 = none.
+    pairs:     a conv multiplies input-channel pairs with vpmaddwd (pair_dot.py); vec is then
+               a multiple of 8.
     """
 
     vec: int
     tile: int = 1
     tile_axis: int = 2
     parallel: int = 0
+    pairs: bool = False
 
     def to_dict(self) -> dict:
         return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
-                "parallel": self.parallel}
+                "parallel": self.parallel, "pairs": self.pairs}
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class FuncInfo:
 
     kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
     out_shape: tuple[int, ...]
+    pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
@@ -70,7 +76,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     out_shape = ()
     if len(outputs) == 1:
         out_shape = tuple(int(d) for d in sch.get(outputs[0]).writes[0].source.shape)
-    kind = "elementwise"
+    kind, pairs = "elementwise", False
     for block in sch.get_child_blocks(root):
         name = sch.get(block).name_hint
         if sch.get(block).init is None:
@@ -81,6 +87,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         if name.startswith(("conv2d", "group_conv2d")):
             depthwise = name.startswith("group") and _is_depthwise(sch, block)
             kind = "depthwise" if depthwise else "conv2d"
+            pairs = pair_dot.applies(sch, block)
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
         else:
@@ -88,29 +95,35 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         break
     if len(outputs) != 1:
         kind = "other"
-    return FuncInfo(kind, out_shape)
+    return FuncInfo(kind, out_shape, pairs and kind == "conv2d" and pair_dot.target_has_avx2())
 
 
 def default_params(info: FuncInfo) -> ScheduleParams | None:
     """The untuned schedule, only where it measured faster than TVM's loops: regular conv2d
     and matmul with at least 4 output columns; vector width the largest divisor of the
     columns up to 16 lanes, 4 output channels (rows of a matmul) per tile, no threads (the
-    kernels of the bundled models are too small to win back a thread launch). Everything
-    else keeps TVM's loops until the tuner finds better (None)."""
+    kernels of the bundled models are too small to win back a thread launch); a conv whose
+    columns divide by 8 runs on channel pairs (pair_dot.py). Everything else keeps TVM's
+    loops until the tuner finds better (None)."""
     if info.kind not in ("conv2d", "matmul") or len(info.out_shape) < 2:
         return None
     if info.out_shape[-1] < 4:
         return None
     axis = 3 if len(info.out_shape) == 4 else 2
-    return ScheduleParams(vec=_largest_divisor(info.out_shape[-1], VECTOR_LANES),
-                          tile=_largest_divisor(info.out_shape[-axis], 4), tile_axis=axis,
-                          parallel=0)
+    tile = _largest_divisor(info.out_shape[-axis], 4)
+    pair_vecs = _pair_vecs(info)
+    if pair_vecs:
+        return ScheduleParams(vec=max(v for v in pair_vecs if v <= VECTOR_LANES), tile=tile,
+                              tile_axis=axis, pairs=True)
+    return ScheduleParams(vec=_largest_divisor(info.out_shape[-1], VECTOR_LANES), tile=tile,
+                          tile_axis=axis, parallel=0)
 
 
 def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
     """Every schedule the tuner may try for `info`: vector width (a divisor of the innermost
     output extent, 4 to 32) x tile rows (1, 2, 4, 8 dividing the axis) x tile axis x parallel
-    depth (0, 1 or 2 outer loops)."""
+    depth (0, 1 or 2 outer loops); for a pair_dot conv, the same with vpmaddwd on widths that
+    are multiples of 8."""
     if not info.out_shape or info.kind == "other" or info.out_shape[-1] < 4:
         return []
     rank = len(info.out_shape)
@@ -122,7 +135,9 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
             if info.out_shape[-axis] % tile == 0:
                 out |= {ScheduleParams(vec, tile, axis, parallel)
                         for vec in vecs for parallel in (0, 1, 2)}
-    return sorted(out, key=lambda p: (p.tile_axis, p.vec, p.tile, p.parallel))
+    out |= {ScheduleParams(vec, tile, 3, parallel, pairs=True) for vec in _pair_vecs(info)
+            for tile in (1, 2, 4, 8) if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
+    return sorted(out, key=lambda p: (p.pairs, p.tile_axis, p.vec, p.tile, p.parallel))
 
 
 def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
@@ -130,9 +145,14 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     apply; the build's `schedule_host` pass then keeps TVM's loops)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
+    conv = _pair_conv(sch, root) if params.pairs else None
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
-    # conv's inner loop)
-    inline_single_reads(sch, root, keep=lambda block: _is_padding(sch, block))
+    # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs)
+    def at_root(block) -> bool:
+        return _is_padding(sch, block) or (
+            conv is not None and _same(sch, block, sch.get_producers(conv)[0]))
+
+    inline_single_reads(sch, root, keep=at_root)
     (out,) = sch.get_output_blocks(root)
     loops = sch.get_loops(out)
     rank = len(loops)
@@ -151,21 +171,26 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
         loops = sch.get_loops(out)
     tile_loop = loops[-3] if tiled else loops[-2]   # w_o: everything in the tile hangs here
     for block in reversed(intermediates(sch, root)):
-        if _is_padding(sch, block):
+        if at_root(block):
             continue
         sch.compute_at(block, tile_loop, preserve_unit_loops=True)
     _parallel_outer(sch, sch.get_loops(out), tile_loop, params.parallel)
+    if conv is not None:
+        pair_dot.pack_input(sch, conv, params.parallel)
     for block in intermediates(sch, root):
-        if _is_padding(sch, block):
+        if _is_padding(sch, block) and conv is None:
             _schedule_elementwise(sch, block, params.parallel)
     reductions = []
     for block in sch.get_child_blocks(tile_loop):
-        if _vectorize_tile(sch, block, tile_loop):
+        if conv is not None and _same(sch, block, conv):
+            pair_dot.split_reduction(sch, block, sch.get_loops(block)[_depth(sch, block,
+                                                                             tile_loop):])
+        elif _vectorize_tile(sch, block, tile_loop):
             reductions.append(block)
     for block in reductions:  # last: parallel and vectorize need complete blocks
         loops = sch.get_loops(block)
         sch.decompose_reduction(block, loops[_depth(sch, block, tile_loop)])  # 1st reduce loop
-    return sch.mod["main"]
+    return pair_dot.emit(sch) if conv is not None else sch.mod["main"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -202,6 +227,16 @@ def inline_single_reads(sch, root, keep=lambda block: False) -> None:
                 continue
             changed = True
             break
+
+
+def _pair_conv(sch, root):
+    """The conv block of a function scheduled with `pairs` (raises if pair_dot does not apply)."""
+    convs = [b for b in sch.get_child_blocks(root) if sch.get(b).init is not None]
+    if len(convs) != 1 or not pair_dot.applies(sch, convs[0]):
+        raise s_tir.ScheduleError("pairs: not a conv on int16 channel pairs with stride 1")
+    if not pair_dot.target_has_avx2():
+        raise s_tir.ScheduleError("pairs: the target has no AVX2")
+    return convs[0]
 
 
 def _is_padding(sch, block) -> bool:
@@ -278,6 +313,13 @@ def _schedule_elementwise(sch, block, depth: int) -> None:
     outer = [lp for lp in loops[:-1] if _extent(sch, lp) > 1][:depth]
     if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _pair_vecs(info: FuncInfo) -> list[int]:
+    """Tile widths for a pair_dot conv: multiples of 8 dividing the output width, up to 32."""
+    if not info.pairs:
+        return []
+    return [v for v in range(pair_dot.LANES, 33, pair_dot.LANES) if info.out_shape[-1] % v == 0]
 
 
 def _largest_divisor(n: int, limit: int) -> int:

@@ -41,6 +41,8 @@ MODELS = {
     "conv3x3_odd": (lambda: _conv_model(3, 5, (6, 7)), (3, 6, 7)),
     "conv3x3_stride2": (lambda: _conv_model(4, 8, (9, 11), stride=2), (4, 9, 11)),
     "conv1x1_12ch": (lambda: _conv_model(6, 12, (5, 6), k=1, pad=0), (6, 5, 6)),
+    # even channels, width 16: the vpmaddwd channel-pair schedule (pair_dot.py)
+    "conv3x3_pairs": (lambda: _conv_model(6, 10, (5, 16)), (6, 5, 16)),
     "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
 }
@@ -79,7 +81,9 @@ def test_every_candidate_schedule_is_bit_exact(compiled):
         candidates = schedules.candidate_params(task.info)
         default = schedules.default_params(task.info)
         assert candidates or task.info.out_shape[-1] < 4
-        picks = candidates[:: max(1, len(candidates) // 6)] + ([default] if default else [])
+        pairs = [p for p in candidates if p.pairs]
+        picks = candidates[:: max(1, len(candidates) // 6)] + pairs[:: max(1, len(pairs) // 4)]
+        picks += [default] if default else []
         args = random_args(task.func, seed=3)
         want = _run(task.func, target, args)
         for params in picks:
@@ -89,6 +93,34 @@ def test_every_candidate_schedule_is_bit_exact(compiled):
                                           err_msg=f"{name} {params}")
             checked += 1
     assert checked >= 1
+
+
+def test_pair_dot_conv_is_bit_exact_on_full_range_inputs():
+    """vpmaddwd on channel pairs against TVM's loops, with activations at +-255 and weights at
+    -128/127 (the extremes of a zero-point-subtracted int8 and an int8 weight)."""
+    _, cm, _ = _compiled("conv3x3_pairs")
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "conv2d"]
+    assert task.info.pairs and schedules.default_params(task.info).pairs
+    args = random_args(task.func, seed=5)
+    rng = np.random.default_rng(5)
+    for i, arg in enumerate(args[:2]):  # the int16 input and the int8 weight
+        value = arg.numpy()
+        lo, hi = (-255, 255) if value.dtype == np.int16 else (-128, 127)
+        args[i] = tvm.runtime.tensor(rng.choice([lo, hi, 0, 1], size=value.shape).astype(
+            value.dtype))
+    want = _run(task.func, target, args)
+    for params in [p for p in schedules.candidate_params(task.info) if p.pairs]:
+        scheduled = schedules.schedule(task.func, params)
+        assert "pmadd.wd" in scheduled.script(), params
+        np.testing.assert_array_equal(_run(scheduled, target, args), want, err_msg=str(params))
+
+
+def test_pair_dot_needs_even_channels_and_unit_stride():
+    for name in ("conv3x3_odd", "conv3x3_stride2", "depthwise"):
+        _, cm, _ = _compiled(name)
+        for task in tasks_of(host_build.fuse(cm.quant_mod)):
+            assert not task.info.pairs, (name, task.info)
 
 
 def _run(func, target, args):

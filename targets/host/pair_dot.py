@@ -1,0 +1,174 @@
+"""Integer conv2d on channel pairs with AVX2 `vpmaddwd` (16 multiply-adds per instruction).
+
+A quantized conv reads int16 activations (zero point already subtracted, |x| <= 255) and int8
+weights into an int32 accumulator. `vpmaddwd` multiplies 16 int16 pairs and adds adjacent
+products into 8 int32 lanes, exactly (|x * w| <= 255 * 128, two of them fit in int32). The
+schedule feeds it:
+
+    input stage   pad_temp[n, c, h, w]  ->  pairs[n, c // 2, h, 2 * w + c % 2]   (int16)
+    conv          for c2, ry, rx: for tile rows f: for 8-column groups x0:
+                      acc[f, y, x0:x0+8] += pmaddwd(pairs[n, c2, y+ry, 2*(x0+rx) : +16],
+                                                    broadcast(w[f, 2*c2+1] << 16 | w[f, 2*c2]))
+
+so output columns stay the vector lanes of the output tile (schedules.py) and the input channel
+pair is the reduction inside one instruction. It applies to regular (groups = 1) convs with
+stride 1 along the width, an even number of input channels and a tile width that is a multiple
+of 8.
+
+TVM 0.27's `tensorize` crashes (it deep-copies the intrinsic through JSON, which segfaults in
+this wheel), so the vector statement is written into the blockized 8 x 2 block by a TVMScript
+round trip of the scheduled function: same loops, same buffers, one statement replaced.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import tvm
+from tvm import s_tir
+from tvm.script import from_source
+
+LANES = 8  # int32 lanes of one vpmaddwd (AVX2, 256 bit)
+MARK = "tvmq_pair_dot"  # block annotation: emit() rewrites this block's body
+
+
+def target_has_avx2(target: tvm.target.Target | None = None) -> bool:
+    """Whether `target` (default: the current one, else this machine's CPU) has AVX2."""
+    target = target or tvm.target.Target.current(allow_none=True) or _system_cpu()
+    key = str(target)
+    if key not in _AVX2:
+        _AVX2[key] = target.kind.name == "llvm" and bool(
+            tvm.target.codegen.target_has_features("avx2", target))
+    return _AVX2[key]
+
+
+_AVX2: dict[str, bool] = {}
+
+
+@functools.cache
+def _system_cpu() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+
+
+def applies(sch, conv) -> bool:
+    """Whether the conv block can run on channel pairs: int16 x int8 -> int32, groups = 1,
+    stride 1 along the width, an even number of input channels."""
+    block = sch.get(conv)
+    if not block.name_hint.startswith("conv2d_nchw") or block.init is None:
+        return False
+    data, weight = _operands(block)
+    if data is None or str(data.source.dtype) != "int16" or str(weight.source.dtype) != "int8":
+        return False
+    if int(weight.source.shape[1]) % 2:
+        return False
+    width = str(data.region[-1].min)
+    return re.fullmatch(r"v_xx \+ v_rx", width) is not None and len(sch.get_producers(conv)) == 1
+
+
+def pack_input(sch, conv, parallel: int) -> None:
+    """Store the conv's input stage as channel pairs (the stage stays at the root, its pairs
+    interleaved along the width, vectorized)."""
+    (stage,) = sch.get_producers(conv)
+    sch.transform_layout(stage, ("write", 0), lambda n, c, h, w: (n, c // 2, h, 2 * w + c % 2))
+    n, c, h, w = sch.get_loops(stage)
+    c_o, c_i = sch.split(c, factors=[None, 2])
+    sch.reorder(n, c_o, h, w, c_i)
+    sch.vectorize(sch.fuse(w, c_i))
+    outer = [lp for lp in (n, c_o, h) if int(sch.get(lp).extent) > 1][:parallel]
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
+    """Inside one output tile (`inner_loops`: tile rows..., columns, rc, ry, rx): order
+    (rc // 2, ry, rx, rows, column groups, 8 columns, rc % 2), decompose the init and blockize
+    the 8 x 2 update, marked for `emit`. Returns the update block."""
+    spatial, (rc, ry, rx) = inner_loops[:-3], inner_loops[-3:]
+    rc_o, rc_i = sch.split(rc, factors=[None, 2])
+    col_o, col_i = sch.split(spatial[-1], factors=[None, LANES])
+    rows = [lp for lp in spatial[:-1] if int(sch.get(lp).extent) > 1]
+    sch.reorder(rc_o, ry, rx, *rows, col_o, col_i, rc_i)
+    init = sch.decompose_reduction(conv, rc_o)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for lp in (*rows, col_o):
+        sch.unroll(lp)
+    update = sch.blockize(col_i)
+    sch.annotate(update, MARK, 1)
+    return update
+
+
+def emit(sch) -> tvm.tirx.PrimFunc:
+    """The scheduled function with every marked block's body replaced by its vpmaddwd
+    statement (a TVMScript round trip; loops, buffers and every other block unchanged)."""
+    lines = sch.mod["main"].script().split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        name = re.search(r'T\.sblock\("([^"]+)"\)', line)
+        if name is None or not _marked(sch, name.group(1)):
+            continue
+        indent = len(line) - len(line.lstrip()) + 4
+        while i < len(lines) and _indent(lines[i]) >= indent:
+            if _indent(lines[i]) == indent and _is_header(lines[i]):
+                out.append(lines[i])
+            i += 1
+        out.append(" " * indent + _statement(sch.get(sch.get_sblock(name.group(1)))))
+    mod = from_source("\n".join(out))
+    return mod["main"] if isinstance(mod, tvm.IRModule) else mod
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _operands(block):
+    """(data region, weight region) of a conv block: the two reads besides the accumulator."""
+    acc = block.writes[0].source
+    reads = [r for r in block.reads if not r.source.same_as(acc)]
+    if len(reads) != 2 or len(reads[1].source.shape) != 4:
+        return None, None
+    return reads[0], reads[1]
+
+
+def _marked(sch, name: str) -> bool:
+    try:
+        return MARK in sch.get(sch.get_sblock(name)).annotations
+    except s_tir.ScheduleError:
+        return False
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip()) if line.strip() else 1 << 30
+
+
+def _is_header(line: str) -> bool:
+    """A block's own lines to keep: iterator bindings, reads, writes, annotations."""
+    text = line.strip()
+    return text.startswith(("T.reads", "T.writes", "T.sblock_attr")) or re.match(
+        r"v_\w+(, v_\w+)* = T\.axis", text) is not None
+
+
+def _statement(block) -> str:
+    """acc[..., x0:x0+8] += pmaddwd(pairs[..., 2*x0' : +16], broadcast(weight pair))."""
+    data, weight = _operands(block)
+    acc = block.writes[0]
+
+    def vector(region, lanes):
+        idx = [str(r.min) for r in region.region]
+        idx[-1] = f"T.Ramp({idx[-1]}, T.int64(1), {lanes})"
+        return f"{region.source.name}[{', '.join(idx)}]"
+
+    def channel(region, k):
+        idx = [str(r.min) for r in region.region]
+        idx[1] = f"{idx[1]} + T.int64({k})"
+        return f"{region.source.name}[{', '.join(idx)}]"
+
+    low = f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {channel(weight, 0)})))'
+    high = f'T.shift_left(T.Cast("int32", {channel(weight, 1)}), 16)'
+    pair = f'T.reinterpret("int16x16", T.Broadcast(T.bitwise_or({low}, {high}), {LANES}))'
+    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
+               f'{vector(data, 2 * LANES)}, {pair})')
+    target = vector(acc, LANES)
+    return f"{target} = {target} + {product}"
