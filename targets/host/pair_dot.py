@@ -100,9 +100,10 @@ def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
 
 def emit(sch) -> tvm.tirx.PrimFunc:
     """The scheduled function with every marked block's body replaced by its vpmaddwd
-    statement (a TVMScript round trip; loops, buffers and every other block unchanged)."""
+    statement, and a stage at the top that packs each weight pair into one int32 (the
+    broadcast operand). A TVMScript round trip: every other loop, buffer and block unchanged."""
     lines = sch.mod["main"].script().split("\n")
-    out, i = [], 0
+    out, weights, i = [], {}, 0
     while i < len(lines):
         line = lines[i]
         out.append(line)
@@ -112,10 +113,18 @@ def emit(sch) -> tvm.tirx.PrimFunc:
             continue
         indent = len(line) - len(line.lstrip()) + 4
         while i < len(lines) and _indent(lines[i]) >= indent:
-            if _indent(lines[i]) == indent and _is_header(lines[i]):
+            if _indent(lines[i]) == indent and _is_binding(lines[i]):  # reads/writes: inferred
                 out.append(lines[i])
             i += 1
-        out.append(" " * indent + _statement(sch.get(sch.get_sblock(name.group(1)))))
+        block = sch.get(sch.get_sblock(name.group(1)))
+        weight = _operands(block)[1].source
+        weights[weight.name] = weight
+        out.append(" " * indent + _statement(block))
+    root = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
+    while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
+        root += 1
+    stages = [text for w in weights.values() for text in _weight_pairs_stage(w)]
+    out[root + 2:root + 2] = stages
     mod = from_source("\n".join(out))
     return mod["main"] if isinstance(mod, tvm.IRModule) else mod
 
@@ -143,15 +152,37 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip()) if line.strip() else 1 << 30
 
 
-def _is_header(line: str) -> bool:
-    """A block's own lines to keep: iterator bindings, reads, writes, annotations."""
+def _is_binding(line: str) -> bool:
+    """A block's own lines to keep: iterator bindings and annotations."""
     text = line.strip()
-    return text.startswith(("T.reads", "T.writes", "T.sblock_attr")) or re.match(
+    return text.startswith("T.sblock_attr") or re.match(
         r"v_\w+(, v_\w+)* = T\.axis", text) is not None
 
 
+def _pairs_name(weight) -> str:
+    return f"{weight.name}_pairs"
+
+
+def _weight_pairs_stage(weight) -> list[str]:
+    """TVMScript lines: pairs[f, c2, ry, rx] = w[f, 2 c2 + 1, ry, rx] << 16 | uint16(w[f, 2 c2,
+    ry, rx]): the 32-bit value whose broadcast is the vpmaddwd weight operand."""
+    f, c, kh, kw = (int(d) for d in weight.shape)
+    shape = f"(T.int64({f}), T.int64({c // 2}), T.int64({kh}), T.int64({kw}))"
+    w, pairs = weight.name, _pairs_name(weight)
+    low = f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[f, c * T.int64(2), y, x])))'
+    high = f'T.shift_left(T.Cast("int32", {w}[f, c * T.int64(2) + T.int64(1), y, x]), 16)'
+    return [
+        f'    {pairs} = T.sblock_alloc_buffer({shape}, "int32")',
+        f"    for f0, c0, y0, x0 in T.grid(T.int64({f}), T.int64({c // 2}), T.int64({kh}), "
+        f"T.int64({kw})):",
+        f'        with T.sblock("{pairs}"):',
+        '            f, c, y, x = T.axis.remap("SSSS", [f0, c0, y0, x0])',
+        f"            {pairs}[f, c, y, x] = T.bitwise_or({low}, {high})",
+    ]
+
+
 def _statement(block) -> str:
-    """acc[..., x0:x0+8] += pmaddwd(pairs[..., 2*x0' : +16], broadcast(weight pair))."""
+    """acc[..., x0:x0+8] += pmaddwd(pairs[..., 2*x0' : +16], broadcast(w_pairs[f, c2, ...]))."""
     data, weight = _operands(block)
     acc = block.writes[0]
 
@@ -160,14 +191,10 @@ def _statement(block) -> str:
         idx[-1] = f"T.Ramp({idx[-1]}, T.int64(1), {lanes})"
         return f"{region.source.name}[{', '.join(idx)}]"
 
-    def channel(region, k):
-        idx = [str(r.min) for r in region.region]
-        idx[1] = f"{idx[1]} + T.int64({k})"
-        return f"{region.source.name}[{', '.join(idx)}]"
-
-    low = f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {channel(weight, 0)})))'
-    high = f'T.shift_left(T.Cast("int32", {channel(weight, 1)}), 16)'
-    pair = f'T.reinterpret("int16x16", T.Broadcast(T.bitwise_or({low}, {high}), {LANES}))'
+    idx = [str(r.min) for r in weight.region]
+    idx[1] = f"({idx[1]}) // T.int64(2)"
+    pair = (f'T.reinterpret("int16x16", T.Broadcast({_pairs_name(weight.source)}'
+            f'[{", ".join(idx)}], {LANES}))')
     product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
                f'{vector(data, 2 * LANES)}, {pair})')
     target = vector(acc, LANES)
