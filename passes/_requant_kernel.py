@@ -8,6 +8,8 @@ point, clamp, out dtype) which is what the NumPy oracle interprets.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import te, tirx
@@ -31,21 +33,36 @@ def _sat32(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _double_pre(x32, mult32, shift32):
-    """SaturatingRoundingDoublingHighMul(saturating x << left, multiplier) (gemmlowp)."""
-    a = _sat32(x32.astype("int64") << tirx.max(shift32.astype("int64"), _i64(0)))
-    b = mult32.astype("int64")
-    ab = a * b
+    """SaturatingRoundingDoublingHighMul(saturating x << left, multiplier) (gemmlowp), int32.
+
+    Written for SIMD: the product is int32 x int32 sign-extended (one vpmuldq), and the result,
+    which always fits int32, is stored as int32 so that `_double_post` works on int32 lanes."""
+    left = tirx.max(shift32, tirx.const(0, "int32")).astype("int64")
+    a = _sat32(x32.astype("int64") << left).astype("int32")
+    ab = a.astype("int64") * mult32.astype("int64")
     nudge = tirx.Select(ab >= _i64(0), _i64(1 << 30), _i64(1 - (1 << 30)))
-    both_min = tirx.all(a == _i64(INT32_MIN), b == _i64(INT32_MIN))
-    return tirx.Select(both_min, _i64(INT32_MAX), tirx.truncdiv(ab + nudge, _i64(1 << 31)))
+    both_min = tirx.all(a == tirx.const(INT32_MIN, "int32"),
+                        mult32 == tirx.const(INT32_MIN, "int32"))
+    high = tirx.truncdiv(ab + nudge, _i64(1 << 31)).astype("int32")
+    return tirx.Select(both_min, tirx.const(INT32_MAX, "int32"), high)
 
 
 def _double_post(high, shift32):
-    """RoundingDivideByPOT(high, right): round half away from zero (gemmlowp)."""
-    right = tirx.max(-shift32.astype("int64"), _i64(0))
-    mask = (_i64(1) << right) - _i64(1)
-    threshold = (mask >> _i64(1)) + tirx.Select(high < _i64(0), _i64(1), _i64(0))
-    return (high >> right) + tirx.Select((high & mask) > threshold, _i64(1), _i64(0))
+    """RoundingDivideByPOT(high, right): round half away from zero (gemmlowp), on int32 lanes
+    (right = max(-shift, 0) <= 31; the per-channel mask 2^right - 1 is made in int64)."""
+    i32 = functools.partial(tirx.const, dtype="int32")
+    right = tirx.max(-shift32, i32(0))
+    mask = ((_i64(1) << right.astype("int64")) - _i64(1)).astype("int32")
+    threshold = (mask >> i32(1)) + tirx.Select(high < i32(0), i32(1), i32(0))
+    rounded = (high >> right) + tirx.Select((high & mask) > threshold, i32(1), i32(0))
+    return rounded.astype("int64")
+
+
+def _valid_shift(shift32):
+    """shift clamped to its valid range [-31, 30] (a no-op on valid parameters). TVM's
+    simplifier needs the bound: without it, it proves the vectorized `sat32((p >> (k - 1)) + 1 >>
+    1)` never below INT32_MIN and drops that clamp (a wrong sign on saturating values)."""
+    return tirx.max(tirx.min(shift32, tirx.const(30, "int32")), tirx.const(-31, "int32"))
 
 
 def _product(x32, mult32, shift32):
@@ -54,13 +71,13 @@ def _product(x32, mult32, shift32):
 
 def _single_post(p, shift32):
     """CMSIS-NN single rounding: round half up of p / 2^(31-shift)."""
-    k = _i64(31) - shift32.astype("int64")
+    k = _i64(31) - _valid_shift(shift32).astype("int64")
     return _sat32(((p >> (k - _i64(1))) + _i64(1)) >> _i64(1))
 
 
 def _tonearest_post(p, shift32):
     """TVM QNN TONEAREST: round half away from zero of p / 2^(31-shift)."""
-    k = _i64(31) - shift32.astype("int64")
+    k = _i64(31) - _valid_shift(shift32).astype("int64")
     half = _i64(1) << (k - _i64(1))
     return _sat32((p + tirx.Select(p >= _i64(0), half, half - _i64(1))) >> k)
 
