@@ -20,6 +20,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from . import schedules
+from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
 
 
@@ -34,6 +35,7 @@ class HostModule:
     """A compiled module: `run(x)` -> numpy output(s) of `main` (or of another Relax function)."""
 
     def __init__(self, executable: tvm.runtime.Executable):
+        use_physical_cores()
         self.executable = executable
         self.vm = relax.VirtualMachine(executable, tvm.cpu())
 

@@ -20,15 +20,17 @@ the schedule does not understand keeps TVM's default loops.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir
 
-from . import pair_dot
+from . import pair_dot, threads
 
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
+PARALLEL_MACS = 1 << 17  # default: threads from this many multiply-adds (measured crossover)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class FuncInfo:
     kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
     out_shape: tuple[int, ...]
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
+    macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents)
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
@@ -76,7 +79,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     out_shape = ()
     if len(outputs) == 1:
         out_shape = tuple(int(d) for d in sch.get(outputs[0]).writes[0].source.shape)
-    kind, pairs = "elementwise", False
+    kind, pairs, macs = "elementwise", False, 0
     for block in sch.get_child_blocks(root):
         name = sch.get(block).name_hint
         if sch.get(block).init is None:
@@ -84,6 +87,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         if tuple(int(d) for d in sch.get(block).writes[0].source.shape) != out_shape:
             kind = "other"  # e.g. a squeeze-excite conv broadcast into a larger output
             break
+        macs = math.prod(out_shape) * math.prod(int(v.dom.extent)
+                                                for v in _reduce_vars(sch, block))
         if name.startswith(("conv2d", "group_conv2d")):
             depthwise = name.startswith("group") and _is_depthwise(sch, block)
             kind = "depthwise" if depthwise else "conv2d"
@@ -95,28 +100,30 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         break
     if len(outputs) != 1:
         kind = "other"
-    return FuncInfo(kind, out_shape, pairs and kind == "conv2d" and pair_dot.target_has_avx2())
+    return FuncInfo(kind, out_shape, pairs and kind == "conv2d" and pair_dot.target_has_avx2(),
+                    macs)
 
 
 def default_params(info: FuncInfo) -> ScheduleParams | None:
     """The untuned schedule, only where it measured faster than TVM's loops: regular conv2d
     and matmul with at least 4 output columns; vector width the largest divisor of the
-    columns up to 16 lanes, 4 output channels (rows of a matmul) per tile, no threads (the
-    kernels of the bundled models are too small to win back a thread launch); a conv whose
-    columns divide by 8 runs on channel pairs (pair_dot.py). Everything else keeps TVM's
-    loops until the tuner finds better (None)."""
+    columns up to 16 lanes, 4 output channels (rows of a matmul) per tile; the outer loop
+    parallel from PARALLEL_MACS multiply-adds on a multi-core CPU (below, a thread launch costs
+    more than it saves); a conv whose columns divide by 8 runs on channel pairs (pair_dot.py).
+    Everything else keeps TVM's loops until the tuner finds better (None)."""
     if info.kind not in ("conv2d", "matmul") or len(info.out_shape) < 2:
         return None
     if info.out_shape[-1] < 4:
         return None
     axis = 3 if len(info.out_shape) == 4 else 2
     tile = _largest_divisor(info.out_shape[-axis], 4)
+    parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
     pair_vecs = _pair_vecs(info)
     if pair_vecs:
         return ScheduleParams(vec=max(v for v in pair_vecs if v <= VECTOR_LANES), tile=tile,
-                              tile_axis=axis, pairs=True)
+                              tile_axis=axis, parallel=parallel, pairs=True)
     return ScheduleParams(vec=_largest_divisor(info.out_shape[-1], VECTOR_LANES), tile=tile,
-                          tile_axis=axis, parallel=0)
+                          tile_axis=axis, parallel=parallel)
 
 
 def candidate_params(info: FuncInfo) -> list[ScheduleParams]:

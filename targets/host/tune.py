@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..accel.emulator import cache_root
 from . import schedules
 from .schedules import ScheduleParams
+from .threads import use_physical_cores
 
 TVMQ_VERSION = version("tvmq")
 UNSCHEDULED = "unscheduled"  # cache value: TVM's default loops were fastest
@@ -92,7 +93,9 @@ def random_args(func: tvm.tirx.PrimFunc, seed: int = 0) -> list:
 
 def time_func(func: tvm.tirx.PrimFunc, target: tvm.target.Target, args, *,
               min_repeat_ms: int = 20, repeat: int = 3) -> float:
-    """Median milliseconds of one call of `func` (built for `target`) on `args`."""
+    """Median milliseconds of one call of `func` (built for `target`) on `args`, with the
+    thread pool the host build uses."""
+    use_physical_cores()
     ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                      target=target)
     mod = ex.mod if hasattr(ex, "mod") else ex

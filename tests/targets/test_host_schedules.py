@@ -7,9 +7,10 @@ import importlib
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from onnx import helper
 from tvm import te
-from tvmq.targets.host import schedules
+from tvmq.targets.host import schedules, threads
 from tvmq.targets.host.tune import TuningCache, random_args, tasks_of, tune_model
 
 import tvmq
@@ -139,6 +140,25 @@ def test_default_schedule_applies_to_regular_convs_only():
     assert schedules.default_params(schedules.FuncInfo("conv2d", (1, 8, 1, 1))) is None
     assert schedules.default_params(schedules.FuncInfo("other", (1, 8, 6, 7))) is None
     assert all(8 % p.tile == 0 or p.tile_axis != 3 for p in schedules.candidate_params(conv))
+
+
+def test_default_schedule_goes_parallel_on_big_kernels():
+    big = schedules.FuncInfo("conv2d", (1, 64, 8, 16), macs=schedules.PARALLEL_MACS)
+    small = schedules.FuncInfo("conv2d", (1, 64, 8, 16), macs=schedules.PARALLEL_MACS - 1)
+    assert schedules.default_params(big).parallel == int(threads.physical_cores() > 1)
+    assert schedules.default_params(small).parallel == 0
+
+
+def test_thread_pool_uses_physical_cores():
+    """TVM halves the CPU count on x86 (assumed hyper-threads); tvmq counts cores."""
+    smt = "".join(f"processor: {i}\nphysical id: 0\ncore id: {i // 2}\n" for i in range(4))
+    assert threads.count_cores(smt, 4) == 2
+    two_sockets = "".join(f"physical id: {i}\ncore id: 0\n" for i in range(2))
+    assert threads.count_cores(two_sockets, 2) == 2
+    assert threads.count_cores(two_sockets, 1) == 1   # affinity mask allows one CPU
+    assert threads.count_cores("", 3) == 3            # no core ids: the usable CPUs
+    n = threads.use_physical_cores()
+    assert tvm_ffi.get_global_func("runtime.NumThreads")() == n >= 1
 
 
 def test_host_target_keeps_float_mul_add_unfused():
