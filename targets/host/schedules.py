@@ -30,7 +30,7 @@ from tvm import s_tir
 from . import pair_dot, threads
 
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
-PARALLEL_MACS = 1 << 17  # default: threads from this many multiply-adds (measured crossover)
+PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measured crossover)
 
 
 @dataclass(frozen=True)
@@ -106,24 +106,31 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
 
 def default_params(info: FuncInfo) -> ScheduleParams | None:
     """The untuned schedule, only where it measured faster than TVM's loops: regular conv2d
-    and matmul with at least 4 output columns; vector width the largest divisor of the
-    columns up to 16 lanes, 4 output channels (rows of a matmul) per tile; the outer loop
-    parallel from PARALLEL_MACS multiply-adds on a multi-core CPU (below, a thread launch costs
-    more than it saves); a conv whose columns divide by 8 runs on channel pairs (pair_dot.py).
-    Everything else keeps TVM's loops until the tuner finds better (None)."""
-    if info.kind not in ("conv2d", "matmul") or len(info.out_shape) < 2:
+    and matmul with at least 4 output columns (vector width the largest divisor of the
+    columns up to 16 lanes, 4 output channels or matmul rows per tile; a conv whose columns
+    divide by 8 runs on channel pairs, pair_dot.py); the outer loop parallel from
+    PARALLEL_MACS multiply-adds on a multi-core CPU (below, a thread launch costs more than it
+    saves). A depthwise conv gets the schedule only when it goes parallel (2 channels per
+    tile): single-threaded it measured no faster than TVM's loops. Everything else keeps
+    TVM's loops until the tuner finds better (None)."""
+    if info.kind not in ("conv2d", "depthwise", "matmul") or len(info.out_shape) < 2:
         return None
     if info.out_shape[-1] < 4:
         return None
+    parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
+    vec = _largest_divisor(info.out_shape[-1], VECTOR_LANES)
+    if info.kind == "depthwise":
+        if not parallel:
+            return None
+        return ScheduleParams(vec=vec, tile=_largest_divisor(info.out_shape[1], 2), tile_axis=3,
+                              parallel=1)
     axis = 3 if len(info.out_shape) == 4 else 2
     tile = _largest_divisor(info.out_shape[-axis], 4)
-    parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
     pair_vecs = _pair_vecs(info)
     if pair_vecs:
         return ScheduleParams(vec=max(v for v in pair_vecs if v <= VECTOR_LANES), tile=tile,
                               tile_axis=axis, parallel=parallel, pairs=True)
-    return ScheduleParams(vec=_largest_divisor(info.out_shape[-1], VECTOR_LANES), tile=tile,
-                          tile_axis=axis, parallel=parallel)
+    return ScheduleParams(vec=vec, tile=tile, tile_axis=axis, parallel=parallel)
 
 
 def candidate_params(info: FuncInfo) -> list[ScheduleParams]:

@@ -137,6 +137,9 @@ def test_default_schedule_applies_to_regular_convs_only():
     conv = schedules.FuncInfo("conv2d", (1, 8, 6, 7))
     assert schedules.default_params(conv) == schedules.ScheduleParams(7, 4, 3, 0)
     assert schedules.default_params(schedules.FuncInfo("depthwise", (1, 8, 6, 7))) is None
+    depthwise = schedules.FuncInfo("depthwise", (1, 8, 6, 7), macs=schedules.PARALLEL_MACS)
+    if threads.physical_cores() > 1:  # depthwise is scheduled only to go parallel
+        assert schedules.default_params(depthwise) == schedules.ScheduleParams(7, 2, 3, 1)
     assert schedules.default_params(schedules.FuncInfo("conv2d", (1, 8, 1, 1))) is None
     assert schedules.default_params(schedules.FuncInfo("other", (1, 8, 6, 7))) is None
     assert all(8 % p.tile == 0 or p.tile_axis != 3 for p in schedules.candidate_params(conv))
