@@ -16,7 +16,8 @@ Per model, in one process:
 - tvmq INT8 tuned: after `tune_model` with --budget seconds (the budget and the time actually
   used are printed).
 
-Timing: the variants take turns, `--rounds` rounds of `--runs` calls each after a warm-up; each
+Timing: the variants take turns, `--rounds` rounds of `--runs` calls each, every turn after a
+pause and a warm-up (so one runtime's spinning thread pool does not slow the next); each
 row's figure is the median over all its calls (this machine is shared and noisy: the ratios of
 one run are the figures to compare). The table shows ms per inference and the two goals:
 tuned / ORT INT8 (goal <= 1.5) and TVM FP32 / tvmq default (goal >= 5). Exactness: the tuned
@@ -50,6 +51,7 @@ from tvmq.frontend import load_model
 
 host_build = importlib.import_module("tvmq.targets.host.build")
 tune_mod = importlib.import_module("tvmq.targets.host.tune")
+threads = importlib.import_module("tvmq.targets.host.threads")
 
 MODELS = ("digits", "ppocr_cls", "ppocr_rec")
 N_CALIB = {"digits": 64, "ppocr_cls": 16, "ppocr_rec": 4}
@@ -98,13 +100,16 @@ def ort_sessions(path: Path, x_calib: np.ndarray, work: Path):
 
 
 def interleaved(fns: dict, runs: int, rounds: int) -> dict[str, float]:
-    """Median ms per call of each function, taking turns round by round."""
+    """Median ms per call of each function, taking turns round by round. Each turn starts
+    with a 50 ms pause and 3 untimed calls: ORT's and TVM's thread pools both spin-wait after
+    work, and a pool still spinning on the other core would slow the next runtime's turn (ORT
+    FP32 on the classifier measured 1.25 ms after the pause, 2.7 ms without it)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
     for _ in range(rounds):
         for key, fn in fns.items():
+            time.sleep(0.05)
+            for _ in range(3):
+                fn()
             for _ in range(runs):
                 t0 = time.perf_counter()
                 fn()
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     rows = []
+    print(f"threads: tvmq {threads.use_physical_cores()} (TVM pool, physical cores), ORT its "
+          "default (one per physical core)", flush=True)
     for name in names:
         print(f"== {name}", flush=True)
         rows.append(bench_model(name, args.budget, args.runs, args.rounds, not args.quiet))
