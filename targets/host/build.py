@@ -13,6 +13,7 @@ NumPy oracle. Without FMA, AVX-512 is off too (it implies FMA in LLVM); AVX2 rem
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import tvm
@@ -23,6 +24,8 @@ from . import schedules
 from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
 
+ALIGN = 64  # bytes: TVM's from_dlpack takes only arrays aligned like its own allocations
+
 
 @functools.cache
 def host_target() -> tvm.target.Target:
@@ -32,18 +35,42 @@ def host_target() -> tvm.target.Target:
 
 
 class HostModule:
-    """A compiled module: `run(x)` -> numpy output(s) of `main` (or of another Relax function)."""
+    """A compiled module: `run(x)` -> numpy output(s) of `main` (or of another Relax function).
+
+    `run` copies the input into a 64-byte-aligned staging array that TVM reads in place
+    (`from_dlpack`, no allocation) and copies the outputs out through DLPack: on the digits
+    model this halved the call's overhead (a new TVM tensor per call cost 16 us, the model
+    itself 34 us). A lock makes concurrent `run`s take turns (the VM is not thread-safe)."""
 
     def __init__(self, executable: tvm.runtime.Executable):
         use_physical_cores()
         self.executable = executable
         self.vm = relax.VirtualMachine(executable, tvm.cpu())
+        self._functions: dict[str, tvm.runtime.PackedFunc] = {}
+        self._staging: dict[tuple, tuple[np.ndarray, tvm.runtime.Tensor]] = {}
+        self._lock = threading.Lock()
 
     def run(self, x: np.ndarray, function: str = "main"):
-        out = self.vm[function](tvm.runtime.tensor(np.ascontiguousarray(x)))
-        if isinstance(out, tvm.runtime.Tensor):
-            return out.numpy()
-        return [o.numpy() for o in out]
+        x = np.asarray(x)
+        with self._lock:
+            staged, tensor = self._stage(x.shape, x.dtype)
+            np.copyto(staged, x)
+            if function not in self._functions:
+                self._functions[function] = self.vm[function]
+            out = self._functions[function](tensor)
+            if isinstance(out, tvm.runtime.Tensor):
+                return np.from_dlpack(out).copy()
+            return [np.from_dlpack(o).copy() for o in out]
+
+    def _stage(self, shape: tuple, dtype: np.dtype):
+        key = (shape, dtype.str)
+        if key not in self._staging:
+            nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+            raw = np.empty(nbytes + ALIGN, np.uint8)
+            start = -raw.ctypes.data % ALIGN
+            staged = raw[start:start + nbytes].view(dtype)[:int(np.prod(shape))].reshape(shape)
+            self._staging[key] = (staged, tvm.runtime.from_dlpack(staged))
+        return self._staging[key]
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:

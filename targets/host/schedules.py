@@ -13,6 +13,8 @@ The vector axis is the innermost output axis (a conv's output width, a matmul's 
 features), which is contiguous in the output, in the conv input (stride 1) and in a (K, N)
 matmul weight, so no weight repacking is needed. The register tile is a second output axis
 (`tile_axis`): a conv's output channels share the input vector (one load, `tile` multiply-adds).
+With `pairs`, a regular conv's reduction runs on input-channel pairs with vpmaddwd instead
+(pair_dot.py: its input stage is stored as interleaved pairs, its weights packed per call).
 `ScheduleParams` are the knobs the tuner searches; `default_params` picks them from the shape.
 Every schedule only reorders the same integer arithmetic, so results stay bit-exact; a function
 the schedule does not understand keeps TVM's default loops.
