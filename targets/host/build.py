@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from . import schedules
+from .pad_columns import PadMatmulColumns
 from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
 
@@ -75,9 +76,10 @@ class HostModule:
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
-    """TVM's CPU legalization and fusion: the module whose PrimFuncs get scheduled (and tuned)."""
+    """TVM's CPU legalization and fusion: the module whose PrimFuncs get scheduled (and tuned).
+    Matmuls whose output columns do not vectorize are padded first (pad_columns.py)."""
     target = target or host_target()
-    mod = relax.transform.InlinePrivateFunctions()(mod)
+    mod = PadMatmulColumns()(relax.transform.InlinePrivateFunctions()(mod))
     with target:
         passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)

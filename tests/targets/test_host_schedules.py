@@ -38,6 +38,14 @@ def _matmul_model(k, n):
                      [1, n])
 
 
+def _rows_matmul_model(rows, k, n):
+    """MatMul + Add on (1, rows, k), like PP-OCR's recognizer head."""
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["output"])]
+    init = {"w": RNG.normal(size=(k, n)), "b": RNG.normal(size=n)}
+    return make_onnx(nodes, init, [1, rows, k], [1, rows, n])
+
+
 MODELS = {
     # output width 7 and 5 channels: nothing divides the 16-lane vector or the 4-row tile
     "conv3x3_odd": (lambda: _conv_model(3, 5, (6, 7)), (3, 6, 7)),
@@ -47,6 +55,8 @@ MODELS = {
     "conv3x3_pairs": (lambda: _conv_model(6, 10, (5, 16)), (6, 5, 16)),
     "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
+    # 37 columns (prime): padded to 48 before fusion (pad_columns.py), then sliced
+    "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
 }
 
 
@@ -231,3 +241,15 @@ def test_cli_tune(tmp_path, capsys, monkeypatch):
     assert "sum of kernels" in out and "default schedules ->" in out
     assert (tmp_path / "cache" / "host_tuning.json").is_file()
     assert main(["tune", str(model), "--calib", str(calib), "--budget", "0", "--quiet"]) == 2
+
+
+def test_matmul_columns_without_vector_divisor_are_padded():
+    from tvmq.targets.host.pad_columns import needs_padding, padded
+    assert [n for n in (13, 16, 37, 40, 6625, 6640) if needs_padding(n)] == [37, 6625]
+    assert (padded(37), padded(6625)) == (48, 6640)
+    _, cm, calib = _compiled("matmul_rows_37")
+    tasks = tasks_of(host_build.fuse(cm.quant_mod))
+    matmuls = [t.info for t in tasks if t.info.kind == "matmul"]
+    assert [info.out_shape for info in matmuls] == [(1, 6, 48)]
+    assert schedules.default_params(matmuls[0]).vec == 16
+    np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
