@@ -27,42 +27,53 @@ def _sat32(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(tirx.min(x, _i64(INT32_MAX)), _i64(INT32_MIN))
 
 
-# Each rounding mode is two stages: `pre` maps (acc, multiplier, shift) to an int64 intermediate,
-# `post` maps (intermediate, shift) to the rounded result. Splitting at the value that the rounding
-# reads several times keeps expressions small (one shared tree made lowering take seconds).
+def _i32(v) -> tirx.PrimExpr:
+    return tirx.const(v, "int32")
+
+
+# Each rounding mode is two stages: `pre` maps (acc, multiplier, shift) to an intermediate, `post`
+# maps (intermediate, shift) to the rounded result, an int32 value. Splitting at the value that
+# the rounding reads several times keeps expressions small (one shared tree made lowering take
+# seconds). Double rounding and fp32 are written for SIMD: int32 lanes wherever the values fit
+# (AVX2 has no 64-bit arithmetic shift, min or max; each cost a compare-and-blend sequence).
+
+
+def _saturating_left_shift(x32, shift32):
+    """sat32(x << max(shift, 0)) on int32 lanes: the shift overflowed iff shifting back does not
+    give x. The shift is capped at 31, where every x except 0 and -1 saturates already."""
+    left = tirx.min(tirx.max(shift32, _i32(0)), _i32(31))
+    shifted = x32 << left
+    saturated = tirx.Select(x32 < _i32(0), _i32(INT32_MIN), _i32(INT32_MAX))
+    return tirx.Select((shifted >> left) != x32, saturated, shifted)
 
 
 def _double_pre(x32, mult32, shift32):
     """SaturatingRoundingDoublingHighMul(saturating x << left, multiplier) (gemmlowp), int32.
 
-    Written for SIMD: the product is int32 x int32 sign-extended (one vpmuldq), and the result,
-    which always fits int32, is stored as int32 so that `_double_post` works on int32 lanes."""
-    left = tirx.max(shift32, tirx.const(0, "int32")).astype("int64")
-    a = _sat32(x32.astype("int64") << left).astype("int32")
+    gemmlowp's (ab + nudge) / 2^31 with C division equals floor((ab + 2^30) / 2^31) for both
+    signs of ab (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31)), so the
+    high half is one add and one shift of the int32 x int32 sign-extended product (vpmuldq)."""
+    a = _saturating_left_shift(x32, shift32)
     ab = a.astype("int64") * mult32.astype("int64")
-    nudge = tirx.Select(ab >= _i64(0), _i64(1 << 30), _i64(1 - (1 << 30)))
-    both_min = tirx.all(a == tirx.const(INT32_MIN, "int32"),
-                        mult32 == tirx.const(INT32_MIN, "int32"))
-    high = tirx.truncdiv(ab + nudge, _i64(1 << 31)).astype("int32")
-    return tirx.Select(both_min, tirx.const(INT32_MAX, "int32"), high)
+    high = ((ab + _i64(1 << 30)) >> _i64(31)).astype("int32")
+    both_min = tirx.all(a == _i32(INT32_MIN), mult32 == _i32(INT32_MIN))
+    return tirx.Select(both_min, _i32(INT32_MAX), high)
 
 
 def _double_post(high, shift32):
     """RoundingDivideByPOT(high, right): round half away from zero (gemmlowp), on int32 lanes
     (right = max(-shift, 0) <= 31; the per-channel mask 2^right - 1 is made in int64)."""
-    i32 = functools.partial(tirx.const, dtype="int32")
-    right = tirx.max(-shift32, i32(0))
+    right = tirx.max(-shift32, _i32(0))
     mask = ((_i64(1) << right.astype("int64")) - _i64(1)).astype("int32")
-    threshold = (mask >> i32(1)) + tirx.Select(high < i32(0), i32(1), i32(0))
-    rounded = (high >> right) + tirx.Select((high & mask) > threshold, i32(1), i32(0))
-    return rounded.astype("int64")
+    threshold = (mask >> _i32(1)) + tirx.Select(high < _i32(0), _i32(1), _i32(0))
+    return (high >> right) + tirx.Select((high & mask) > threshold, _i32(1), _i32(0))
 
 
 def _valid_shift(shift32):
     """shift clamped to its valid range [-31, 30] (a no-op on valid parameters). TVM's
     simplifier needs the bound: without it, it proves the vectorized `sat32((p >> (k - 1)) + 1 >>
     1)` never below INT32_MIN and drops that clamp (a wrong sign on saturating values)."""
-    return tirx.max(tirx.min(shift32, tirx.const(30, "int32")), tirx.const(-31, "int32"))
+    return tirx.max(tirx.min(shift32, _i32(30)), _i32(-31))
 
 
 def _product(x32, mult32, shift32):
@@ -72,14 +83,14 @@ def _product(x32, mult32, shift32):
 def _single_post(p, shift32):
     """CMSIS-NN single rounding: round half up of p / 2^(31-shift)."""
     k = _i64(31) - _valid_shift(shift32).astype("int64")
-    return _sat32(((p >> (k - _i64(1))) + _i64(1)) >> _i64(1))
+    return _sat32(((p >> (k - _i64(1))) + _i64(1)) >> _i64(1)).astype("int32")
 
 
 def _tonearest_post(p, shift32):
     """TVM QNN TONEAREST: round half away from zero of p / 2^(31-shift)."""
     k = _i64(31) - _valid_shift(shift32).astype("int64")
     half = _i64(1) << (k - _i64(1))
-    return _sat32((p + tirx.Select(p >= _i64(0), half, half - _i64(1))) >> k)
+    return _sat32((p + tirx.Select(p >= _i64(0), half, half - _i64(1))) >> k).astype("int32")
 
 
 def _fp32(x32, scale):
@@ -87,7 +98,7 @@ def _fp32(x32, scale):
     r = tirx.nearbyint(x32.astype("float32") * scale)
     hi, lo = tirx.const(2.0**31 - 128, "float32"), tirx.const(-(2.0**31), "float32")
     r = tirx.max(tirx.min(r, hi), lo)
-    return r.astype("int64")
+    return r.astype("int32")
 
 
 _MULT_SHIFT = {
@@ -124,9 +135,13 @@ def requant_prim_func(
     def channel(idx):
         return idx[axis] if axis is not None else _i64(0)
 
-    def clamp(value):
-        value = value + _i64(zero_point)
-        return tirx.max(tirx.min(value, _i64(qmax)), _i64(qmin)).astype(out_dtype)
+    # clip(r + zp, qmin, qmax) == clip(r, qmin - zp, qmax - zp) + zp, without int32 overflow
+    low = max(qmin - zero_point, INT32_MIN)
+    high = min(qmax - zero_point, INT32_MAX)
+
+    def clamp(value32):
+        value32 = tirx.max(tirx.min(value32, _i32(high)), _i32(low))
+        return (value32 + _i32(zero_point)).astype(out_dtype)
 
     if kind == "fp32":
         out = te.compute(shape, lambda *i: clamp(_fp32(acc[i], params[0][channel(i)])),
