@@ -22,6 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from . import schedules
 from .pad_columns import PadMatmulColumns
+from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
 
@@ -77,11 +78,17 @@ class HostModule:
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
     """TVM's CPU legalization and fusion: the module whose PrimFuncs get scheduled (and tuned).
-    Matmuls whose output columns do not vectorize are padded first (pad_columns.py)."""
+    Matmuls whose output columns do not vectorize are padded first (pad_columns.py) and costly
+    float tails of 8-bit values become table lookups (tabulate.py)."""
     target = target or host_target()
-    mod = PadMatmulColumns()(relax.transform.InlinePrivateFunctions()(mod))
+    mod = relax.transform.InlinePrivateFunctions()(mod)
+    mod = TabulateTails()(PadMatmulColumns()(mod))
     with target:
-        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        passes = cpu.library_dispatch_passes(target)
+        for p in cpu.legalize_passes(target):
+            passes.append(p)
+            if p.info.name == "AnnotateTIROpPattern":
+                passes.append(mark_lookups_elementwise)
         return tvm.transform.Sequential(passes)(mod)
 
 

@@ -30,6 +30,7 @@ import tvm
 from tvm import s_tir
 
 from . import pair_dot, threads
+from .tabulate import LOOKUP_BLOCK
 
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measured crossover)
@@ -168,7 +169,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
         return _is_padding(sch, block) or (
             conv is not None and _same(sch, block, sch.get_producers(conv)[0]))
 
-    inline_single_reads(sch, root, keep=at_root)
+    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _is_lookup(sch, b) or any(
+        _is_lookup(sch, c) for c in sch.get_consumers(b)))
     (out,) = sch.get_output_blocks(root)
     loops = sch.get_loops(out)
     rank = len(loops)
@@ -255,6 +257,12 @@ def _pair_conv(sch, root):
     return convs[0]
 
 
+def _is_lookup(sch, block) -> bool:
+    """A table lookup (tabulate.py): its 8-bit index stage is kept and the lookup runs as a
+    scalar loop (a vectorized gather compiles to lane extracts and inserts, slower)."""
+    return LOOKUP_BLOCK in sch.get(block).annotations
+
+
 def _is_padding(sch, block) -> bool:
     return sch.get(block).name_hint.startswith("pad") and "if_then_else" in str(sch.get(block).body)
 
@@ -280,7 +288,7 @@ def _vectorize_tile(sch, block, tile_loop) -> bool:
     Returns whether `block` is a reduction (to be decomposed last)."""
     inner = sch.get_loops(block)[_depth(sch, block, tile_loop):]
     if sch.get(block).init is None:
-        if inner:
+        if inner and not _is_lookup(sch, block):
             sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
         return False
     n_reduce = len(_reduce_vars(sch, block))

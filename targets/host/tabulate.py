@@ -1,0 +1,176 @@
+"""TabulateTails: elementwise float tails on 8-bit values become 256-entry table lookups.
+
+A quantized layer often ends in float glue on its int8 output `s`: dequantize, an affine,
+hard-swish (x * clip(x + 3, 0, 6) / 6), quantize, the next layer's cast and zero-point
+subtract. Every value of such a tail is a function of the one 8-bit value of `s` at the same
+position (its other operands are scalar constants), so it takes at most 256 values:
+
+    t = f(s)   ->   t = table[s + 128],   table = f(arange(-128, 128))
+
+The table is the same Relax ops applied to a constant, folded at compile time by TVM's
+FoldConstant (LLVM float ops without FMA, like the kernels: the same bits as computing f per
+element). The lookup is a PrimFunc that fusion must treat as elementwise, so that it joins the
+producing kernel's epilogue: TVM's AnnotateTIROpPattern analyzes any table read as opaque (a
+kernel of its own; `take` would also read an int32 index tensor), and re-analyzes a zero
+`op_pattern`, so `mark_lookups_elementwise` sets kElemWise after that analysis. One gather per element replaces the chain; on PP-OCRv4's depthwise convs the tail
+took 60% of the kernel (three divides per element). A tail is tabulated where its value
+leaves the tail (a non-elementwise consumer or the function's result) and its ops cost at
+least MIN_COST (a divide, exp or sigmoid counts COSTLY_WEIGHT, other ops 1): shorter tails
+are cheaper as vector arithmetic than as a gather.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from tvmq.passes._util import count_uses, emit_like, op_name, shape_of
+
+ELEMENTWISE = {
+    "relax.dequantize", "relax.quantize", "relax.astype", "relax.add", "relax.subtract",
+    "relax.multiply", "relax.divide", "relax.clip", "relax.maximum", "relax.minimum",
+    "relax.nn.relu", "relax.negative", "relax.round", "relax.floor", "relax.ceil",
+    "relax.sigmoid", "relax.tanh", "relax.exp", "relax.sqrt",
+}
+COSTLY = {"relax.divide", "relax.sigmoid", "relax.tanh", "relax.exp", "relax.sqrt"}
+COSTLY_WEIGHT = 4
+MIN_COST = 8
+SOURCE_VALUES = {"int8": np.arange(-128, 128), "uint8": np.arange(0, 256)}
+LOOKUP_ATTR = "tvmq.lookup"   # on the PrimFunc (for fusion)
+LOOKUP_BLOCK = "tvmq_lookup"  # on its block (for the schedule, after fusion)
+
+
+def lookup_func(shape: tuple[int, ...], source_dtype: str, table_dtype: str) -> tvm.tirx.PrimFunc:
+    """PrimFunc(s[shape], table[256], out[shape]): out = table[s - min(source_dtype)]."""
+    i64 = [tvm.tirx.IntImm("int64", d) for d in shape]
+    source = te.placeholder(i64, source_dtype, name="s")
+    table = te.placeholder([tvm.tirx.IntImm("int64", 256)], table_dtype, name="table")
+    offset = -int(SOURCE_VALUES[source_dtype][0])
+    out = te.compute(i64, lambda *i: table[source[i].astype("int32") + offset], name="lookup",
+                     attrs={LOOKUP_BLOCK: 1})
+    return te.create_prim_func([source, table, out]).without_attr("global_symbol").with_attr(
+        LOOKUP_ATTR, 1)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.MarkLookupsElementwise")
+def mark_lookups_elementwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """op_pattern kElemWise (0) on the lookup PrimFuncs; run after AnnotateTIROpPattern."""
+    out = mod.clone()
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and LOOKUP_ATTR in (func.attrs or {}):
+            out.update_func(gv, func.with_attr("op_pattern", 0))
+    return out
+
+
+def _scalar_constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.GenericConst) and int(np.prod(shape_of(expr))) == 1
+
+
+class _Tail:
+    """A binding of a tail: its source var and the member bindings it depends on (its cone)."""
+
+    def __init__(self, source: relax.Var, cone: frozenset):
+        self.source, self.cone = source, cone
+
+
+@relax.expr_functor.mutator
+class _Tabulator(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.tails: dict[relax.Var, _Tail] = {}
+        self.values: dict[relax.Var, relax.Call] = {}
+        self.tabulate: set[relax.Var] = set()
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        self.tails, self.values = {}, {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self._classify(binding.var, binding.value)
+        self.tabulate = self._outputs(func)
+        return self.visit_expr(func)
+
+    def _source_of(self, expr) -> relax.Var | None:
+        if expr in self.tails:
+            return self.tails[expr].source
+        if isinstance(expr, relax.Var) and str(expr.ty.dtype) in SOURCE_VALUES:
+            return expr
+        return None
+
+    def _classify(self, var: relax.Var, value) -> None:
+        if op_name(value) not in ELEMENTWISE or not isinstance(var.ty, relax.TensorType):
+            return
+        sources, cone = set(), {var}
+        for arg in value.args:
+            if isinstance(arg, relax.Var):
+                sources.add(self._source_of(arg))
+                if arg in self.tails:
+                    cone |= self.tails[arg].cone
+            elif isinstance(arg, tvm.ir.GenericConst) and not _scalar_constant(arg):
+                return  # a per-channel constant: the value depends on more than `s`
+        if len(sources) != 1 or None in sources:
+            return
+        (source,) = sources
+        if var.ty.shape is None or source.ty.shape is None or \
+                shape_of(var) != shape_of(source):
+            return
+        self.tails[var] = _Tail(source, frozenset(cone))
+        self.values[var] = value
+
+    def _outputs(self, func: relax.Function) -> set[relax.Var]:
+        """Tail vars read outside the tail (or returned) whose cone is costly enough."""
+        inside = {}
+        for var in self.tails:
+            for arg in self.values[var].args:
+                if arg in self.tails:
+                    inside[arg] = inside.get(arg, 0) + 1
+        uses = count_uses(func)
+        out = set()
+        for var, tail in self.tails.items():
+            if uses.get(var, 0) > inside.get(var, 0) and _cost(
+                    self.values[m] for m in tail.cone) >= MIN_COST:
+                out.add(var)
+        return out
+
+    def visit_var_binding_(self, binding):
+        if binding.var not in self.tabulate:
+            emit_like(self, binding.var, self.visit_expr(binding.value))
+            return
+        tail = self.tails[binding.var]
+        table = self.builder_.emit(self._table(binding.var, tail))
+        dtype = str(binding.var.ty.dtype)
+        gv = self.builder_.add_func(lookup_func(shape_of(binding.var), str(
+            tail.source.ty.dtype), dtype), "tvmq_lookup")
+        emit_like(self, binding.var, relax.call_tir(
+            gv, [self.visit_expr(tail.source), table],
+            relax.TensorType(shape_of(binding.var), dtype)))
+
+    def _table(self, var: relax.Var, tail: _Tail) -> relax.Expr:
+        """f(every source value), shape (256,): the tail's ops on a constant (folded later)."""
+        rank = len(shape_of(tail.source))
+        values = SOURCE_VALUES[str(tail.source.ty.dtype)].astype(str(tail.source.ty.dtype))
+        on_table = {tail.source: relax.const(values.reshape((1,) * (rank - 1) + (256,)))}
+        for member in self.tails:  # bindings in program order
+            if member in tail.cone:
+                value = self.values[member]
+                args = [on_table.get(a, a) for a in value.args]
+                on_table[member] = self.builder_.normalize(
+                    relax.Call(value.op, args, value.attrs, value.ty_args))
+        return relax.op.reshape(on_table[var], (256,))
+
+
+def _cost(values) -> int:
+    return sum(COSTLY_WEIGHT if op_name(v) in COSTLY else 1 for v in values)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.TabulateTails")
+class TabulateTails:
+    """Replace costly elementwise tails of 8-bit values by table lookups (module docs)."""
+
+    def transform_module(self, mod, ctx):
+        tabulator = _Tabulator(mod)
+        functions = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
+        for gv, func in functions:
+            tabulator.builder_.update_func(gv, tabulator.rewrite(func))
+        entries = [gv.name_hint for gv, _ in functions]  # drops the tails' dead bindings
+        return relax.transform.DeadCodeElimination(entries)(tabulator.builder_.get())
