@@ -8,8 +8,6 @@ point, clamp, out dtype) which is what the NumPy oracle interprets.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tvm
 from tvm import te, tirx

@@ -20,10 +20,17 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-
 from tvmq.passes._requant_kernel import requant_prim_func
-from tvmq.passes._util import (RequantChain, bindings_of, const_value, count_uses, dtype_of,
-                               emit_like, op_name, shape_of)
+from tvmq.passes._util import (
+    RequantChain,
+    bindings_of,
+    const_value,
+    count_uses,
+    dtype_of,
+    emit_like,
+    op_name,
+    shape_of,
+)
 
 OPAQUE = 8  # relax FuseOps pattern kOpaque: never fused with its neighbours
 COLUMN_MULTIPLE = 16  # padded N: a multiple of the default vector width (16 int32 lanes)

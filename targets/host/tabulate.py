@@ -9,14 +9,18 @@ position (its other operands are scalar constants), so it takes at most 256 valu
 
 The table is the same Relax ops applied to a constant, folded at compile time by TVM's
 FoldConstant (LLVM float ops without FMA, like the kernels: the same bits as computing f per
-element). The lookup is a PrimFunc that fusion must treat as elementwise, so that it joins the
-producing kernel's epilogue: TVM's AnnotateTIROpPattern analyzes any table read as opaque (a
-kernel of its own; `take` would also read an int32 index tensor), and re-analyzes a zero
-`op_pattern`, so `mark_lookups_elementwise` sets kElemWise after that analysis. One gather per element replaces the chain; on PP-OCRv4's depthwise convs the tail
-took 60% of the kernel (three divides per element). A tail is tabulated where its value
-leaves the tail (a non-elementwise consumer or the function's result) and its ops cost at
-least MIN_COST (a divide, exp or sigmoid counts COSTLY_WEIGHT, other ops 1): shorter tails
-are cheaper as vector arithmetic than as a gather.
+element). One gather per element replaces the chain: on PP-OCRv4's depthwise convs the tail
+took 60% of the kernel (three divides per element).
+
+A tail is tabulated where its value leaves the tail (a non-elementwise consumer or the
+function's result) and its ops cost at least MIN_COST (a divide, exp or sigmoid counts
+COSTLY_WEIGHT, other ops 1): shorter tails are cheaper as vector arithmetic than as a gather.
+
+The lookup must fuse into the producing kernel's epilogue. TVM's AnnotateTIROpPattern analyzes
+any table read as opaque (a kernel of its own; `take` would also read an int32 index tensor)
+and re-analyzes a zero `op_pattern`, so `mark_lookups_elementwise` sets kElemWise after that
+analysis. The host schedule keeps the lookup's 8-bit index stage (vectorized) and runs the
+lookup itself as a scalar loop.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-
 from tvmq.passes._util import count_uses, emit_like, op_name, shape_of
 
 ELEMENTWISE = {
