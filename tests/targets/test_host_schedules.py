@@ -32,6 +32,14 @@ def _conv_model(c_in, c_out, hw, k=3, stride=1, pad=1, group=1):
     return make_onnx([conv, relu], init, [1, c_in, h, w], [1, c_out, oh, ow])
 
 
+def _conv_hard_swish_model(c_in, c_out, hw):
+    """conv -> HardSwish: the float tail after the requant becomes a table lookup."""
+    conv = helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1] * 4)
+    hard_swish = helper.make_node("HardSwish", ["c"], ["output"])
+    init = {"w": RNG.normal(size=(c_out, c_in, 3, 3)), "b": RNG.normal(size=c_out)}
+    return make_onnx([conv, hard_swish], init, [1, c_in, *hw], [1, c_out, *hw], opset=17)
+
+
 def _matmul_model(k, n):
     init = {"w": RNG.normal(size=(k, n)), "b": RNG.normal(size=n)}
     return make_onnx([helper.make_node("Gemm", ["input", "w", "b"], ["output"])], init, [1, k],
@@ -54,6 +62,8 @@ MODELS = {
     # even channels, width 16: the vpmaddwd channel-pair schedule (pair_dot.py)
     "conv3x3_pairs": (lambda: _conv_model(6, 10, (5, 16)), (6, 5, 16)),
     "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
+    # channel pairs with a table lookup in the epilogue (tabulate.py)
+    "conv3x3_hard_swish": (lambda: _conv_hard_swish_model(4, 6, (5, 16)), (4, 5, 16)),
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
     # 37 columns (prime): padded to 48 before fusion (pad_columns.py), then sliced
     "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
