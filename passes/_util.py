@@ -6,6 +6,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ._requant_kernel import requant_prim_func
+
 
 def const_value(expr: relax.Expr) -> np.ndarray | None:
     """The NumPy value of a Relax constant, or None when `expr` is not a constant."""
@@ -59,6 +61,32 @@ def emit_like(mutator: relax.PyExprMutator, old_var: relax.Var, value: relax.Exp
     new_var = emit(value, old_var.name if name is None else name)
     mutator.set_var_remap(old_var, new_var)
     return new_var
+
+
+def rewrite_each_function(mod: tvm.IRModule, mutator) -> tvm.IRModule:
+    """`mutator.rewrite(func)` on every Relax function of `mod` (a mutator with per-function
+    state), then DeadCodeElimination with every Relax function as an entry."""
+    functions = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
+    for gv, func in functions:
+        mutator.builder_.update_func(gv, mutator.rewrite(func))
+    entries = [gv.name_hint for gv, _ in functions]
+    return relax.transform.DeadCodeElimination(entries)(mutator.builder_.get())
+
+
+def requant_call_like(builder, attrs, acc: relax.Expr, params: list, channels: int,
+                      axis: int) -> relax.Call:
+    """call_tir of a new requant kernel on `acc` with the kind, rounding, zero point, clamp and
+    out dtype of `attrs` (an existing kernel's `tvmq.requant`); per-channel over `channels` on
+    `axis` when that kernel was per-channel, else per-tensor."""
+    per_channel = int(attrs["axis"]) >= 0
+    rounding = str(attrs["rounding"]) or None
+    func = requant_prim_func(shape_of(acc), channels if per_channel else 1,
+                             axis if per_channel else None, str(attrs["kind"]), rounding,
+                             int(attrs["zero_point"]), int(attrs["qmin"]), int(attrs["qmax"]),
+                             str(attrs["out_dtype"]))
+    gv = builder.add_func(func, f"tvmq_requant_{rounding or 'fp32'}")
+    return relax.call_tir(gv, [acc, *params],
+                          relax.TensorType(shape_of(acc), str(attrs["out_dtype"])))
 
 
 def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:

@@ -18,8 +18,15 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._requant_kernel import requant_prim_func
-from ._util import RequantChain, bindings_of, const_value, emit_like, op_name, shape_of
+from ._util import (
+    RequantChain,
+    bindings_of,
+    const_value,
+    emit_like,
+    op_name,
+    requant_call_like,
+    shape_of,
+)
 
 
 def tile_bounds(channels: int, t_oc: int) -> list[tuple[int, int]]:
@@ -89,14 +96,7 @@ class _Tiler(relax.PyExprMutator):
         per_channel = int(attrs["axis"]) >= 0
         params = [relax.const(const_value(p)[c0:c1] if per_channel else const_value(p))
                   for p in chain.params]
-        rounding = str(attrs["rounding"]) or None
-        func = requant_prim_func(shape_of(acc), (c1 - c0) if per_channel else 1,
-                                 axis if per_channel else None, str(attrs["kind"]), rounding,
-                                 int(attrs["zero_point"]), int(attrs["qmin"]),
-                                 int(attrs["qmax"]), str(attrs["out_dtype"]))
-        gv = self.builder_.add_func(func, f"tvmq_requant_{rounding or 'fp32'}")
-        return relax.call_tir(gv, [acc, *params],
-                              relax.TensorType(shape_of(acc), str(attrs["out_dtype"])))
+        return requant_call_like(self.builder_, attrs, acc, params, c1 - c0, axis)
 
 
 @tvm.transform.module_pass(opt_level=0, name="TileOutputChannels")

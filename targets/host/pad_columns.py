@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvmq.passes._requant_kernel import requant_prim_func
 from tvmq.passes._util import (
     RequantChain,
     bindings_of,
@@ -29,6 +28,8 @@ from tvmq.passes._util import (
     dtype_of,
     emit_like,
     op_name,
+    requant_call_like,
+    rewrite_each_function,
     shape_of,
 )
 
@@ -113,15 +114,8 @@ class _Padder(relax.PyExprMutator):
         attrs = chain.prim.attrs["tvmq.requant"]
         per_channel = int(attrs["axis"]) >= 0
         params = [pad(const_value(p)) if per_channel else p for p in chain.params]
-        shape = shape_of(acc)
-        rounding = str(attrs["rounding"]) or None
-        func = requant_prim_func(shape, wide if per_channel else 1,
-                                 len(shape) - 1 if per_channel else None, str(attrs["kind"]),
-                                 rounding, int(attrs["zero_point"]), int(attrs["qmin"]),
-                                 int(attrs["qmax"]), str(attrs["out_dtype"]))
-        gv = self.builder_.add_func(func, f"tvmq_requant_{rounding or 'fp32'}")
-        out = relax.TensorType(shape, str(attrs["out_dtype"]))
-        return self.builder_.emit(relax.call_tir(gv, [acc, *params], out))
+        return self.builder_.emit(requant_call_like(self.builder_, attrs, acc, params, wide,
+                                                    len(shape_of(acc)) - 1))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.PadMatmulColumns")
@@ -129,9 +123,4 @@ class PadMatmulColumns:
     """Pad every quantized matmul chain whose output columns do not vectorize (module docs)."""
 
     def transform_module(self, mod, ctx):
-        padder = _Padder(mod)
-        functions = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
-        for gv, func in functions:
-            padder.builder_.update_func(gv, padder.rewrite(func))
-        entries = [gv.name_hint for gv, _ in functions]  # drops the requant kernels replaced
-        return relax.transform.DeadCodeElimination(entries)(padder.builder_.get())
+        return rewrite_each_function(mod, _Padder(mod))  # drops the requant kernels replaced

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvmq.passes._util import count_uses, emit_like, op_name, shape_of
+from tvmq.passes._util import count_uses, emit_like, op_name, rewrite_each_function, shape_of
 
 ELEMENTWISE = {
     "relax.dequantize", "relax.quantize", "relax.astype", "relax.add", "relax.subtract",
@@ -171,9 +171,4 @@ class TabulateTails:
     """Replace costly elementwise tails of 8-bit values by table lookups (module docs)."""
 
     def transform_module(self, mod, ctx):
-        tabulator = _Tabulator(mod)
-        functions = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
-        for gv, func in functions:
-            tabulator.builder_.update_func(gv, tabulator.rewrite(func))
-        entries = [gv.name_hint for gv, _ in functions]  # drops the tails' dead bindings
-        return relax.transform.DeadCodeElimination(entries)(tabulator.builder_.get())
+        return rewrite_each_function(mod, _Tabulator(mod))  # drops the tails' dead bindings
