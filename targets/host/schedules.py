@@ -34,6 +34,7 @@ from .tabulate import LOOKUP_BLOCK
 
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measured crossover)
+MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class FuncInfo:
     kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
     out_shape: tuple[int, ...]
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
-    macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents)
+    macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents);
+                         # elementwise: output elements x stages
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
@@ -85,10 +87,10 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     kind, pairs, macs = "elementwise", False, 0
     for block in sch.get_child_blocks(root):
         name = sch.get(block).name_hint
-        if sch.get(block).init is None:
+        if sch.get(block).init is None or _is_side(sch, block, out_shape):
             continue
         if tuple(int(d) for d in sch.get(block).writes[0].source.shape) != out_shape:
-            kind = "other"  # e.g. a squeeze-excite conv broadcast into a larger output
+            kind = "other"
             break
         macs = math.prod(out_shape) * math.prod(int(v.dom.extent)
                                                 for v in _reduce_vars(sch, block))
@@ -103,6 +105,9 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
         break
     if len(outputs) != 1:
         kind = "other"
+    if kind == "elementwise":
+        stages = [b for b in sch.get_child_blocks(root) if not _is_side(sch, b, out_shape)]
+        macs = math.prod(out_shape) * len(stages)
     return FuncInfo(kind, out_shape, pairs and kind == "conv2d" and pair_dot.target_has_avx2(),
                     macs)
 
@@ -114,14 +119,18 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     divide by 8 runs on channel pairs, pair_dot.py); the outer loop parallel from
     PARALLEL_MACS multiply-adds on a multi-core CPU (below, a thread launch costs more than it
     saves). A depthwise conv gets the schedule only when it goes parallel (2 channels per
-    tile): single-threaded it measured no faster than TVM's loops. Everything else keeps
-    TVM's loops until the tuner finds better (None)."""
-    if info.kind not in ("conv2d", "depthwise", "matmul") or len(info.out_shape) < 2:
-        return None
-    if info.out_shape[-1] < 4:
+    tile): single-threaded it measured no faster than TVM's loops. An elementwise function
+    (its side stages at the root, see `_is_side`) is vectorized over its columns when at
+    least MIN_ELEMENTWISE_VEC divide them. Everything else keeps TVM's loops until the tuner
+    finds better (None)."""
+    if len(info.out_shape) < 2 or info.out_shape[-1] < 4:
         return None
     parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
     vec = _largest_divisor(info.out_shape[-1], VECTOR_LANES)
+    if info.kind == "elementwise":
+        return ScheduleParams(vec=vec, parallel=parallel) if vec >= MIN_ELEMENTWISE_VEC else None
+    if info.kind not in ("conv2d", "depthwise", "matmul"):
+        return None
     if info.kind == "depthwise":
         if not parallel:
             return None
@@ -163,10 +172,14 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     sch = _schedule(func)
     root = sch.get_sblock("root")
     conv = _pair_conv(sch, root) if params.pairs else None
+    (out,) = sch.get_output_blocks(root)
+    out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
+
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
-    # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs)
+    # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
+    # side stages smaller than the output
     def at_root(block) -> bool:
-        return _is_padding(sch, block) or (
+        return _is_padding(sch, block) or _is_side(sch, block, out_shape) or (
             conv is not None and _same(sch, block, sch.get_producers(conv)[0]))
 
     inline_single_reads(sch, root, keep=lambda b: at_root(b) or _is_lookup(sch, b) or any(
@@ -261,6 +274,17 @@ def _is_lookup(sch, block) -> bool:
     """A table lookup (tabulate.py): its 8-bit index stage is kept and the lookup runs as a
     scalar loop (a vectorized gather compiles to lane extracts and inserts, slower)."""
     return LOOKUP_BLOCK in sch.get(block).annotations
+
+
+def _is_side(sch, block, out_shape: tuple) -> bool:
+    """A stage that reads and writes fewer elements than the output has, such as a
+    squeeze-excite block's per-channel scale (a 1x1 conv on the pooled channels) broadcast
+    into the output: it runs once at the root, not once per output tile. (A softmax's max and
+    sum read the whole input: they are not side stages.)"""
+    size = math.prod(out_shape)
+    regions = [*sch.get(block).reads, *sch.get(block).writes]
+    return bool(out_shape) and all(math.prod(int(d) for d in r.source.shape) < size
+                                   for r in regions)
 
 
 def _is_padding(sch, block) -> bool:

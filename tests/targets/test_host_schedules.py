@@ -40,6 +40,24 @@ def _conv_hard_swish_model(c_in, c_out, hw):
     return make_onnx([conv, hard_swish], init, [1, c_in, *hw], [1, c_out, *hw], opset=17)
 
 
+def _squeeze_excite_model(c, hw):
+    """conv -> HardSwish -> squeeze-excite (pool, 1x1 convs, HardSigmoid) -> Mul: the kernel
+    that scales every channel by its excite value computes that value at its root."""
+    mid = c // 2
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1] * 4),
+             helper.make_node("HardSwish", ["c"], ["h"]),
+             helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["s1"]),
+             helper.make_node("Relu", ["s1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["s2"]),
+             helper.make_node("HardSigmoid", ["s2"], ["e"], alpha=0.2, beta=0.5),
+             helper.make_node("Mul", ["h", "e"], ["output"])]
+    init = {"w": RNG.normal(size=(c, c, 3, 3)), "b": RNG.normal(size=c),
+            "w1": RNG.normal(size=(mid, c, 1, 1)), "b1": RNG.normal(size=mid),
+            "w2": RNG.normal(size=(c, mid, 1, 1)), "b2": RNG.normal(size=c)}
+    return make_onnx(nodes, init, [1, c, *hw], [1, c, *hw], opset=17)
+
+
 def _matmul_model(k, n):
     init = {"w": RNG.normal(size=(k, n)), "b": RNG.normal(size=n)}
     return make_onnx([helper.make_node("Gemm", ["input", "w", "b"], ["output"])], init, [1, k],
@@ -64,6 +82,8 @@ MODELS = {
     "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
     # channel pairs with a table lookup in the epilogue (tabulate.py)
     "conv3x3_hard_swish": (lambda: _conv_hard_swish_model(4, 6, (5, 16)), (4, 5, 16)),
+    # the excite scale (a 1x1 conv on pooled channels) broadcast into a 4x16 map
+    "squeeze_excite": (lambda: _squeeze_excite_model(8, (4, 16)), (8, 4, 16)),
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
     # 37 columns (prime): padded to 48 before fusion (pad_columns.py), then sliced
     "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
@@ -154,7 +174,7 @@ def _run(func, target, args):
     return out[-1].numpy()
 
 
-def test_default_schedule_applies_to_regular_convs_only():
+def test_default_schedule_applies_to_convs_matmuls_and_elementwise():
     conv = schedules.FuncInfo("conv2d", (1, 8, 6, 7))
     assert schedules.default_params(conv) == schedules.ScheduleParams(7, 4, 3, 0)
     assert schedules.default_params(schedules.FuncInfo("depthwise", (1, 8, 6, 7))) is None
@@ -163,7 +183,29 @@ def test_default_schedule_applies_to_regular_convs_only():
         assert schedules.default_params(depthwise) == schedules.ScheduleParams(7, 2, 3, 1)
     assert schedules.default_params(schedules.FuncInfo("conv2d", (1, 8, 1, 1))) is None
     assert schedules.default_params(schedules.FuncInfo("other", (1, 8, 6, 7))) is None
+    elementwise = schedules.FuncInfo("elementwise", (1, 8, 6, 10))
+    assert schedules.default_params(elementwise) == schedules.ScheduleParams(10)
+    assert schedules.default_params(schedules.FuncInfo("elementwise", (1, 8, 6, 5))) is None
     assert all(8 % p.tile == 0 or p.tile_axis != 3 for p in schedules.candidate_params(conv))
+
+
+def test_squeeze_excite_scale_is_computed_once_and_the_broadcast_vectorized():
+    """The kernel that multiplies each channel by its excite value: the excite conv and its
+    requant (8 values) stay at the root, the 8x4x16 product is vectorized, and the result
+    equals TVM's loops."""
+    _, cm, _ = _compiled("squeeze_excite")
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod))
+               if "conv2d" in t.name and t.info.kind == "elementwise"]
+    params = schedules.default_params(task.info)
+    assert params == schedules.ScheduleParams(16)
+    scheduled = schedules.schedule(task.func, params)
+    text = scheduled.script()
+    assert "vectorized" in text
+    conv_loop = text.index('T.sblock("conv2d_nchw")')
+    assert "vectorized" not in text[:conv_loop], "the excite conv is not at the root"
+    args = random_args(task.func, seed=5)
+    np.testing.assert_array_equal(_run(scheduled, target, args), _run(task.func, target, args))
 
 
 def test_host_run_stages_inputs_and_copies_outputs():
