@@ -71,13 +71,19 @@ def pack_input(sch, conv, parallel: int) -> None:
     interleaved along the width, vectorized)."""
     (stage,) = sch.get_producers(conv)
     sch.transform_layout(stage, ("write", 0), lambda n, c, h, w: (n, c // 2, h, 2 * w + c % 2))
-    n, c, h, w = sch.get_loops(stage)
-    c_o, c_i = sch.split(c, factors=[None, 2])
-    sch.reorder(n, c_o, h, w, c_i)
-    sch.vectorize(sch.fuse(w, c_i))
-    outer = [lp for lp in (n, c_o, h) if int(sch.get(lp).extent) > 1][:parallel]
-    if outer:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    stages = [stage]
+    try:  # a padding stage: zero fill, then the interior without the border test
+        stages.insert(0, sch.decompose_padding(stage, sch.get_loops(stage)[0]))
+    except s_tir.ScheduleError:
+        pass
+    for block in stages:
+        n, c, h, w = sch.get_loops(block)
+        c_o, c_i = sch.split(c, factors=[None, 2])
+        sch.reorder(n, c_o, h, w, c_i)
+        sch.vectorize(sch.fuse(w, c_i))
+        outer = [lp for lp in (n, c_o, h) if int(sch.get(lp).extent) > 1][:parallel]
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:

@@ -210,7 +210,7 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
         pair_dot.pack_input(sch, conv, params.parallel)
     for block in intermediates(sch, root):
         if _is_padding(sch, block) and conv is None:
-            _schedule_elementwise(sch, block, params.parallel)
+            _schedule_padding(sch, block, params.parallel)
     reductions = []
     for block in sch.get_child_blocks(tile_loop):
         if conv is not None and _same(sch, block, conv):
@@ -311,9 +311,12 @@ def _vectorize_tile(sch, block, tile_loop) -> bool:
     columns (rows unrolled, columns vectorized); an elementwise stage vectorizes its columns.
     Returns whether `block` is a reduction (to be decomposed last)."""
     inner = sch.get_loops(block)[_depth(sch, block, tile_loop):]
-    if sch.get(block).init is None:
-        if inner and not _is_lookup(sch, block):
-            sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
+    if sch.get(block).init is None:  # columns vectorized, rows unrolled (not fused: the
+        if inner and not _is_lookup(sch, block):  # rows x columns are not contiguous)
+            sch.vectorize(inner[-1])
+            for row in inner[:-1]:
+                if _extent(sch, row) > 1:
+                    sch.unroll(row)
         return False
     n_reduce = len(_reduce_vars(sch, block))
     spatial, reduce = inner[:len(inner) - n_reduce], inner[len(inner) - n_reduce:]
@@ -352,6 +355,18 @@ def _parallel_outer(sch, loops, tile_loop, depth: int) -> None:
     if not outer:
         return
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _schedule_padding(sch, block, depth: int) -> None:
+    """A padding stage: a vectorized zero fill, then the interior copied without the border
+    test (decompose_padding); with the test in the loop it compiles to scalar branches."""
+    try:
+        fill = sch.decompose_padding(block, sch.get_loops(block)[0])
+    except s_tir.ScheduleError:
+        fill = None
+    for stage in (fill, block):
+        if stage is not None:
+            _schedule_elementwise(sch, stage, depth)
 
 
 def _schedule_elementwise(sch, block, depth: int) -> None:

@@ -80,6 +80,8 @@ MODELS = {
     # even channels, width 16: the vpmaddwd channel-pair schedule (pair_dot.py)
     "conv3x3_pairs": (lambda: _conv_model(6, 10, (5, 16)), (6, 5, 16)),
     "depthwise": (lambda: _conv_model(6, 6, (7, 10), group=6), (6, 7, 10)),
+    # 5x5 taps, a 2-column border, 2 channels x 8 columns per tile
+    "depthwise_5x5": (lambda: _conv_model(4, 4, (6, 24), k=5, pad=2, group=4), (4, 6, 24)),
     # channel pairs with a table lookup in the epilogue (tabulate.py)
     "conv3x3_hard_swish": (lambda: _conv_hard_swish_model(4, 6, (5, 16)), (4, 5, 16)),
     # the excite scale (a 1x1 conv on pooled channels) broadcast into a 4x16 map
@@ -206,6 +208,18 @@ def test_squeeze_excite_scale_is_computed_once_and_the_broadcast_vectorized():
     assert "vectorized" not in text[:conv_loop], "the excite conv is not at the root"
     args = random_args(task.func, seed=5)
     np.testing.assert_array_equal(_run(scheduled, target, args), _run(task.func, target, args))
+
+
+def test_padding_is_a_fill_and_a_copy_and_tile_rows_are_not_one_vector():
+    """The border test of a padding stage would compile to scalar branches: decompose_padding
+    makes it a zero fill and an interior copy. The epilogue of a 2-channel x 8-column tile
+    vectorizes its 8 columns; one 16-lane vector over both channels would be a scatter."""
+    _, cm, _ = _compiled("depthwise_5x5")
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "depthwise"]
+    scheduled = schedules.schedule(task.func, schedules.ScheduleParams(8, 2, 3, 1)).script()
+    assert 'T.sblock("pad_temp_pad_const")' in scheduled
+    assert "T.vectorized(T.int64(8))" in scheduled
+    assert "T.vectorized(T.int64(16))" not in scheduled
 
 
 def test_host_run_stages_inputs_and_copies_outputs():
