@@ -34,6 +34,7 @@ from .tabulate import LOOKUP_BLOCK
 
 VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measured crossover)
+PARALLEL_POOLING = 1 << 14  # default: a pooling sum's threads from this many inputs (measured)
 MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
 
 
@@ -66,7 +67,7 @@ class FuncInfo:
     """What the schedule needs to know about a PrimFunc: its output extents and its reduction
     kind (for the defaults, the candidates and the tuner's table)."""
 
-    kind: str  # conv2d | depthwise | matmul | reduce | elementwise | other (not scheduled)
+    kind: str  # conv2d | depthwise | matmul | pooling | reduce | elementwise | other
     out_shape: tuple[int, ...]
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
     macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents);
@@ -100,6 +101,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
             pairs = pair_dot.applies(sch, block)
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
+        elif len(outputs) == 1 and _same(sch, block, outputs[0]):
+            kind = "pooling"  # the sum is the output: a global pooling
         else:
             kind = "reduce"
         break
@@ -121,8 +124,12 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     saves). A depthwise conv gets the schedule only when it goes parallel (2 channels per
     tile): single-threaded it measured no faster than TVM's loops. An elementwise function
     (its side stages at the root, see `_is_side`) is vectorized over its columns when at
-    least MIN_ELEMENTWISE_VEC divide them. Everything else keeps TVM's loops until the tuner
+    least MIN_ELEMENTWISE_VEC divide them; a pooling sum goes parallel over its outputs from
+    PARALLEL_POOLING inputs. Everything else keeps TVM's loops until the tuner
     finds better (None)."""
+    if info.kind == "pooling":
+        return ScheduleParams(1, parallel=int(info.macs >= PARALLEL_POOLING
+                                              and threads.physical_cores() > 1))
     if len(info.out_shape) < 2 or info.out_shape[-1] < 4:
         return None
     parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
@@ -150,6 +157,8 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
     output extent, 4 to 32) x tile rows (1, 2, 4, 8 dividing the axis) x tile axis x parallel
     depth (0, 1 or 2 outer loops); for a pair_dot conv, the same with vpmaddwd on widths that
     are multiples of 8."""
+    if info.kind == "pooling":
+        return [ScheduleParams(1, parallel=parallel) for parallel in (0, 1)]
     if not info.out_shape or info.kind == "other" or info.out_shape[-1] < 4:
         return []
     rank = len(info.out_shape)
@@ -174,6 +183,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     conv = _pair_conv(sch, root) if params.pairs else None
     (out,) = sch.get_output_blocks(root)
     out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
+    if sch.get(out).init is not None:
+        return _schedule_pooling(sch, root, out, params)
 
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
     # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
@@ -355,6 +366,19 @@ def _parallel_outer(sch, loops, tile_loop, depth: int) -> None:
     if not outer:
         return
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _schedule_pooling(sch, root, out, params: ScheduleParams) -> tvm.tirx.PrimFunc:
+    """A function whose output is its reduction (a global pooling sum): the outer output loops
+    parallel, the stages before the sum computed per output element, the sum in its order."""
+    inline_single_reads(sch, root, keep=lambda b: _is_lookup(sch, b) or any(
+        _is_lookup(sch, c) for c in sch.get_consumers(b)))
+    loops = sch.get_loops(out)
+    spatial = len(sch.get(out).writes[0].region)
+    for block in reversed(intermediates(sch, root)):
+        sch.compute_at(block, loops[spatial - 1], preserve_unit_loops=True)
+    _parallel_outer(sch, loops, loops[spatial], params.parallel)
+    return sch.mod["main"]
 
 
 def _schedule_padding(sch, block, depth: int) -> None:

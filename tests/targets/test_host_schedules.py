@@ -210,6 +210,25 @@ def test_squeeze_excite_scale_is_computed_once_and_the_broadcast_vectorized():
     np.testing.assert_array_equal(_run(scheduled, target, args), _run(task.func, target, args))
 
 
+def test_pooling_sum_is_parallel_over_channels_and_exact():
+    """The squeeze-excite pool (a table lookup summed over the map): every candidate equals
+    TVM's loops; with threads, the channel loop is the parallel one."""
+    _, cm, _ = _compiled("squeeze_excite")
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "pooling"]
+    assert task.info.out_shape == (1, 8, 1, 1)
+    assert schedules.default_params(task.info) == schedules.ScheduleParams(1)  # 512 inputs
+    args = random_args(task.func, seed=2)
+    want = _run(task.func, target, args)
+    for params in schedules.candidate_params(task.info):
+        scheduled = schedules.schedule(task.func, params)
+        np.testing.assert_array_equal(_run(scheduled, target, args), want, err_msg=str(params))
+    text = schedules.schedule(task.func, schedules.ScheduleParams(1, parallel=1)).script()
+    assert "T.parallel(T.int64(8))" in text
+    big = schedules.FuncInfo("pooling", (1, 200, 1, 1), macs=schedules.PARALLEL_POOLING)
+    assert schedules.default_params(big).parallel == int(threads.physical_cores() > 1)
+
+
 def test_padding_is_a_fill_and_a_copy_and_tile_rows_are_not_one_vector():
     """The border test of a padding stage would compile to scalar branches: decompose_padding
     makes it a zero fill and an interior copy. The epilogue of a 2-channel x 8-column tile
