@@ -71,12 +71,7 @@ def pack_input(sch, conv, parallel: int) -> None:
     interleaved along the width, vectorized)."""
     (stage,) = sch.get_producers(conv)
     sch.transform_layout(stage, ("write", 0), lambda n, c, h, w: (n, c // 2, h, 2 * w + c % 2))
-    stages = [stage]
-    try:  # a padding stage: zero fill, then the interior without the border test
-        stages.insert(0, sch.decompose_padding(stage, sch.get_loops(stage)[0]))
-    except s_tir.ScheduleError:
-        pass
-    for block in stages:
+    for block in padding_stages(sch, stage):
         n, c, h, w = sch.get_loops(block)
         c_o, c_i = sch.split(c, factors=[None, 2])
         sch.reorder(n, c_o, h, w, c_i)
@@ -84,6 +79,15 @@ def pack_input(sch, conv, parallel: int) -> None:
         outer = [lp for lp in (n, c_o, h) if int(sch.get(lp).extent) > 1][:parallel]
         if outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def padding_stages(sch, block) -> list:
+    """[zero fill, interior copy] of a padding stage (decompose_padding: the copy has no
+    border test, which compiled to scalar branches), or [block] when it is not one."""
+    try:
+        return [sch.decompose_padding(block, sch.get_loops(block)[0]), block]
+    except s_tir.ScheduleError:
+        return [block]
 
 
 def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:

@@ -180,12 +180,11 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     apply; the build's `schedule_host` pass then keeps TVM's loops)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
-    conv = _pair_conv(sch, root) if params.pairs else None
     (out,) = sch.get_output_blocks(root)
-    out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
     if sch.get(out).init is not None:
         return _schedule_pooling(sch, root, out, params)
-
+    out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
+    conv = _pair_conv(sch, root) if params.pairs else None
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
     # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
     # side stages smaller than the output
@@ -383,14 +382,9 @@ def _schedule_pooling(sch, root, out, params: ScheduleParams) -> tvm.tirx.PrimFu
 
 def _schedule_padding(sch, block, depth: int) -> None:
     """A padding stage: a vectorized zero fill, then the interior copied without the border
-    test (decompose_padding); with the test in the loop it compiles to scalar branches."""
-    try:
-        fill = sch.decompose_padding(block, sch.get_loops(block)[0])
-    except s_tir.ScheduleError:
-        fill = None
-    for stage in (fill, block):
-        if stage is not None:
-            _schedule_elementwise(sch, stage, depth)
+    test (pair_dot.padding_stages)."""
+    for stage in pair_dot.padding_stages(sch, block):
+        _schedule_elementwise(sch, stage, depth)
 
 
 def _schedule_elementwise(sch, block, depth: int) -> None:
