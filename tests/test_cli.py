@@ -68,8 +68,9 @@ def test_compile_mixed_scheme_with_budget(tmp_path, capsys, digits):
     assert "mixed 4/8 bits, latency budget 0.8" in text and "w4a8" in text
     assert "% of uniform INT8" in text
     assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
-                 "mixed", "--latency-budget", "0.3", "--out", str(out), "--quiet"]) == 2
-    assert "latency_budget=0.3 cannot be met: the smallest feasible is" in \
+                 "mixed", "--latency-budget", "0.3", "--out", str(out), "--force",
+                 "--quiet"]) == 2
+    assert "--latency-budget 0.3 cannot be met: the smallest feasible is" in \
         capsys.readouterr().err
 
 
@@ -84,5 +85,5 @@ def test_compile_for_mcu_writes_the_c_project_or_refuses_with_the_numbers(tmp_pa
     assert "mcu: arena 3,072 B" in capsys.readouterr().out
     assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--target",
                  "mcu", "--ram-bytes", "1000", "--out", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "ram_bytes is 1,000" in capsys.readouterr().err
+    assert "but --ram-bytes is 1,000" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -64,7 +64,8 @@ def test_export_writes_folder_atomically(compile_digits, tmp_path):
     cm = compile_digits(requant="fp32")
     out = cm.export(tmp_path / "digits")
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "model.relax", "model.so", "report.json", "report.txt"]
+        "config.json", "model.relax", "model.so", "report.json", "report.txt",
+        "tvmq-manifest.json"]
     assert json.loads((out / "config.json").read_text())["config"]["requant"] == "fp32"
     assert [p.name for p in tmp_path.iterdir()] == ["digits"]  # no temp folder left behind
     rep = tvmq.Report.from_dict(json.loads((out / "report.json").read_text()))

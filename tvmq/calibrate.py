@@ -22,6 +22,7 @@ from .passes.insert_taps import InsertTaps
 from .targets.host import build
 
 NPZ_KEYS = ("calib", "x_calib", "x")
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive of .npy files
 
 
 def load_calibration(data) -> Iterable[np.ndarray]:
@@ -31,11 +32,16 @@ def load_calibration(data) -> Iterable[np.ndarray]:
         path = Path(data)
         if not path.is_file():
             raise CompileError(f"calibration file not found: {path}")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != ZIP_MAGIC:
+            raise CompileError(f"calibration file {path} is not an .npz archive; write one with "
+                               "numpy.savez(path, calib=x).")
         try:
             npz = np.load(path, allow_pickle=False)
+            keys = list(npz.keys())
         except Exception as err:
-            raise CompileError(f"cannot read calibration data {path}: {err}") from err
-        keys = list(npz.keys())
+            raise CompileError(f"cannot read calibration archive {path}: {err}") from err
         key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
             raise CompileError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,9 +48,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-budget", type=float, default=0.75, metavar="F",
                    help="mixed: accelerator cycles at most F x uniform INT8 (default 0.75)")
     g.add_argument("--weight-budget", type=float, default=None, metavar="F",
-                   help="mixed: weight bytes at most F x uniform INT8")
+                   help="mixed: weight bytes at most F x uniform INT8 (default: no limit)")
     g.add_argument("--bops-budget", type=float, default=None, metavar="F",
-                   help="mixed: bit operations (MACs x w_bits x a_bits) at most F x uniform INT8")
+                   help="mixed: bit operations (MACs x w_bits x a_bits) at most F x uniform INT8 "
+                   "(default: no limit)")
     g.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
@@ -84,15 +86,45 @@ def _ints(text: str) -> tuple[int, ...]:
             from None
 
 
+COMPILE_EPILOG = """examples:
+  tvmq compile model.onnx --calib calib.npz --out build/model
+  tvmq compile cls.onnx --input-shape 1,3,48,192 --calib lines.npz --target accel \\
+      --out build/cls --force
+
+--out: the folder is written only after the compile succeeds, through a temporary folder renamed
+into place. It may be new or empty; an earlier tvmq export there (it has tvmq-manifest.json) is
+replaced only with --force; a folder holding any other file is refused, and so are ., / and
+your home folder. tvmq never deletes a file it did not write.
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and appends each option's default to its help, unless the
+    help already states it or the option is an off-by-default flag."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        default = action.default
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        return f"{text} (default {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="tvmq", description="tvmq: quantize a float ONNX model for real hardware arithmetic.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tvmq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="calibrate, quantize and build a model; write --out DIR",
                        description="Calibrate, quantize and compile MODEL, print its per-layer "
-                       "report and write the artefacts to --out (only after success).")
+                       "report and write the artefacts to --out (only after success).",
+                       epilog=COMPILE_EPILOG, formatter_class=_HelpFormatter)
     p.add_argument("model", help="float ONNX model file")
     p.add_argument("--target", default="host", choices=("host", "accel", "mcu"),
                    help="host (llvm), accel (conv/matmul on the C accelerator emulator) or mcu "
@@ -110,8 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration inputs: .npz with array 'calib', 'x_calib' or 'x' "
                    "(N, *input_shape[1:]) float32")
     p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+                   help="static input shape for models with symbolic dimensions (default: the "
+                   "model's own)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: new or empty; an earlier tvmq export there is replaced "
+                   "only with --force; a folder holding other files is refused")
+    p.add_argument("--force", action="store_true",
+                   help="replace the tvmq export already in --out (never other files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
@@ -120,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "candidates for each of its host kernels for at most --budget seconds "
                        "and store the fastest in the tuning cache ($TVMQ_CACHE_DIR or "
                        "~/.cache/tvmq). Prints the per-kernel table and the model latency "
-                       "before and after.")
+                       "before and after.",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", help="float ONNX model file")
     p.add_argument("--calib", required=True, metavar="DATA.npz",
                    help="calibration inputs, as for tvmq compile")
     p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions")
+                   help="static input shape for models with symbolic dimensions (default: the "
+                   "model's own)")
     p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
                    help="tuning time after the first timing pass (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -133,24 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="quantize the bundled digits CNN and compare with float",
                        description="Quantize the bundled handwritten-digits CNN (no network "
-                       "needed), compare INT8 with FP32 and check host == NumPy oracle.")
+                       "needed), compare INT8 with FP32 and check host == NumPy oracle.",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
-    p = sub.add_parser("report", help="print the report saved by `tvmq compile --out DIR`")
+    p = sub.add_parser("report", help="print the report saved by `tvmq compile --out DIR`",
+                       formatter_class=_HelpFormatter)
     p.add_argument("dir", help="folder written by tvmq compile")
 
     p = sub.add_parser("hw-report", help="requant unit area per t_oc next to accuracy",
                        description="Compile MODEL with each requant option (mult/shift with "
                        "double, single, tonearest rounding; FP32) and print the requant units' "
-                       "area for each output-channel tile width t_oc next to the accuracy.")
+                       "area for each output-channel tile width t_oc next to the accuracy.",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", nargs="?", help="float ONNX model (default: the bundled digits CNN "
                    "with its calibration and test data)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration inputs (required with MODEL)")
     p.add_argument("--eval", metavar="DATA.npz", help="evaluation data: 'x' (N, ...) and "
                    "optionally labels 'y' (else: agreement with FP32); required with MODEL")
     p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions")
+                   help="static input shape for models with symbolic dimensions (default: the "
+                   "model's own)")
     p.add_argument("--t-oc", type=_ints, default=(4, 8, 16, 32, 64), metavar="4,8,...",
                    help="output-channel tile widths (default 4,8,16,32,64)")
     p.add_argument("--t-ic", type=int, default=8, help="input lanes of the PE array (default 8)")
@@ -161,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_compile(args) -> int:
     from .compiler import compile
+    from .output_folder import check_output_folder
     from .targets.mcu import McuConfig
 
+    check_output_folder(args.out, args.force)  # before any work
     mcu = None
     if args.target == "mcu":
         mcu = McuConfig(args.ram_bytes, args.flash_bytes, args.allow_float)
@@ -170,7 +215,7 @@ def cmd_compile(args) -> int:
                  input_shape=args.input_shape, accel=args.accel, mcu=mcu,
                  progress=not args.quiet)
     print(cm.report())
-    out = cm.export(args.out)
+    out = cm.export(args.out, overwrite=args.force)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
@@ -271,6 +316,27 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         return npz["x"], (npz["y"] if "y" in npz else None)
 
 
+# Config fields set by a CLI flag of the same name (--latency-budget sets latency_budget).
+FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "lbfp_block_size",
+               "bits", "latency_budget", "weight_budget", "bops_budget", "symmetric_activations",
+               "ram_bytes", "flash_bytes", "allow_float")
+
+
+def cli_words(message: str) -> str:
+    """An error message in the CLI's words: `QuantConfig.latency_budget=2` -> `--latency-budget
+    2`, `mcu=McuConfig(allow_float=True)` -> `--allow-float`, `overwrite=True (CLI: --force)` ->
+    `--force`."""
+    def flag(field: str) -> str:
+        return "--" + field.replace("_", "-")
+
+    message = re.sub(r"\S+=\S+ \(CLI: ([^)]+)\)", r"\1", message)
+    message = re.sub(r"(?:mcu=)?McuConfig\((\w+)=True\)",
+                     lambda m: flag(m[1]) if m[1] in FLAG_FIELDS else m[0], message)
+    return re.sub(r"\b(?:QuantConfig|McuConfig)\.(\w+)(=?)",
+                  lambda m: flag(m[1]) + " " * bool(m[2]) if m[1] in FLAG_FIELDS else m[0],
+                  message)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"compile": cmd_compile, "tune": cmd_tune, "demo": cmd_demo,
@@ -278,8 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (CompileError, ValueError) as err:
-        print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
+        print(f"tvmq {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a full disk while writing: nothing is left half-written
+        print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        what = "interrupted, nothing written" if args.command == "compile" else "interrupted"
+        print(f"\ntvmq {args.command}: {what}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from .frontend import load_model
 from .numerics import QParams, choose_qparams, dequantize, lbfp
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
+from .output_folder import check_output_folder, write_folder
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
 from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP
@@ -120,46 +120,47 @@ class CompiledModel:
     def oracle(self) -> Oracle:
         return Oracle(self.quant_mod)
 
-    def export(self, out_dir: str | os.PathLike, samples: np.ndarray | None = None) -> Path:
+    def export(self, out_dir: str | os.PathLike, samples: np.ndarray | None = None, *,
+               overwrite: bool = False) -> Path:
         """Write model.relax (the integer graph), report.json/txt, config.json and the target's
-        code: model.so (host, accel), or the C project (mcu: kernels.c, model.c/.h, Makefile,
-        ...; `samples` are the float inputs its test harness runs, default one zero input).
+        code: model.so (host; accel with the emulator library libaccel.so beside it), or the C
+        project (mcu: kernels.c, model.c/.h, Makefile, ...; `samples` are the float inputs its
+        test harness runs, default one zero input).
 
-        Files go to a temporary folder first, which is renamed to `out_dir` when complete, so a
-        failed export leaves nothing half-written.
+        `out_dir` must be new or empty, or hold an earlier tvmq export, which is replaced only
+        with `overwrite=True`; any other folder is refused before anything is written (see
+        tvmq.output_folder). Files go to a temporary folder first, renamed to `out_dir` when
+        complete, so a failed export leaves nothing half-written.
         """
-        out = Path(out_dir)
+        check_output_folder(out_dir, overwrite)
         if samples is not None:
             samples = np.asarray(samples, np.float32)
             if samples.ndim != len(self.input.shape) or samples.shape[1:] != self.input.shape[1:]:
                 raise ValueError(f"samples of shape {samples.shape}: use (N, "
                                  f"{', '.join(map(str, self.input.shape[1:]))}) float inputs")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        if samples is None:
+            samples = np.zeros(self.input.shape, np.float32)
+        products = self.mcu.build_products if self.mcu is not None else ()
+        return write_folder(out_dir, functools.partial(self._write, samples=samples),
+                            overwrite=overwrite, build_products=products)
+
+    def _write(self, out: Path, samples: np.ndarray) -> None:
+        if self.mcu is not None:
+            self.mcu.write(out, samples)
+        else:
             options = []
-            if self.mcu is not None:
-                self.mcu.write(tmp, np.zeros(self.input.shape, np.float32) if samples is None
-                               else samples)
-            elif self.accel is not None:  # the tile loops call the emulator: link it (rpath);
-                lib = emulator.build()  # TVM puts options before the objects, so no --as-needed
-                options = [f"-L{lib.parent}", f"-Wl,-rpath,{lib.parent}", "-Wl,--no-as-needed",
-                           f"-l:{lib.name}"]
-            if self.mcu is None:
-                self.host.executable.export_library(str(tmp / "model.so"), options=options)
-            (tmp / "model.relax").write_text(self.quant_mod.script(show_meta=False))
-            (tmp / "report.json").write_text(self._report.to_json())
-            (tmp / "report.txt").write_text(str(self._report) + "\n")
-            meta = {"config": self.config.to_dict(), "target": self.target,
-                    "input": {"name": self.input.name, "shape": list(self.input.shape)}}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+            if self.accel is not None:  # the tile loops call the emulator: ship and link it
+                lib = shutil.copy2(emulator.build(), out / "libaccel.so")
+                # found beside model.so ($ORIGIN); TVM puts options before the objects
+                options = [f"-L{out}", "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed",
+                           f"-l:{Path(lib).name}"]
+            self.host.executable.export_library(str(out / "model.so"), options=options)
+        (out / "model.relax").write_text(self.quant_mod.script(show_meta=False))
+        (out / "report.json").write_text(self._report.to_json())
+        (out / "report.txt").write_text(str(self._report) + "\n")
+        meta = {"config": self.config.to_dict(), "target": self.target,
+                "input": {"name": self.input.name, "shape": list(self.input.shape)}}
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
 
 
 def compile(model, target: str = "host", config: QuantConfig | None = None, calib=None, *,

@@ -44,6 +44,8 @@ class McuBuild:
                 "kernels": len(self.program.kernels.functions_items()),
                 "steps": len(self.program.steps["run"]), "config": self.config.to_dict()}
 
+    build_products = codegen.BUILD_PRODUCTS  # files `make` writes into an exported project
+
     def write(self, out: Path, samples: np.ndarray) -> None:
         codegen.write_project(self.program, self.plan, out, samples, self.kernels_c)
 

@@ -1,0 +1,185 @@
+"""Issue 20's bugs, each reproduced: export never deletes a user's files, the output location is
+checked before any work, Ctrl-C leaves nothing behind, exported folders have normal permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from tvmq import data
+from tvmq.cli import main
+from tvmq.output_folder import MANIFEST, OutputFolderError, check_output_folder, write_folder
+
+
+def _user_folder(path):
+    """A folder of the user's own files; returns {name: bytes} to check it later."""
+    path.mkdir(parents=True, exist_ok=True)
+    files = {"notes.txt": b"my notes\n", "model.onnx": b"not tvmq's", "config.json": b"{}"}
+    for name, content in files.items():
+        (path / name).write_bytes(content)
+    return files
+
+
+def _assert_intact(path, files):
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
+
+
+def _write_two_files(out):
+    (out / "a.txt").write_text("a")
+    (out / "sub").mkdir()
+    (out / "sub" / "b.txt").write_text("b")
+
+
+@pytest.fixture
+def calib_npz(tmp_path, digits):
+    path = tmp_path / "calib.npz"
+    np.savez(path, calib=digits[0][:8])
+    return path
+
+
+# ---------------------------------------------------------------- 1. export never deletes
+
+def test_export_refuses_a_folder_of_user_files(compile_digits, tmp_path):
+    cm = compile_digits(requant="fp32")
+    files = _user_folder(tmp_path / "mydocs")
+    for overwrite in (False, True):
+        with pytest.raises(OutputFolderError, match="holds files tvmq did not write"):
+            cm.export(tmp_path / "mydocs", overwrite=overwrite)
+        _assert_intact(tmp_path / "mydocs", files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydocs"]  # no temp folder left
+
+
+def test_cli_out_dot_refuses_the_working_folder(tmp_path, monkeypatch, capsys, digits):
+    files = _user_folder(tmp_path)
+    np.savez(tmp_path / "calib.npz", calib=digits[0][:8])
+    files["calib.npz"] = (tmp_path / "calib.npz").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(tmp_path), "/", str(tmp_path.parent)):
+        assert main(["compile", str(data.digits_model_path()), "--calib", "calib.npz",
+                     "--out", out, "--force", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "refusing to export into" in err and len(err.strip().splitlines()) == 1
+    _assert_intact(tmp_path, files)
+
+
+def test_export_refuses_the_home_folder(compile_digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(OutputFolderError, match="your home folder"):
+        compile_digits(requant="fp32").export(tmp_path, overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_replaces_only_its_own_export_and_only_with_overwrite(compile_digits, tmp_path):
+    cm = compile_digits(requant="fp32")
+    out = tmp_path / "build"
+    (out).mkdir()
+    cm.export(out)  # an empty folder is fine
+    manifest = (out / MANIFEST).read_text()
+    assert "model.so" in manifest and "report.json" in manifest
+    with pytest.raises(OutputFolderError, match="earlier tvmq export; pass overwrite=True"):
+        cm.export(out)
+    (out / "report.txt").write_text("edited by the user, still tvmq's file\n")
+    cm.export(out, overwrite=True)
+    assert (out / "report.txt").read_text().startswith("tvmq report")
+    (out / "mine.txt").write_text("the user's")
+    with pytest.raises(OutputFolderError, match=r"did not write \(mine.txt\)"):
+        cm.export(out, overwrite=True)
+    assert (out / "mine.txt").read_text() == "the user's" and (out / "model.so").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
+def test_replacing_keeps_files_that_appear_during_the_export(tmp_path):
+    out = write_folder(tmp_path / "o", _write_two_files)
+
+    def sneaky(tmp):  # the user drops a file into the old export while tvmq writes
+        (out / "late.txt").write_text("mine")
+        _write_two_files(tmp)
+
+    with pytest.raises(OutputFolderError, match=r"late\.txt"):
+        write_folder(out, sneaky, overwrite=True)
+    assert (out / "late.txt").read_text() == "mine" and (out / "a.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_build_products_of_the_exported_makefile_count_as_tvmqs(tmp_path):
+    out = write_folder(tmp_path / "mcu", _write_two_files, build_products=["model_host"])
+    (out / "model_host").write_bytes(b"\x7fELF")  # `make host` in the project
+    write_folder(out, _write_two_files, overwrite=True)
+    assert not (out / "model_host").exists() and (out / "sub" / "b.txt").is_file()
+
+
+def test_exported_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = write_folder(tmp_path / "o", _write_two_files)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes == {"o": 0o755, "sub": 0o755, "a.txt": 0o644, "b.txt": 0o644, MANIFEST: 0o644}
+
+
+# ---------------------------------------------------------------- 2. checked before any work
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fail the test if the CLI starts compiling."""
+    import tvmq.compiler
+
+    def compile(*args, **kwargs):
+        raise AssertionError("compiled before checking --out")
+
+    monkeypatch.setattr(tvmq.compiler, "compile", compile)
+
+
+@pytest.mark.parametrize("out, why", [
+    ("afile", "is a file, not a folder"),
+    ("afile/sub", "afile is a file, not a folder"),
+    ("/proc/tvmq-out", "is not writable"),
+    ("userdir", "holds files tvmq did not write"),
+])
+def test_cli_checks_out_before_compiling(tmp_path, capsys, calib_npz, no_compile, out, why):
+    (tmp_path / "afile").write_text("x")
+    _user_folder(tmp_path / "userdir")
+    out = out if out.startswith("/") else str(tmp_path / out)
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib_npz),
+                 "--out", out, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert why in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_check_output_folder_writes_nothing(tmp_path):
+    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_during_compile_exits_130_and_writes_nothing(tmp_path, capsys, calib_npz,
+                                                            monkeypatch):
+    import tvmq.compiler
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tvmq.compiler, "compile", interrupted)
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib_npz),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "tvmq compile: interrupted, nothing written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz"]
+
+
+def test_ctrl_c_during_export_keeps_the_old_export(tmp_path):
+    out = write_folder(tmp_path / "o", _write_two_files)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(tmp):
+        (tmp / "half.bin").write_bytes(b"\0" * 10)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder(out, interrupted, overwrite=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
