@@ -183,3 +183,16 @@ def test_ctrl_c_during_export_keeps_the_old_export(tmp_path):
         write_folder(out, interrupted, overwrite=True)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+# ---------------------------------------------------------------- bad calibration files
+
+@pytest.mark.parametrize("content", [b"garbage, not numpy", b"\x93NUMPY\x01\x00", b""])
+def test_calib_that_is_not_an_npz_archive_says_so(tmp_path, capsys, content):
+    path = tmp_path / "calib.npz"
+    path.write_bytes(content)
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(path),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is not an .npz archive; write one with numpy.savez(path, calib=x).")
+    assert "pickle" not in err and not (tmp_path / "o").exists()
