@@ -358,7 +358,7 @@ class Oracle:
         if isinstance(expr, tvm.ir.GenericConst):
             return expr.value.numpy()
         if isinstance(expr, relax.Tuple):
-            return [self._eval(f, env) for f in expr.fields]
+            return tuple(self._eval(f, env) for f in expr.fields)
         if isinstance(expr, relax.TupleGetItem):
             return self._eval(expr.tuple_value, env)[expr.index]
         if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):

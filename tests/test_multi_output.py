@@ -1,0 +1,177 @@
+"""Models with several outputs, end to end: host and accel targets, oracle, report, export.
+
+The model is a small classifier with its feature map as a second output:
+input -> conv + relu = "feat" -> flatten -> matmul + bias = "logits", outputs [logits, feat].
+Every backend is compared with the NumPy oracle bit for bit, output by output.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+import tvmq
+from tvmq.cli import main
+from tvmq.report import Report
+
+RNG = np.random.default_rng(0)
+SHAPES = {"input": [1, 2, 6, 6], "feat": [1, 4, 6, 6], "logits": [1, 3], "prob": [1, 4, 6, 6],
+          "feat_again": [1, 4, 6, 6], "input_again": [1, 2, 6, 6]}
+WEIGHTS = {"w1": RNG.normal(size=(4, 2, 3, 3)) * 0.4, "b1": RNG.normal(size=4) * 0.1,
+           "w2": RNG.normal(size=(144, 3)) * 0.1, "b2": RNG.normal(size=3) * 0.1}
+CALIB = RNG.normal(size=(8, 2, 6, 6)).astype(np.float32)
+
+
+def classifier(outputs=("logits", "feat")) -> onnx.ModelProto:
+    """The two-output model; `outputs` picks the graph outputs and their order. Extra names:
+    "prob" = Sigmoid(feat) (a float output), "feat_again" = Identity(feat), "input_again" =
+    Identity(input)."""
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["feat"]),
+             helper.make_node("Flatten", ["feat"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w2"], ["mm"]),
+             helper.make_node("Add", ["mm", "b2"], ["logits"]),
+             helper.make_node("Sigmoid", ["feat"], ["prob"]),
+             helper.make_node("Identity", ["feat"], ["feat_again"]),
+             helper.make_node("Identity", ["input"], ["input_again"])]
+    graph = helper.make_graph(
+        nodes, "classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, SHAPES["input"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, SHAPES[n]) for n in outputs],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in WEIGHTS.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def compile_classifier(target="host", outputs=("logits", "feat"), observer="minmax", **kwargs):
+    return tvmq.compile(classifier(outputs), target=target, calib=CALIB, progress=False,
+                        config=tvmq.QuantConfig(observer=observer, sqnr_samples=4), **kwargs)
+
+
+def assert_outputs_equal(got, want, names=("logits", "feat")):
+    assert isinstance(got, tuple) and isinstance(want, tuple) and len(got) == len(want)
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == w.dtype, name
+        np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def host_model():
+    return compile_classifier()
+
+
+def test_run_returns_a_tuple_in_onnx_order_equal_to_the_oracle(host_model):
+    assert [(o.name, o.shape) for o in host_model.outputs] == [("logits", (1, 3)),
+                                                               ("feat", (1, 4, 6, 6))]
+    oracle = host_model.oracle()
+    for x in CALIB[:3]:
+        got = host_model.run(x[None])
+        assert [y.shape for y in got] == [(1, 3), (1, 4, 6, 6)]
+        assert_outputs_equal(got, oracle.run(x[None]))
+
+
+def test_a_stacked_batch_concatenates_each_output(host_model):
+    logits, feat = host_model.run(CALIB[:3])
+    assert logits.shape == (3, 3) and feat.shape == (3, 4, 6, 6)
+    for i, x in enumerate(CALIB[:3]):
+        assert_outputs_equal((logits[i:i + 1], feat[i:i + 1]), host_model.run(x[None]))
+
+
+def test_output_order_follows_the_onnx_graph():
+    cm = compile_classifier(outputs=("feat", "logits"))
+    feat, logits = cm.run(CALIB[:1])
+    assert feat.shape == (1, 4, 6, 6) and logits.shape == (1, 3)
+    assert list(cm.report().outputs_sqnr_db) == ["feat", "logits"]
+
+
+def test_report_has_each_outputs_sqnr(host_model):
+    report = host_model.report()
+    per_output = report.outputs_sqnr_db
+    assert list(per_output) == ["logits", "feat"]
+    assert all(np.isfinite(db) and db > 20 for db in per_output.values())
+    assert report.output_sqnr_db == min(per_output.values())
+    text = str(report)
+    assert "(the worst of 2 outputs)" in text
+    assert f"output logits: {per_output['logits']:.1f} dB" in text
+    assert f"output feat: {per_output['feat']:.1f} dB" in text
+    again = Report.from_dict(json.loads(report.to_json()))
+    assert again.outputs_sqnr_db == per_output
+    old = {k: v for k, v in report.to_dict().items() if k != "outputs_sqnr_db"}
+    assert Report.from_dict(old).outputs_sqnr_db is None  # a report.json from before
+
+
+def test_outputs_keep_their_observed_range():
+    """A clipping observer applies to internal tensors only: every output gets the qparams of
+    its observed min/max, the ones observer "minmax" gives."""
+    calib = CALIB.copy()
+    calib[0] *= 8  # an outlier the percentile observer clips
+    kwargs = {"calib": calib, "progress": False}
+    clipped = tvmq.compile(classifier(), config=tvmq.QuantConfig(observer="percentile"), **kwargs)
+    full = tvmq.compile(classifier(), config=tvmq.QuantConfig(observer="minmax"), **kwargs)
+
+    def scale_zp(cm, name):
+        qp = cm.act_qparams[name]
+        return float(qp.scale), int(qp.zero_point)
+
+    assert scale_zp(clipped, "reshape_1") != scale_zp(full, "reshape_1")  # internal: clipped
+    for name in ("matmul_2", "conv2d_0"):  # the layers computing logits and feat
+        assert scale_zp(clipped, name) == scale_zp(full, name), name
+
+
+def test_export_records_the_outputs_and_model_so_runs_them(host_model, tmp_path):
+    out = host_model.export(tmp_path / "two")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["outputs"] == [{"name": "logits", "shape": [1, 3]},
+                               {"name": "feat", "shape": [1, 4, 6, 6]}]
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
+    for x in CALIB[:2]:
+        got = vm["main"](tvm.runtime.tensor(x[None]))
+        assert_outputs_equal(tuple(y.numpy() for y in got), host_model.run(x[None]))
+
+
+def test_cli_compiles_and_prints_each_output(tmp_path, capsys):
+    onnx.save(classifier(), tmp_path / "two.onnx")
+    np.savez(tmp_path / "c.npz", calib=CALIB)
+    assert main(["compile", str(tmp_path / "two.onnx"), "--calib", str(tmp_path / "c.npz"),
+                 "--out", str(tmp_path / "build"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "output logits:" in text and "output feat:" in text
+    assert (tmp_path / "build" / "model.so").is_file()
+
+
+def test_accel_target_equals_the_oracle():
+    cm = compile_classifier("accel")
+    assert cm.report().accel["cycles"] > 0 and not cm.report().accel["host_layers"]
+    oracle = cm.oracle()
+    for x in CALIB[:3]:
+        assert_outputs_equal(cm.run(x[None]), oracle.run(x[None]))
+
+
+# ---------------------------------------------------------------- unusual outputs
+
+
+def test_the_same_tensor_twice_gives_two_equal_outputs():
+    names = ("logits", "feat", "feat_again")
+    cm = compile_classifier(outputs=names)
+    _, feat, again = cm.run(CALIB[:2])
+    np.testing.assert_array_equal(feat, again)
+    assert_outputs_equal(cm.run(CALIB[:1]), cm.oracle().run(CALIB[:1]), names)
+
+
+def test_the_model_input_as_an_output_is_returned_as_is():
+    cm = compile_classifier(outputs=("logits", "input_again"))
+    _, x = cm.run(CALIB[:2])
+    np.testing.assert_array_equal(x, CALIB[:2])
+    assert cm.report().outputs_sqnr_db["input_again"] == float("inf")
+
+
+def test_a_float_output_runs_on_host():
+    names = ("logits", "prob")
+    cm = compile_classifier(outputs=names)
+    assert_outputs_equal(cm.run(CALIB[:1]), cm.oracle().run(CALIB[:1]), names)
