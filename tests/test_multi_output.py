@@ -1,4 +1,4 @@
-"""Models with several outputs, end to end: host and accel targets, oracle, report, export.
+"""Models with several outputs, end to end: host, accel and mcu targets, oracle, report, export.
 
 The model is a small classifier with its feature map as a second output:
 input -> conv + relu = "feat" -> flatten -> matmul + bias = "logits", outputs [logits, feat].
@@ -6,6 +6,7 @@ Every backend is compared with the NumPy oracle bit for bit, output by output.
 """
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -13,6 +14,8 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
+from tvmq.targets.mcu import build_host, build_m4, run_host, run_qemu
+from tvmq.targets.mcu.lower import run_program
 
 import tvmq
 from tvmq.cli import main
@@ -24,6 +27,12 @@ SHAPES = {"input": [1, 2, 6, 6], "feat": [1, 4, 6, 6], "logits": [1, 3], "prob":
 WEIGHTS = {"w1": RNG.normal(size=(4, 2, 3, 3)) * 0.4, "b1": RNG.normal(size=4) * 0.1,
            "w2": RNG.normal(size=(144, 3)) * 0.1, "b2": RNG.normal(size=3) * 0.1}
 CALIB = RNG.normal(size=(8, 2, 6, 6)).astype(np.float32)
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                              reason="no host C compiler")
+needs_m4 = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed (apt-get install "
+           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
 
 
 def classifier(outputs=("logits", "feat")) -> onnx.ModelProto:
@@ -153,6 +162,47 @@ def test_accel_target_equals_the_oracle():
         assert_outputs_equal(cm.run(x[None]), oracle.run(x[None]))
 
 
+@needs_cc
+def test_mcu_c_on_the_host_equals_the_host_build_output_by_output(tmp_path):
+    cm = compile_classifier("mcu")
+    program = cm.mcu.program
+    assert program.outputs == [("output0_q", "output0"), ("output1_q", "output1")]
+    project = cm.export(tmp_path / "two", samples=CALIB[:2])
+    header = (project / "model.h").read_text()
+    assert "int tvmq_model_run(const int8_t* in, int8_t* out0, int8_t* out1);" in header
+    assert "int tvmq_dequantize_output1(const int8_t* in, float* out);" in header
+    assert '#define TVMQ_OUTPUT0_SIZE 3  /* output 0 "logits"' in header
+    build_host(project)
+    got = run_host(project, CALIB)
+    assert len(got) == len(CALIB)
+    oracle = cm.oracle()
+    for x, (q, y) in zip(CALIB, got):
+        values = run_program(program, x[None])
+        want = cm.run(x[None])
+        assert len(q) == len(y) == 2
+        for i, (q_name, _) in enumerate(program.outputs):
+            np.testing.assert_array_equal(q[i], values[q_name].reshape(-1))
+            np.testing.assert_array_equal(y[i], want[i].reshape(-1))
+            np.testing.assert_array_equal(y[i], oracle.run(x[None])[i].reshape(-1))
+
+
+@needs_cc
+@needs_m4
+def test_mcu_cortex_m4_prints_the_same_bytes_for_each_output(tmp_path):
+    cm = compile_classifier("mcu")
+    project = cm.export(tmp_path / "two", samples=CALIB[:2])
+    build_host(project)
+    host = run_host(project, CALIB[:2])
+    build_m4(project)
+    m4, _ = run_qemu(project)
+    assert len(m4) == 2
+    for (qa, ya), (qb, yb) in zip(m4, host):
+        assert len(qa) == len(ya) == 2
+        for i in range(2):
+            np.testing.assert_array_equal(qa[i], qb[i])
+            np.testing.assert_array_equal(ya[i].view(np.uint32), yb[i].view(np.uint32))
+
+
 # ---------------------------------------------------------------- unusual outputs
 
 
@@ -164,14 +214,34 @@ def test_the_same_tensor_twice_gives_two_equal_outputs():
     assert_outputs_equal(cm.run(CALIB[:1]), cm.oracle().run(CALIB[:1]), names)
 
 
-def test_the_model_input_as_an_output_is_returned_as_is():
+@needs_cc
+def test_the_same_tensor_twice_on_mcu_writes_both_buffers(tmp_path):
+    cm = compile_classifier("mcu", outputs=("logits", "feat", "feat_again"))
+    project = cm.export(tmp_path / "dup", samples=CALIB[:1])
+    build_host(project)
+    for x, (_, y) in zip(CALIB[:3], run_host(project, CALIB[:3])):
+        want = cm.run(x[None])
+        np.testing.assert_array_equal(want[1], want[2])
+        for got, w in zip(y, want):
+            np.testing.assert_array_equal(got, w.reshape(-1))
+
+
+def test_the_model_input_as_an_output_is_returned_as_is_on_host_and_refused_on_mcu():
     cm = compile_classifier(outputs=("logits", "input_again"))
     _, x = cm.run(CALIB[:2])
     np.testing.assert_array_equal(x, CALIB[:2])
     assert cm.report().outputs_sqnr_db["input_again"] == float("inf")
+    with pytest.raises(tvmq.CompileError, match=r"output 1 \(input\) is the model's input or a"):
+        compile_classifier("mcu", outputs=("logits", "input_again"))
 
 
-def test_a_float_output_runs_on_host():
+def test_a_float_output_runs_on_host_and_on_mcu_with_float_allowed(tmp_path):
     names = ("logits", "prob")
     cm = compile_classifier(outputs=names)
     assert_outputs_equal(cm.run(CALIB[:1]), cm.oracle().run(CALIB[:1]), names)
+    with pytest.raises(tvmq.CompileError, match="allow_float=True"):
+        compile_classifier("mcu", outputs=names)
+    cm = compile_classifier("mcu", outputs=names, mcu=tvmq.McuConfig(allow_float=True))
+    values = run_program(cm.mcu.program, CALIB[:1])
+    for (_, f), want in zip(cm.mcu.program.outputs, cm.run(CALIB[:1])):
+        np.testing.assert_array_equal(values[f], want)

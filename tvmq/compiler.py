@@ -298,7 +298,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
     operand_bits = None if plan is None else plan.operand_bits()
-    mcu = None if mcu_config is None else build_mcu(quant_mod, mcu_config, float_ops)
+    mcu = None if mcu_config is None else build_mcu(quant_mod, mcu_config, float_ops,
+                                                    [o.name for o in outputs])
     lowered = quant_mod if runtime is None else LowerToAccel(runtime, operand_bits)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
