@@ -286,7 +286,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
         qparams = _qparams_by_bits(annotated, observers, config, inp)
         plan = plan_bitwidths(annotated, layers, qparams, kept_inputs[:config.sensitivity_samples],
                               config, hw, progress=progress)
-    kept_inputs = kept_inputs[:config.sqnr_samples]
+    kept_inputs = kept_inputs[:config.sqnr_samples]  # (more were kept for the sensitivity)
+    kept = {name: values[:config.sqnr_samples] for name, values in kept.items()}
     stage("quantize")
     if config.is_lbfp:
         quant_mod, act_params, decoders, rows = _quantize_lbfp(annotated, layers, observers,
