@@ -7,6 +7,7 @@ Every backend is compared with the NumPy oracle bit for bit, output by output.
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 from tvmq.targets.mcu import build_host, build_m4, run_host, run_qemu
+from tvmq.targets.mcu.codegen import HOST_CFLAGS
 from tvmq.targets.mcu.lower import run_program
 
 import tvmq
@@ -184,6 +186,35 @@ def test_mcu_c_on_the_host_equals_the_host_build_output_by_output(tmp_path):
             np.testing.assert_array_equal(q[i], values[q_name].reshape(-1))
             np.testing.assert_array_equal(y[i], want[i].reshape(-1))
             np.testing.assert_array_equal(y[i], oracle.run(x[None])[i].reshape(-1))
+
+
+FLOAT_API_MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+#include "test_input.h"
+int main(void) {
+  static float out0[TVMQ_OUTPUT0_SIZE], out1[TVMQ_OUTPUT1_SIZE];
+  if (tvmq_model_run_float(tvmq_test_input[0], out0, out1) != 0) return 1;
+  fwrite(out0, sizeof(float), TVMQ_OUTPUT0_SIZE, stdout);
+  fwrite(out1, sizeof(float), TVMQ_OUTPUT1_SIZE, stdout);
+  return 0;
+}
+"""
+
+
+@needs_cc
+def test_mcu_float_api_fills_every_output(tmp_path):
+    cm = compile_classifier("mcu")
+    project = cm.export(tmp_path / "two", samples=CALIB[:1])
+    (project / "float_api.c").write_text(FLOAT_API_MAIN)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    sources = ["float_api.c", "model.c", "kernels.c", "tvmq_shim.c"]
+    subprocess.run([cc, *HOST_CFLAGS, "-Wno-unused-function", "-Wno-unused-const-variable",
+                    "-o", "float_api", *sources, "-lm"], cwd=project, check=True)
+    raw = subprocess.run(["./float_api"], cwd=project, capture_output=True, check=True).stdout
+    logits, feat = cm.run(CALIB[:1])
+    np.testing.assert_array_equal(np.frombuffer(raw, np.float32),
+                                  np.concatenate([logits.reshape(-1), feat.reshape(-1)]))
 
 
 @needs_cc
