@@ -323,7 +323,8 @@ def tir_broadcast_binary(prim: tvm.tirx.PrimFunc) -> Callable | None:
 
 
 class Oracle:
-    """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)`.
+    """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)` gives its output, a
+    tuple of arrays when `main` returns a tuple (a model with several outputs).
 
     `run(x, keep=True)` also returns every intermediate value by binding name.
     """
