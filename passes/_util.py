@@ -53,6 +53,14 @@ def bindings_of(func: relax.Function) -> dict[relax.Var, relax.Expr]:
     return {b.var: b.value for block in func.body.blocks for b in block.bindings}
 
 
+def returned_fields(func: relax.Function) -> list[relax.Expr]:
+    """What `func` returns, one expression per output: the fields of a returned tuple (also
+    through the variable it is bound to), else the returned expression itself."""
+    result = func.body.body
+    value = bindings_of(func).get(result, result) if isinstance(result, relax.Var) else result
+    return list(value.fields) if isinstance(value, relax.Tuple) else [result]
+
+
 def emit_like(mutator: relax.PyExprMutator, old_var: relax.Var, value: relax.Expr,
               name: str | None = None) -> relax.Var:
     """Emit `value` as the new binding of `old_var` (dataflow or output var alike) and remap it."""

@@ -20,11 +20,12 @@ from .calibrate import calibrate
 from .calibration.lbfp_observer import LBFPObserver
 from .config import QuantConfig
 from .errors import CompileError
-from .frontend import load_model
+from .frontend import import_model
 from .numerics import QParams, choose_qparams, dequantize, lbfp
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
 from .output_folder import check_output_folder, write_folder
+from .passes._util import returned_fields
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
 from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP
@@ -83,25 +84,34 @@ class CompiledModel:
 
     `run(x)` executes it on its target (numpy in, numpy out); `report()` gives the per-layer table;
     `export(dir)` writes the artefacts; `oracle()` is the NumPy golden interpreter of the graph.
+    `input` and `outputs` describe the model's tensors (outputs in the ONNX order).
     `act_qparams` holds each calibrated tensor's QParams (int8) or per-channel exponents (LBFP).
     """
 
-    def __init__(self, *, name, target, config, inp, float_mod, quant_mod, host, report,
+    def __init__(self, *, name, target, config, inp, outputs, float_mod, quant_mod, host, report,
                  act_qparams, accel=None, plan=None, mcu=None):
         self.name, self.target, self.config, self.input = name, target, config, inp
+        self.outputs = outputs
         self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
         self._report, self.act_qparams = report, act_qparams
         self.accel = accel  # AccelRuntime for target="accel": hardware config and layer counters
         self.plan = plan  # scheme "mixed": tvmq.mixed.assign.MixedPlan (choice, program, costs)
         self.mcu = mcu  # target "mcu": tvmq.targets.mcu.McuBuild (kernels, memory plan)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time."""
+    def run(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run one input of the model's shape, or a stack (N, *shape[1:]) one sample at a time.
+
+        Returns the output array, or for a model with several outputs a tuple of arrays in the
+        model's output order (`self.outputs`); a stack's outputs are concatenated one by one.
+        """
         x = np.asarray(x, dtype=np.float32)
         if x.shape == self.input.shape:
             return self.host.run(x)
         if x.shape[1:] == self.input.shape[1:] and self.input.shape[0] == 1:
-            return np.concatenate([self.host.run(s[None]) for s in x])
+            outs = [self.host.run(s[None]) for s in x]
+            if len(self.outputs) == 1:
+                return np.concatenate(outs)
+            return tuple(np.concatenate(out) for out in zip(*outs))
         raise ValueError(f"input shape {x.shape} does not match the model input {self.input.shape}")
 
     def report(self) -> Report:
@@ -159,7 +169,8 @@ class CompiledModel:
         (out / "report.json").write_text(self._report.to_json())
         (out / "report.txt").write_text(str(self._report) + "\n")
         meta = {"config": self.config.to_dict(), "target": self.target,
-                "input": {"name": self.input.name, "shape": list(self.input.shape)}}
+                "input": {"name": self.input.name, "shape": list(self.input.shape)},
+                "outputs": [{"name": o.name, "shape": list(o.shape)} for o in self.outputs]}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -247,7 +258,7 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
         stages.set_description_str(f"tvmq compile: {name:<9}")
 
     stage("import")
-    float_mod, inp = load_model(model, input_shape)
+    float_mod, inp, outputs = import_model(model, input_shape)
     annotated = AnnotateQuantizable()(float_mod)
     layers, float_ops = find_layers(annotated)
     if not layers:
@@ -276,7 +287,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
         qparams = _qparams_by_bits(annotated, observers, config, inp)
         plan = plan_bitwidths(annotated, layers, qparams, kept_inputs[:config.sensitivity_samples],
                               config, hw, progress=progress)
-    kept_inputs = kept_inputs[:config.sqnr_samples]
+    kept_inputs = kept_inputs[:config.sqnr_samples]  # (more were kept for the sensitivity)
+    kept = {name: values[:config.sqnr_samples] for name, values in kept.items()}
     stage("quantize")
     if config.is_lbfp:
         quant_mod, act_params, decoders, rows = _quantize_lbfp(annotated, layers, observers,
@@ -288,7 +300,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
     taps = [f"{layer.name}_q" for layer in layers]
     operand_bits = None if plan is None else plan.operand_bits()
-    mcu = None if mcu_config is None else build_mcu(quant_mod, mcu_config, float_ops)
+    mcu = None if mcu_config is None else build_mcu(quant_mod, mcu_config, float_ops,
+                                                    [o.name for o in outputs])
     lowered = quant_mod if runtime is None else LowerToAccel(runtime, operand_bits)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
@@ -300,13 +313,13 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     if mcu is not None:
         report.mcu = mcu.summary()
     if kept_inputs:
-        _measure_sqnr(report, layers, decoders, kept, kept_inputs, host)
+        _measure_sqnr(report, layers, decoders, kept, kept_inputs, host, outputs)
     if runtime is not None:
         _measure_cycles(report, runtime, host, inp)
     report.compile_seconds = time.perf_counter() - start
     stages.n = len(STAGES)
     stages.refresh()
-    return CompiledModel(name=report.model, target=target, config=config, inp=inp,
+    return CompiledModel(name=report.model, target=target, config=config, inp=inp, outputs=outputs,
                          float_mod=annotated, quant_mod=quant_mod, host=host, report=report,
                          act_qparams=act_params, accel=runtime, plan=plan, mcu=mcu)
 
@@ -369,9 +382,8 @@ def _lbfp_decoder(exponents, shape, fmt):
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
-    out = mod["main"].body.body
-    fields = out.fields if isinstance(out, relax.Tuple) else [out]
-    return {f.name for f in fields if isinstance(f, relax.Var)}
+    """Names of the tensors `main` returns (every field of a returned tuple)."""
+    return {f.name for f in returned_fields(mod["main"]) if isinstance(f, relax.Var)}
 
 
 def _tensor_names(layers: list[Layer]) -> list[str]:
@@ -413,14 +425,21 @@ def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[L
     return rows
 
 
-def _measure_sqnr(report, layers, decoders, kept, kept_inputs, host: HostModule):
-    """SQNR of every layer output and of the model output, on the kept calibration samples.
-    `decoders` maps a layer name to the function from its integer output to float."""
+def _measure_sqnr(report, layers, decoders, kept, kept_inputs, host: HostModule, outputs):
+    """SQNR of every layer output and of each model output, on the kept calibration samples;
+    `output_sqnr_db` is the worst output's. `decoders` maps a layer name to the function from
+    its integer output to float."""
     outs = [host.run(x, TAPS_FUNCTION) for x in kept_inputs]
     for i, (layer, row) in enumerate(zip(layers, report.layers)):
         approx = [decoders[layer.name](o[1 + i]) for o in outs]
         row.sqnr_db = sqnr_db(np.stack(kept[layer.name]), np.stack(approx))
-    report.output_sqnr_db = sqnr_db(np.stack(kept["output"]), np.stack([o[0] for o in outs]))
+    if len(outputs) == 1:
+        ref, got = [kept["output"]], [[o[0] for o in outs]]
+    else:  # kept["output"] and o[0] hold one tuple per sample
+        ref, got = zip(*kept["output"]), zip(*(o[0] for o in outs))
+    report.outputs_sqnr_db = {out.name: sqnr_db(np.stack(r), np.stack(g))
+                              for out, r, g in zip(outputs, ref, got)}
+    report.output_sqnr_db = min(report.outputs_sqnr_db.values())
 
 
 def _measure_cycles(report: Report, runtime: AccelRuntime, host: HostModule, inp) -> None:

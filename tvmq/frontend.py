@@ -19,6 +19,7 @@ from tvm import relax
 
 from .errors import CompileError
 from .onnx_static import make_static
+from .passes._util import returned_fields
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.simplify_clip import SimplifyClip
 
@@ -26,6 +27,16 @@ from .passes.simplify_clip import SimplifyClip
 @dataclass(frozen=True)
 class ModelInput:
     """The single input of a model: its name, static shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One output of a model: its name (the ONNX output's, or the variable `main` returns),
+    static shape and dtype."""
 
     name: str
     shape: tuple[int, ...]
@@ -71,6 +82,17 @@ def load_model(
     -------
     >>> mod, inp = load_model(tvmq.data.digits_model_path())   # doctest: +SKIP
     """
+    mod, inp, _ = import_model(model, input_shape)
+    return mod, inp
+
+
+def import_model(
+    model: str | os.PathLike | onnx.ModelProto | tvm.IRModule,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[tvm.IRModule, ModelInput, tuple[ModelOutput, ...]]:
+    """`load_model`, plus the model's outputs in order (the ONNX graph's output order, which is
+    the order of the tuple `main` returns when there are several)."""
+    names = None
     if isinstance(model, tvm.IRModule):
         mod, inp = model, _relax_input(model)
     else:
@@ -78,8 +100,26 @@ def load_model(
         inp = _onnx_input(proto, input_shape)
         _check_finite_initializers(proto)
         mod = _import_onnx(make_static(proto, inp.name, inp.shape), inp)
+        names = [o.name for o in proto.graph.output]
     _check_finite_weights(mod)
-    return normalize_pipeline()(mod), inp
+    mod = normalize_pipeline()(mod)
+    return mod, inp, _outputs(mod, names)
+
+
+def _outputs(mod: tvm.IRModule, names: list[str] | None) -> tuple[ModelOutput, ...]:
+    """The tensors `main` returns, named by `names` (default: the returned variables' names)."""
+    fields = returned_fields(mod["main"])
+    if names is None or len(names) != len(fields):
+        names = [f.name if isinstance(f, relax.Var) else f"output{i}"
+                 for i, f in enumerate(fields)]
+    outputs = []
+    for name, field in zip(names, fields):
+        ty = field.ty
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise CompileError(f"output {name!r} is not a tensor of static shape ({ty}); "
+                               "tvmq compiles models whose outputs are tensors.")
+        outputs.append(ModelOutput(name, tuple(int(d) for d in ty.shape), str(ty.dtype)))
+    return tuple(outputs)
 
 
 def _read_onnx(model) -> onnx.ModelProto:

@@ -323,7 +323,8 @@ def tir_broadcast_binary(prim: tvm.tirx.PrimFunc) -> Callable | None:
 
 
 class Oracle:
-    """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)`.
+    """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)` gives its output, a
+    tuple of arrays when `main` returns a tuple (a model with several outputs).
 
     `run(x, keep=True)` also returns every intermediate value by binding name.
     """
@@ -358,7 +359,7 @@ class Oracle:
         if isinstance(expr, tvm.ir.GenericConst):
             return expr.value.numpy()
         if isinstance(expr, relax.Tuple):
-            return [self._eval(f, env) for f in expr.fields]
+            return tuple(self._eval(f, env) for f in expr.fields)
         if isinstance(expr, relax.TupleGetItem):
             return self._eval(expr.tuple_value, env)[expr.index]
         if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):

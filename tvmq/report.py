@@ -47,7 +47,8 @@ class Report:
     config: dict
     layers: list[LayerRow] = field(default_factory=list)
     float_ops: list[str] = field(default_factory=list)
-    output_sqnr_db: float | None = None
+    output_sqnr_db: float | None = None  # the worst model output's
+    outputs_sqnr_db: dict[str, float] | None = None  # each model output's, by name, in order
     compile_seconds: float | None = None
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
@@ -99,6 +100,10 @@ class Report:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(f"output SQNR vs float: {_fmt_db(self.output_sqnr_db)} dB")
+        if self.outputs_sqnr_db is not None and len(self.outputs_sqnr_db) > 1:
+            lines[-1] += f" (the worst of {len(self.outputs_sqnr_db)} outputs)"
+            lines += [f"  output {name}: {_fmt_db(db)} dB"
+                      for name, db in self.outputs_sqnr_db.items()]
         lines.append("float ops (not quantized): " + (", ".join(self.float_ops) or "none"))
         if self.accel is not None:
             hw = self.accel["config"]

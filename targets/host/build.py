@@ -37,7 +37,8 @@ def host_target() -> tvm.target.Target:
 
 
 class HostModule:
-    """A compiled module: `run(x)` -> numpy output(s) of `main` (or of another Relax function).
+    """A compiled module: `run(x)` -> the numpy output of `main` (or of another Relax function):
+    an array for a tensor result, a tuple (nested like the Relax tuple) for a tuple result.
 
     `run` copies the input into a 64-byte-aligned staging array that TVM reads in place
     (`from_dlpack`, no allocation) and copies the outputs out through DLPack: on the digits
@@ -60,10 +61,7 @@ class HostModule:
             np.copyto(staged, x)
             if function not in self._functions:
                 self._functions[function] = self.vm[function]
-            out = self._functions[function](tensor)
-            if isinstance(out, tvm.runtime.Tensor):
-                return np.from_dlpack(out).copy()
-            return [np.from_dlpack(o).copy() for o in out]
+            return _to_numpy(self._functions[function](tensor))
 
     def _stage(self, shape: tuple, dtype: np.dtype):
         key = (shape, dtype.str)
@@ -74,6 +72,13 @@ class HostModule:
             staged = raw[start:start + nbytes].view(dtype).reshape(shape)
             self._staging[key] = (staged, tvm.runtime.from_dlpack(staged))
         return self._staging[key]
+
+
+def _to_numpy(value):
+    """A VM result copied out: a tensor as an array, a tuple (tvm ffi Array) as a tuple."""
+    if isinstance(value, tvm.runtime.Tensor):
+        return np.from_dlpack(value).copy()
+    return tuple(_to_numpy(v) for v in value)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:

@@ -25,6 +25,7 @@ class McuBuild:
     plan: MemoryPlan
     config: McuConfig
     kernels_c: str
+    output_names: list[str] | None = None  # the model's, for model.h's comments
 
     @property
     def workspace_bytes(self) -> int:
@@ -47,18 +48,22 @@ class McuBuild:
     build_products = codegen.BUILD_PRODUCTS  # files `make` writes into an exported project
 
     def write(self, out: Path, samples: np.ndarray) -> None:
-        codegen.write_project(self.program, self.plan, out, samples, self.kernels_c)
+        codegen.write_project(self.program, self.plan, out, samples, self.kernels_c,
+                              self.output_names)
 
 
-def build_mcu(quant_mod, config: McuConfig, float_ops: list[str]) -> McuBuild:
-    """Lower, plan memory, generate kernel C; refuse float ops and over-limit memory."""
+def build_mcu(quant_mod, config: McuConfig, float_ops: list[str],
+              output_names: list[str] | None = None) -> McuBuild:
+    """Lower, plan memory, generate kernel C; refuse float ops and over-limit memory.
+    `output_names` are the model's output names in order (for model.h)."""
     if float_ops and not config.allow_float:
         raise CompileError(
             f"target 'mcu': {len(float_ops)} op(s) have no integer kernel and would run in "
             f"float on the microcontroller: {', '.join(float_ops)}. Pass "
             "mcu=McuConfig(allow_float=True) to accept float kernels.")
     program = lower_program(quant_mod)
-    built = McuBuild(program, plan_memory(program), config, codegen.kernel_source(program))
+    built = McuBuild(program, plan_memory(program), config, codegen.kernel_source(program),
+                     output_names)
     ram = built.plan.arena_bytes + built.workspace_bytes
     if config.ram_bytes is not None and ram > config.ram_bytes:
         raise CompileError(
@@ -94,8 +99,9 @@ def build_m4(project: Path) -> Path:
     return project / "model.elf"
 
 
-def run_host(project: Path, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run model_host on float samples x (N, ...); per sample (int8 output, float32 output)."""
+def run_host(project: Path, x: np.ndarray) -> list[tuple]:
+    """Run model_host on float samples x (N, ...); per sample (int8 output, float32 output),
+    each a tuple of arrays (one per output, in order) for a model with several outputs."""
     with tempfile.NamedTemporaryFile(suffix=".f32") as f:
         f.write(np.ascontiguousarray(x, np.float32).tobytes())
         f.flush()
@@ -133,10 +139,15 @@ def m4_sizes(elf: Path) -> dict[str, int]:
             "ram": get(".data", 0) + get(".bss", 0) + get(".stack", 0)}
 
 
-def _parse(line: str) -> tuple[np.ndarray, np.ndarray]:
-    _, q, f = line.split()
-    return (np.frombuffer(bytes.fromhex(q), np.int8),
-            np.frombuffer(bytes.fromhex(f), ">u4").astype(np.uint32).view(np.float32))
+def _parse(line: str) -> tuple:
+    """`out <int8 hex per output> <float32 hex per output>` -> (int8, float32): arrays for a
+    one-output model, tuples of arrays for several."""
+    fields = line.split()[1:]
+    n = len(fields) // 2
+    q = tuple(np.frombuffer(bytes.fromhex(h), np.int8) for h in fields[:n])
+    f = tuple(np.frombuffer(bytes.fromhex(h), ">u4").astype(np.uint32).view(np.float32)
+              for h in fields[n:])
+    return (q[0], f[0]) if n == 1 else (q, f)
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 600, stderr: bool = False) -> str:

@@ -1,7 +1,9 @@
 """Lower a realized integer module to an MCU program: kernels plus the steps calling them.
 
 `lower_program(quant_mod)` splits `main(x) = dequantize(run(quantize(x)))` at the model's
-boundary quantize and dequantize and turns each part into a list of `Step`s over named `Tensor`s:
+boundary quantize and dequantize and turns each part into a list of `Step`s over named `Tensor`s.
+A model with several outputs has one int8 result of `run` and one dequantize phase per output
+(in the model's output order); an output that repeats another's int8 tensor gets a copy of it.
 
 - Kernels are grouped at int8 tensors: every binding between two int8 tensors (the zero-point
   casts and subtracts a layer applies to its inputs, the conv2d/matmul, the bias add, the requant,
@@ -29,10 +31,21 @@ from tvm import relax, s_tir, te
 
 from ...errors import CompileError
 from ...numerics.weights import pack_int4
-from ...passes._util import op_name, rewrite_functions
+from ...passes._util import op_name, returned_fields, rewrite_functions
 from ..host.schedules import inline_single_reads, intermediates
 
-PHASES = ("quantize", "run", "dequantize")
+
+def output_names(count: int) -> list[tuple[str, str]]:
+    """(int8, float) tensor names of a program's `count` model outputs: `output_q`/`output` for
+    one, `output<i>_q`/`output<i>` for several."""
+    if count == 1:
+        return [("output_q", "output")]
+    return [(f"output{i}_q", f"output{i}") for i in range(count)]
+
+
+def dequantize_phase(i: int, count: int) -> str:
+    """The phase that dequantizes output `i` of `count`: `dequantize`, or `dequantize<i>`."""
+    return "dequantize" if count == 1 else f"dequantize{i}"
 
 
 @dataclass(frozen=True)
@@ -62,12 +75,14 @@ class Step:
 
 @dataclass
 class Program:
-    """Kernels (PrimFuncs with a global symbol) and, per phase, the steps that run them."""
+    """Kernels (PrimFuncs with a global symbol) and, per phase, the steps that run them.
+    Phases in order: quantize, run, then `dequantize_phase(i, n)` for each of the n outputs."""
 
     kernels: tvm.IRModule
     steps: dict[str, list[Step]]
     tensors: dict[str, Tensor]
     weights: dict[str, int] | None = None  # conv2d/matmul weights: int8_params, int4_params, bytes
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # output_names(n)
     _llvm: object = field(default=None, repr=False, compare=False)
 
     def llvm(self):
@@ -81,31 +96,39 @@ class Program:
         return next(t for t in self.tensors.values() if t.kind == "input")
 
     @property
-    def int_output(self) -> Tensor:
-        return next(t for t in self.tensors.values() if t.kind == "output")
+    def int_outputs(self) -> list[Tensor]:
+        """The int8 model outputs, in the model's output order."""
+        return [self.tensors[q] for q, _ in self.outputs]
+
 
 
 def lower_program(quant_mod: tvm.IRModule) -> Program:
     """The MCU program of a realized int8 module (see the module docstring)."""
     split = _split_boundary(quant_mod)
+    phases = list(split)
     mod = tvm.IRModule({gv: f for gv, f in quant_mod.functions_items()
                         if isinstance(f, tvm.tirx.PrimFunc)})
     for phase, func in split.items():
         mod[phase] = func
     mod, weights = _pack_int4_weights(mod)
     mod = relax.transform.LegalizeOps({"relax.reshape": _keep})(mod)
-    mod = _group_kernels(mod)
+    mod = _group_kernels(mod, phases)
     mod = tvm.transform.Sequential([
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(list(PHASES)),
+        relax.transform.DeadCodeElimination(phases),
     ])(mod)
+    outputs = output_names(len(returned_fields(quant_mod["main"])))
+    boundary = {"quantize": (("float_input", "input"), ["input_q"]),
+                "run": (("input", "output"), [q for q, _ in outputs])}
+    for i, (q, f) in enumerate(outputs):
+        boundary[dequantize_phase(i, len(outputs))] = (("output", "float_output"), [f])
     tensors: dict[str, Tensor] = {}
-    steps = {phase: _steps(mod[phase], tensors) for phase in PHASES}
+    steps = {phase: _steps(mod[phase], tensors, *boundary[phase]) for phase in phases}
     used = {s.kernel for phase in steps.values() for s in phase if s.kernel}
     kernels = tvm.IRModule({name: fuse_per_output(mod[name]).with_attr("global_symbol", name)
                             for name in sorted(used)})
-    return Program(kernels, steps, tensors, weights)
+    return Program(kernels, steps, tensors, weights, outputs)
 
 
 def _keep(bb, call):
@@ -117,10 +140,12 @@ def _keep(bb, call):
 
 
 def _split_boundary(mod: tvm.IRModule) -> dict[str, relax.Function]:
-    """main -> {quantize: x -> x_q, run: x_q -> y_q, dequantize: y_q -> y}.
+    """main -> {quantize: x -> x_q, run: x_q -> y_q, dequantize: y_q -> y}; with several
+    outputs, run returns a tuple (one y_q per output) and dequantize<i> computes output i.
 
-    y_q is the int8 tensor read by the last `dequantize`; the dequantize phase is that op and
-    any float ops after it (a softmax), which may read nothing else.
+    An output's y_q is the int8 tensor its `dequantize` reads; its dequantize phase is that op
+    and any float ops after it (a softmax), which may read nothing else. The run phase is what
+    the y_q need; a y_q that is the input's or an earlier output's becomes a copy of it.
     """
     main = mod["main"]
     if len(main.params) != 1:
@@ -131,30 +156,69 @@ def _split_boundary(mod: tvm.IRModule) -> dict[str, relax.Function]:
     if op_name(first.value) != "relax.quantize" or not first.value.args[0].same_as(main.params[0]):
         raise CompileError("target 'mcu': the model's first op must quantize its input (a "
                            "realized int8 model); an LBFP or float-input model is not supported.")
-    cut = max((i for i, b in enumerate(bindings) if op_name(b.value) == "relax.dequantize"),
-              default=None)
-    result = main.body.body
-    tail = bindings[cut:] if cut is not None else []
-    defined = {b.var for b in tail}
-    y_q = tail[0].value.args[0] if tail else None
-    reads = {v for b in tail for v in relax.analysis.free_vars(b.value)} - defined
-    if not tail or reads != {y_q} or not isinstance(result, relax.Var) or result not in defined:
-        raise CompileError("target 'mcu' needs one output computed from the last quantized "
-                           "layer's int8 result (a dequantize, then float ops if any); this "
-                           "model returns a tuple or reads other tensors after it.")
     x, x_q = main.params[0], first.var
-    return {"quantize": _phase(x.name, x, [first], x_q, "input_q"),
-            "run": _phase("input_q", x_q, bindings[1:cut], y_q, "output_q"),
-            "dequantize": _phase("output_q", y_q, tail, result, "output")}
+    results = returned_fields(main)
+    names = output_names(len(results))
+    tails = [_output_tail(bindings, result, i) for i, result in enumerate(results)]
+    y_qs, copies = [], []
+    for (_, y_q), (q, _) in zip(tails, names):
+        if y_q.same_as(x_q) or any(y_q.same_as(y) for y in y_qs):
+            copy = relax.Var(q, y_q.ty)
+            copies.append(relax.VarBinding(
+                copy, relax.BlockBuilder().normalize(relax.op.astype(y_q, y_q.ty.dtype))))
+            y_q = copy
+        y_qs.append(y_q)
+    run = _needed(bindings[1:], y_qs)
+    reads = {v for b in run for v in relax.analysis.free_vars(b.value)} - {b.var for b in run}
+    if reads - {x_q}:
+        raise CompileError(f"target 'mcu': the quantized layers read the float input "
+                           f"{x.name!r} directly; the program starts from its quantize.")
+    split = {"quantize": _phase(x.name, x, [first], [x_q], ["input_q"]),
+             "run": _phase("input_q", x_q, run + copies, y_qs, [q for q, _ in names])}
+    for i, ((tail, y_q), result, (q, f)) in enumerate(zip(tails, results, names)):
+        split[dequantize_phase(i, len(results))] = _phase(q, y_q, tail, [result], [f])
+    return split
 
 
-def _phase(param_name, old_input, bindings, result, out_name) -> relax.Function:
-    """`fn(param) -> out`: `bindings` with `old_input` bound to the new parameter."""
+def _output_tail(bindings, result, i) -> tuple[list[relax.VarBinding], relax.Var]:
+    """(The bindings computing output `i` from one int8 tensor y_q, a `dequantize` then float
+    ops if any; y_q). Raises CompileError naming the output when there is no such tensor."""
+    tail = _needed(bindings, [result], stop=lambda b: op_name(b.value) == "relax.dequantize")
+    reads = {v for b in tail for v in relax.analysis.free_vars(b.value)} - {b.var for b in tail}
+    y_q = next(iter(reads)) if len(reads) == 1 else None
+    if (y_q is None or str(y_q.ty.dtype) != "int8"
+            or not any(op_name(b.value) == "relax.dequantize" for b in tail)):
+        what = (f"reads {', '.join(sorted(v.name for v in reads))}" if tail else
+                "is the model's input or a constant, not a layer's result")
+        raise CompileError(
+            f"target 'mcu': every output must be computed from one quantized layer's int8 "
+            f"result (a dequantize, then float ops if any); output {i} "
+            f"({getattr(result, 'name', result)}) {what}.")
+    return tail, y_q
+
+
+def _needed(bindings, results, stop=lambda b: False) -> list[relax.VarBinding]:
+    """The bindings `results` depend on, in order; what a binding `stop` accepts reads is not
+    followed."""
+    needed, out = set(results), []
+    for b in reversed(bindings):
+        if b.var in needed:
+            out.insert(0, b)
+            if not stop(b):
+                needed |= set(relax.analysis.free_vars(b.value))
+    return out
+
+
+def _phase(param_name, old_input, bindings, results, out_names) -> relax.Function:
+    """`fn(param) -> out` (a tuple of outs for several results): `bindings` with `old_input`
+    bound to the new parameter, result i bound to `out_names[i]`."""
     param = relax.Var(param_name, old_input.ty)
-    out = relax.Var(out_name, result.ty)
+    outs = [relax.Var(name, result.ty) for name, result in zip(out_names, results)]
     block = relax.DataflowBlock([relax.VarBinding(old_input, param), *bindings,
-                                 relax.VarBinding(out, result)])
-    return relax.Function([param], relax.SeqExpr([block], out), out.ty)
+                                 *map(relax.VarBinding, outs, results)])
+    body = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+    ret = outs[0].ty if len(outs) == 1 else relax.TupleType([o.ty for o in outs])
+    return relax.Function([param], relax.SeqExpr([block], body), ret)
 
 
 @relax.expr_functor.mutator
@@ -240,32 +304,35 @@ def _is_unpack(value) -> bool:
 # ---------------------------------------------------------------- kernel groups
 
 
-def _group_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+def _group_kernels(mod: tvm.IRModule, phases: list[str]) -> tvm.IRModule:
     """Wrap each group of bindings of every phase in a Primitive function (FuseTIR's input)."""
     bb = relax.BlockBuilder(tvm.IRModule({gv: f for gv, f in mod.functions_items()
-                                          if gv.name_hint not in PHASES}))
-    for phase in PHASES:
+                                          if gv.name_hint not in phases}))
+    for phase in phases:
         func = mod[phase]
         bindings = [b for block in func.body.blocks for b in block.bindings]
+        results = returned_fields(func)
         params = [relax.Var(p.name, p.ty) for p in func.params]
         remap = dict(zip(func.params, params))
         with bb.function(phase, params, attrs={"global_symbol": phase}):
             with bb.dataflow():
-                for group in _groups(bindings, func.body.body):
-                    last = group[-1].var.same_as(func.body.body)
+                for group in _groups(bindings, results):
+                    last = any(group[-1].var.same_as(r) for r in results)
                     remap[group[-1].var] = _emit_group(bb, group, remap, phase, last)
-            bb.emit_func_output(remap[func.body.body])
+            outs = [remap[r] for r in results]
+            bb.emit_func_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
     return bb.get()
 
 
-def _groups(bindings, result) -> list[list[relax.VarBinding]]:
+def _groups(bindings, results) -> list[list[relax.VarBinding]]:
     """Consecutive runs of bindings ending at an int8 tensor, a value used more than once, a
-    reshape, or the result; singletons where a run would have more than one outside use."""
+    reshape, or a result; singletons where a run would have more than one outside use."""
     uses: dict[relax.Var, int] = {}
     for b in bindings:
         for v in relax.analysis.free_vars(b.value):
             uses[v] = uses.get(v, 0) + 1
-    uses[result] = uses.get(result, 0) + 1
+    for result in results:
+        uses[result] = uses.get(result, 0) + 1
     groups, current = [], []
     for b in bindings:
         if _is_view(b.value):
@@ -277,7 +344,7 @@ def _groups(bindings, result) -> list[list[relax.VarBinding]]:
         current.append(b)
         if _is_unpack(b.value):  # part of the layer that reads the weight
             continue
-        if str(b.var.ty.dtype) == "int8" or uses.get(b.var, 0) != 1 or b.var.same_as(result):
+        if str(b.var.ty.dtype) == "int8" or uses.get(b.var, 0) != 1 or b.var in results:
             groups.append(current)
             current = []
     if current:
@@ -336,21 +403,21 @@ def _leaves(expr):
 # ---------------------------------------------------------------- steps
 
 
-def _steps(func: relax.Function, tensors: dict[str, Tensor]) -> list[Step]:
-    """The call_tir / reshape bindings of a lowered phase as Steps; registers every tensor."""
-    names: dict[relax.Var, str] = {}
-    phase = func.attrs["global_symbol"]
-    for p in func.params:
-        kind = {"quantize": "float_input", "run": "input", "dequantize": "output"}[phase]
-        names[p] = _register(tensors, p.name if phase != "run" else "input_q", p, kind)
+def _steps(func: relax.Function, tensors: dict[str, Tensor], kinds: tuple[str, str],
+           result_names: list[str]) -> list[Step]:
+    """The call_tir / reshape bindings of a lowered phase as Steps; registers every tensor.
+    `kinds` are the (parameter, result) tensor kinds; result i is named `result_names[i]`."""
+    param_kind, result_kind = kinds
+    names = {p: _register(tensors, p.name, p, param_kind) for p in func.params}
+    results = returned_fields(func)
     steps = []
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    result = func.body.body
     for b in bindings:
         value = b.value
-        kind = "activation"
-        if b.var.same_as(result):
-            kind = {"quantize": "input", "run": "output", "dequantize": "float_output"}[phase]
+        kind, name = "activation", _c_name(b.var.name)
+        index = next((i for i, r in enumerate(results) if b.var.same_as(r)), None)
+        if index is not None:
+            kind, name = result_kind, result_names[index]
         if op_name(value) == "relax.call_tir":
             kernel = value.args[0].name_hint
             args = [_arg_name(a, tensors, names) for a in value.args[1].fields]
@@ -360,15 +427,9 @@ def _steps(func: relax.Function, tensors: dict[str, Tensor]) -> list[Step]:
         else:
             raise CompileError(f"target 'mcu': binding {b.var.name} ({op_name(value)}) has no "
                                "kernel after lowering.")
-        names[b.var] = _register(tensors, _out_name(b, phase, kind), b.var, kind)
+        names[b.var] = _register(tensors, name, b.var, kind)
         steps.append(Step(kernel, tuple(args), names[b.var]))
     return steps
-
-
-def _out_name(binding, phase, kind) -> str:
-    if kind in ("input", "output", "float_output"):
-        return {"input": "input_q", "output": "output_q", "float_output": "output"}[kind]
-    return _c_name(binding.var.name)
 
 
 def _register(tensors, name, var, kind) -> str:
@@ -457,8 +518,8 @@ def run_program(program: Program, x: np.ndarray) -> dict[str, np.ndarray]:
     with TVMQ_TRACE shows the same tensors)."""
     ex = program.llvm()
     values = {program.steps["quantize"][0].args[0]: np.asarray(x, np.float32)}
-    for phase in PHASES:
-        for step in program.steps[phase]:
+    for steps in program.steps.values():
+        for step in steps:
             out = program.tensors[step.out]
             if step.kernel is None:
                 values[step.out] = values[step.args[0]].reshape(out.shape)

@@ -79,6 +79,14 @@ def test_unknown_layer_bits_name_is_refused(digits):
                      calib=digits[0][:8], progress=False)
 
 
+def test_fewer_sqnr_samples_than_sensitivity_samples(digits):
+    config = tvmq.QuantConfig(scheme="mixed", layer_bits={"conv2d_0": (4, 8)}, sqnr_samples=2,
+                              sensitivity_samples=4)
+    cm = tvmq.compile(data.digits_model_path(), config=config, calib=digits[0][:8],
+                      progress=False)
+    assert np.isfinite(cm.report().output_sqnr_db)
+
+
 @pytest.fixture(scope="module")
 def digits_mixed(digits):
     """The bundled model at a 75% cycle budget, on the host and on the accelerator."""

@@ -1,5 +1,6 @@
-/* Test harness: runs the model on inputs and prints, per sample, the int8 output and the bits
- * of the float output as hex:  "out <hex int8 bytes> <hex float32 words>".
+/* Test harness: runs the model on inputs and prints, per sample, the int8 outputs and the bits
+ * of the float outputs as hex:  "out <hex int8 bytes> <hex float32 words>", with one int8 field
+ * per model output, then one float field per output ("out <q0> <q1> <f0> <f1>" for two).
  *
  * Host build: `./model_host [inputs.f32]` reads float32 samples from the file (raw, one sample
  * after another) or, without an argument, uses the samples in test_input.h. Cortex-M4 build:
@@ -11,9 +12,11 @@
 #include "model.h"
 #include "test_input.h"
 
-static int8_t input_q[TVMQ_INPUT_SIZE], output_q[TVMQ_OUTPUT_SIZE];
-static float output_f[TVMQ_OUTPUT_SIZE];
-static char line[32 + 12 * (TVMQ_OUTPUT_SIZE)];
+/* test_input.h: the samples, and the model's outputs (TVMQ_TEST_OUTPUTS of them, each at
+ * tvmq_test_output_offset[i] of these buffers), run by tvmq_test_run / tvmq_test_dequantize. */
+static int8_t input_q[TVMQ_INPUT_SIZE], output_q[TVMQ_TEST_OUTPUT_BUFFER];
+static float output_f[TVMQ_TEST_OUTPUT_BUFFER];
+static char line[32 + 12 * (TVMQ_TEST_OUTPUT_BUFFER)];
 
 static char* put_hex(char* p, uint32_t v, int digits) {
   static const char hex[] = "0123456789abcdef";
@@ -23,13 +26,20 @@ static char* put_hex(char* p, uint32_t v, int digits) {
 
 static void format_output(void) {
   char* p = line;
-  memcpy(p, "out ", 4); p += 4;
-  for (int i = 0; i < TVMQ_OUTPUT_SIZE; ++i) p = put_hex(p, (uint8_t)output_q[i], 2);
-  *p++ = ' ';
-  for (int i = 0; i < TVMQ_OUTPUT_SIZE; ++i) {
-    uint32_t bits;
-    memcpy(&bits, &output_f[i], 4);
-    p = put_hex(p, bits, 8);
+  memcpy(p, "out", 3); p += 3;
+  for (int k = 0; k < TVMQ_TEST_OUTPUTS; ++k) {
+    const int8_t* q = output_q + tvmq_test_output_offset[k];
+    *p++ = ' ';
+    for (int i = 0; i < tvmq_test_output_size[k]; ++i) p = put_hex(p, (uint8_t)q[i], 2);
+  }
+  for (int k = 0; k < TVMQ_TEST_OUTPUTS; ++k) {
+    const float* f = output_f + tvmq_test_output_offset[k];
+    *p++ = ' ';
+    for (int i = 0; i < tvmq_test_output_size[k]; ++i) {
+      uint32_t bits;
+      memcpy(&bits, &f[i], 4);
+      p = put_hex(p, bits, 8);
+    }
   }
   *p++ = '\n'; *p = 0;
 }
@@ -78,9 +88,9 @@ int main(void) {
   for (int s = 0; s < TVMQ_TEST_SAMPLES; ++s) {
     int rc = tvmq_quantize_input(tvmq_test_input[s], input_q);
     uint64_t t0 = ticks();
-    if (rc == 0) rc = tvmq_model_run(input_q, output_q);
+    if (rc == 0) rc = tvmq_test_run(input_q, output_q);
     uint64_t t1 = ticks();
-    if (rc == 0) rc = tvmq_dequantize_output(output_q, output_f);
+    if (rc == 0) rc = tvmq_test_dequantize(output_q, output_f);
     if (rc != 0) return 10 + rc;
     format_output();
     semihost(0x04, line);
@@ -97,8 +107,8 @@ int main(void) {
 
 static int run_sample(const float* x) {
   int rc = tvmq_quantize_input(x, input_q);
-  if (rc == 0) rc = tvmq_model_run(input_q, output_q);
-  if (rc == 0) rc = tvmq_dequantize_output(output_q, output_f);
+  if (rc == 0) rc = tvmq_test_run(input_q, output_q);
+  if (rc == 0) rc = tvmq_test_dequantize(output_q, output_f);
   return rc;
 }
 
