@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 
+import tvmq
 from tvmq import data
 from tvmq.cli import main
 from tvmq.output_folder import MANIFEST, OutputFolderError, check_output_folder, write_folder
@@ -196,3 +197,59 @@ def test_calib_that_is_not_an_npz_archive_says_so(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip()
     assert err.endswith("is not an .npz archive; write one with numpy.savez(path, calib=x).")
     assert "pickle" not in err and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- 4. degenerate calibration
+
+def test_constant_calibration_warns_in_python_and_on_the_cli(tmp_path, capsys, digits):
+    zeros = np.zeros_like(digits[0][:8])
+    with pytest.warns(tvmq.CalibrationWarning, match="calibration data is constant"):
+        tvmq.compile(data.digits_model_path(), calib=zeros, progress=False)
+    np.savez(tmp_path / "zeros.npz", calib=zeros)
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(tmp_path / "zeros.npz"),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "tvmq compile: warning: the calibration data is constant (every value of input " \
+        "'input' is 0)" in err
+
+
+def test_repeated_calibration_sample_warns(digits):
+    same = np.repeat(digits[0][:1], 6, axis=0)
+    with pytest.warns(tvmq.CalibrationWarning, match="all 5 calibration samples are the same"):
+        tvmq.compile(data.digits_model_path(), calib=same, progress=False)
+
+
+def test_sqnr_is_measured_on_samples_held_back_from_the_ranges(digits):
+    x = digits[0][:10].copy()
+    x[4] *= 100  # every 5th sample is held back: this one must not set the input's range
+    cm = tvmq.compile(data.digits_model_path(), calib=x, progress=False,
+                      config=tvmq.QuantConfig(sqnr_samples=4))
+    lo, hi = x[np.arange(10) % 5 != 4].min(), x[np.arange(10) % 5 != 4].max()
+    assert cm.act_qparams["input"].scale == pytest.approx((hi - lo) / 255)
+    rep = cm.report()
+    assert (rep.sqnr_samples, rep.sqnr_held_back) == (2, True)
+    assert "on 2 held-back calibration samples (not used to set ranges)" in str(rep)
+    assert rep.output_sqnr_db < 10  # the held-back sample is far outside the ranges
+
+
+def test_too_few_samples_to_hold_back_are_measured_and_say_so(digits):
+    cm = tvmq.compile(data.digits_model_path(), calib=digits[0][:3], progress=False)
+    rep = cm.report()
+    assert (rep.sqnr_samples, rep.sqnr_held_back) == (3, False)
+    assert "on 3 calibration samples that also set the ranges (too few to hold any back)" \
+        in str(rep)
+
+
+# ---------------------------------------------------------------- run: inputs users pass
+
+def test_run_refuses_integer_and_empty_input_and_the_oracle_takes_a_stack(compile_digits,
+                                                                         digits):
+    cm = compile_digits(requant="fp32")
+    x = digits[1][:3]
+    with pytest.raises(TypeError, match="dtype int8: the model takes float values"):
+        cm.run((x * 16).astype(np.int8))
+    with pytest.raises(ValueError, match="empty input batch"):
+        cm.run(x[:0])
+    np.testing.assert_array_equal(cm.oracle().run(x), cm.run(x))
+    with pytest.raises(ValueError, match="keep=True runs one input"):
+        cm.oracle().run(x, keep=True)

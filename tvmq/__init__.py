@@ -9,9 +9,10 @@ from importlib.metadata import version as _version
 
 from .compiler import CompiledModel, compile
 from .config import QuantConfig
-from .errors import CompileError
+from .errors import CalibrationWarning, CompileError
 from .report import Report
 from .targets.mcu import McuConfig
 
-__all__ = ["CompileError", "CompiledModel", "McuConfig", "QuantConfig", "Report", "compile"]
+__all__ = ["CalibrationWarning", "CompileError", "CompiledModel", "McuConfig", "QuantConfig",
+           "Report", "compile"]
 __version__ = _version("tvmq")  # one source: pyproject.toml (the tuning cache keys on it too)

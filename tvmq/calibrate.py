@@ -8,7 +8,9 @@ the model with InsertTaps, and each tapped tensor feeds its own observer.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import tvm
 from tqdm import tqdm
 
 from . import calibration
-from .errors import CompileError
+from .errors import CalibrationWarning, CompileError
 from .frontend import ModelInput
 from .passes.insert_taps import InsertTaps
 from .targets.host import build
@@ -81,28 +83,100 @@ def iter_samples(data, inp: ModelInput) -> Iterator[np.ndarray]:
         raise CompileError("the calibration set is empty: give at least one input sample.")
 
 
+HOLD_BACK_EVERY = 5  # every 5th calibration sample, up to `hold_back`, is held back
+
+
+@dataclass
+class Calibration:
+    """What calibration gives: an observer per tapped tensor, fed by the observed samples, and
+    the samples held back from them (`inputs`, with their float values by tensor name in
+    `values`; "output" is the model output) to measure quantization error on data the ranges
+    never saw. With fewer than HOLD_BACK_EVERY samples none are held back (`held_back` False):
+    `inputs` are then the first observed samples."""
+
+    observers: dict
+    inputs: list[np.ndarray] = field(default_factory=list)
+    values: dict[str, list] = field(default_factory=dict)
+    held_back: bool = True
+
+
 def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
-              observer: str = "minmax", keep: int = 0, progress: bool = True):
-    """Observe tensors `names` of the annotated float `mod` over the calibration data.
+              observer: str = "minmax", hold_back: int = 0,
+              progress: bool = True) -> Calibration:
+    """Observe tensors `names` of the annotated float `mod` over the calibration data, except
+    every HOLD_BACK_EVERY-th sample up to `hold_back` of them, which is held back.
 
     `observer` is an observer name (tvmq.calibration.OBSERVERS) or a factory name -> observer.
-
-    Returns (observers by name, float outputs of the first `keep` samples by name, the samples).
+    Warns (CalibrationWarning) when the data is constant, every sample is the same, or a
+    tensor took one value over all observed samples.
     """
     runner = build(InsertTaps(names)(mod))
     observers = {n: observer(n) if callable(observer) else
                  calibration.make_observer(observer, name=n) for n in names}
-    kept_values: dict[str, list[np.ndarray]] = {n: [] for n in ["output", *names]}
-    kept_inputs: list[np.ndarray] = []
+    held = Calibration(observers, values={n: [] for n in ["output", *names]})
+    first = Calibration(observers, values={n: [] for n in ["output", *names]}, held_back=False)
+    constant = _ConstantTensors([inp.name, *names])
     samples = tqdm(iter_samples(data, inp), desc="calibrate", unit="sample", leave=False,
                    disable=not progress)
-    for x in samples:
+    for i, x in enumerate(samples):
         out, *taps = runner.run(x)
+        keep = held if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1 else first
+        if keep is held and len(held.inputs) < hold_back:
+            _record(held, x, out, names, taps)
+            continue
         for name, value in zip(names, taps):
             observers[name].observe(value)
-        if len(kept_inputs) < keep:
-            kept_inputs.append(x)
-            kept_values["output"].append(out)
-            for name, value in zip(names, taps):
-                kept_values[name].append(value)
-    return observers, kept_values, kept_inputs
+        constant.update([x, *taps])
+        if len(first.inputs) < hold_back and not held.inputs:
+            _record(first, x, out, names, taps)
+    constant.warn(inp.name)
+    return held if held.inputs or not first.inputs else first
+
+
+def _record(calib: Calibration, x, out, names, taps) -> None:
+    calib.inputs.append(x)
+    calib.values["output"].append(out)
+    for name, value in zip(names, taps):
+        calib.values[name].append(value)
+
+
+class _ConstantTensors:
+    """Which tensors took one value over every observed sample, and whether all samples (the
+    first tensor) were the same."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.first: list[np.ndarray] | None = None
+        self.constant = set(names)
+        self.same_samples = True
+        self.count = 0
+
+    def update(self, values: list[np.ndarray]) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = [v.copy() for v in values[:1]] + [v.flat[:1].copy() for v in values[1:]]
+        elif self.same_samples:
+            self.same_samples = np.array_equal(values[0], self.first[0])
+        for name, value, first in zip(self.names, values, self.first):
+            if name in self.constant and value.size and (
+                    value.min() != value.max() or value.flat[0] != first.flat[0]):
+                self.constant.discard(name)
+
+    def warn(self, input_name: str) -> None:
+        if input_name in self.constant:
+            value = self.first[0].flat[0]
+            warnings.warn(f"the calibration data is constant (every value of input "
+                          f"{input_name!r} is {value:g}): ranges set from it will not fit real "
+                          "inputs; calibrate on representative samples.", CalibrationWarning,
+                          stacklevel=3)
+            return
+        if self.same_samples and self.count > 1:
+            warnings.warn(f"all {self.count} calibration samples are the same: ranges set from "
+                          "them will not fit other inputs; calibrate on representative samples.",
+                          CalibrationWarning, stacklevel=3)
+        flat = [n for n in self.names[1:] if n in self.constant]
+        if flat:
+            shown = ", ".join(flat[:5]) + (f" and {len(flat) - 5} more" if len(flat) > 5 else "")
+            warnings.warn(f"{len(flat)} tensor(s) took a single value over the calibration data "
+                          f"(a zero range: {shown}); they quantize to a constant; calibrate on "
+                          "more varied samples.", CalibrationWarning, stacklevel=3)

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -341,8 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"compile": cmd_compile, "tune": cmd_tune, "demo": cmd_demo,
                "report": cmd_report, "hw-report": cmd_hw_report}[args.command]
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"tvmq {args.command}: warning: {cli_words(str(message))}", file=sys.stderr)
+
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # one line each, in the CLI's words
+            return handler(args)
     except (CompileError, ValueError) as err:
         print(f"tvmq {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
         return 2

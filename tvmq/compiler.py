@@ -16,6 +16,7 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
+from .batch import run_stacked
 from .calibrate import calibrate
 from .calibration.lbfp_observer import LBFPObserver
 from .config import QuantConfig
@@ -104,15 +105,7 @@ class CompiledModel:
         Returns the output array, or for a model with several outputs a tuple of arrays in the
         model's output order (`self.outputs`); a stack's outputs are concatenated one by one.
         """
-        x = np.asarray(x, dtype=np.float32)
-        if x.shape == self.input.shape:
-            return self.host.run(x)
-        if x.shape[1:] == self.input.shape[1:] and self.input.shape[0] == 1:
-            outs = [self.host.run(s[None]) for s in x]
-            if len(self.outputs) == 1:
-                return np.concatenate(outs)
-            return tuple(np.concatenate(out) for out in zip(*outs))
-        raise ValueError(f"input shape {x.shape} does not match the model input {self.input.shape}")
+        return run_stacked(self.host.run, x, self.input.shape)
 
     def report(self) -> Report:
         return self._report
@@ -276,19 +269,19 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     if config.is_lbfp:
         def observer(name):
             return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
-    keep = max(config.sqnr_samples, config.sensitivity_samples if config.is_mixed else 0)
-    observers, kept, kept_inputs = calibrate(annotated, tap_names, calib, inp,
-                                             observer=observer, keep=keep, progress=progress)
+    hold_back = max(config.sqnr_samples, config.sensitivity_samples if config.is_mixed else 0)
+    calibrated = calibrate(annotated, tap_names, calib, inp, observer=observer,
+                           hold_back=hold_back, progress=progress)
+    observers = calibrated.observers
     plan = None
     if config.is_mixed:
         from .mixed.assign import plan_bitwidths  # imports xgboost and scipy: only when used
 
         stage("bits")
         qparams = _qparams_by_bits(annotated, observers, config, inp)
-        plan = plan_bitwidths(annotated, layers, qparams, kept_inputs[:config.sensitivity_samples],
-                              config, hw, progress=progress)
-    kept_inputs = kept_inputs[:config.sqnr_samples]  # (more were kept for the sensitivity)
-    kept = {name: values[:config.sqnr_samples] for name, values in kept.items()}
+        plan = plan_bitwidths(annotated, layers, qparams,
+                              calibrated.inputs[:config.sensitivity_samples], config, hw,
+                              progress=progress)
     stage("quantize")
     if config.is_lbfp:
         quant_mod, act_params, decoders, rows = _quantize_lbfp(annotated, layers, observers,
@@ -312,8 +305,8 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
         report.mixed = plan.summary()
     if mcu is not None:
         report.mcu = mcu.summary()
-    if kept_inputs:
-        _measure_sqnr(report, layers, decoders, kept, kept_inputs, host, outputs)
+    if config.sqnr_samples and calibrated.inputs:
+        _measure_sqnr(report, layers, decoders, calibrated, config.sqnr_samples, host, outputs)
     if runtime is not None:
         _measure_cycles(report, runtime, host, inp)
     report.compile_seconds = time.perf_counter() - start
@@ -425,10 +418,15 @@ def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[L
     return rows
 
 
-def _measure_sqnr(report, layers, decoders, kept, kept_inputs, host: HostModule, outputs):
-    """SQNR of every layer output and of each model output, on the kept calibration samples;
+def _measure_sqnr(report, layers, decoders, calibrated, samples: int, host: HostModule,
+                  outputs):
+    """SQNR of every layer output and of each model output on the first `samples` held-back
+    calibration samples (or observed ones when the set was too small to hold any back);
     `output_sqnr_db` is the worst output's. `decoders` maps a layer name to the function from
     its integer output to float."""
+    kept_inputs = calibrated.inputs[:samples]
+    kept = {name: values[:samples] for name, values in calibrated.values.items()}
+    report.sqnr_samples, report.sqnr_held_back = len(kept_inputs), calibrated.held_back
     outs = [host.run(x, TAPS_FUNCTION) for x in kept_inputs]
     for i, (layer, row) in enumerate(zip(layers, report.layers)):
         approx = [decoders[layer.name](o[1 + i]) for o in outs]

@@ -27,6 +27,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 
 from . import numerics
+from .batch import check_input, run_stacked
 from .numerics import lbfp
 from .numerics.windows import pad_nchw, windows
 from .passes import _lbfp_kernels
@@ -326,18 +327,27 @@ class Oracle:
     """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)` gives its output, a
     tuple of arrays when `main` returns a tuple (a model with several outputs).
 
-    `run(x, keep=True)` also returns every intermediate value by binding name.
+    `x` is one input of `main`'s shape or, like `CompiledModel.run`, a stack of them.
+    `run(x, keep=True)` (one input) also returns every intermediate value by binding name.
     """
 
     def __init__(self, mod: tvm.IRModule):
         self.mod = mod
         self.func = mod["main"]
+        self.input_shape = tuple(int(d) for d in self.func.params[0].ty.shape)
         self._prims: dict[str, Callable] = {}
 
     def run(self, x: np.ndarray, keep: bool = False):
-        named: dict[str, np.ndarray] | None = {} if keep else None
-        out = self._call(self.func, [np.asarray(x, np.float32)], named)
-        return (out, named) if keep else out
+        if not keep:
+            return run_stacked(self._run_one, x, self.input_shape)
+        named: dict[str, np.ndarray] = {}
+        if np.shape(x) != self.input_shape:
+            raise ValueError(f"keep=True runs one input of shape {self.input_shape}; got "
+                             f"{np.shape(x)}.")
+        return self._run_one(check_input(x, self.input_shape), named), named
+
+    def _run_one(self, x: np.ndarray, named: dict | None = None):
+        return self._call(self.func, [x], named)
 
     def _call(self, func: relax.Function, args: list, named: dict | None = None):
         """Evaluate a Relax function (main, or a float composite left in the graph)."""

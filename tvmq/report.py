@@ -49,6 +49,8 @@ class Report:
     float_ops: list[str] = field(default_factory=list)
     output_sqnr_db: float | None = None  # the worst model output's
     outputs_sqnr_db: dict[str, float] | None = None  # each model output's, by name, in order
+    sqnr_samples: int | None = None  # calibration samples the SQNR columns are measured on,
+    sqnr_held_back: bool | None = None  # held back from setting the ranges (else observed too)
     compile_seconds: float | None = None
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
@@ -100,8 +102,15 @@ class Report:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(f"output SQNR vs float: {_fmt_db(self.output_sqnr_db)} dB")
-        if self.outputs_sqnr_db is not None and len(self.outputs_sqnr_db) > 1:
+        several = self.outputs_sqnr_db is not None and len(self.outputs_sqnr_db) > 1
+        if several:
             lines[-1] += f" (the worst of {len(self.outputs_sqnr_db)} outputs)"
+        if self.sqnr_samples:
+            lines[-1] += (f" on {self.sqnr_samples} held-back calibration samples (not used to "
+                          "set ranges)" if self.sqnr_held_back else
+                          f" on {self.sqnr_samples} calibration samples that also set the ranges "
+                          "(too few to hold any back)")
+        if several:
             lines += [f"  output {name}: {_fmt_db(db)} dB"
                       for name, db in self.outputs_sqnr_db.items()]
         lines.append("float ops (not quantized): " + (", ".join(self.float_ops) or "none"))

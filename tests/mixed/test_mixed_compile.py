@@ -158,9 +158,9 @@ def test_realize_takes_int2_weights_and_activations(digits):
     annotated = AnnotateQuantizable()(load_model(data.digits_model_path())[0])
     layers = find_layers(annotated)[0]
     names = sorted({n for layer in layers for n in (*layer.inputs, layer.name)})
-    observers, _, samples = calibrate(annotated, names, digits[0][:16],
-                                      load_model(data.digits_model_path())[1], keep=2,
-                                      progress=False)
+    calibrated = calibrate(annotated, names, digits[0][:16],
+                           load_model(data.digits_model_path())[1], hold_back=2, progress=False)
+    observers, samples = calibrated.observers, calibrated.inputs
     two_bit = {layers[1].inputs[0]}  # conv2d_1 reads conv2d_0's output at 2 bits
     qparams = {n: choose_qparams(*obs.range(), bits=2 if n in two_bit else 8)
                for n, obs in observers.items()}

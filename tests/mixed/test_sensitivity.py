@@ -19,8 +19,8 @@ def digits_setup(digits):
     annotated = AnnotateQuantizable()(float_mod)
     layers = [layer for layer in find_layers(annotated)[0] if layer.kind in ("conv2d", "matmul")]
     names = sorted({n for layer in layers for n in (*layer.inputs, layer.name)})
-    observers, _, samples = calibrate(annotated, names, digits[0][:16], inp, keep=4,
-                                      progress=False)
+    calibrated = calibrate(annotated, names, digits[0][:16], inp, hold_back=4, progress=False)
+    observers, samples = calibrated.observers, calibrated.inputs
 
     def qparams(name, bits):
         return choose_qparams(*observers[name].range(), bits=bits)
