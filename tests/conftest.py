@@ -1,6 +1,15 @@
-"""Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config."""
+"""Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config.
+
+The session runs with tvmq's cache folder (tuning, cost and sensitivity caches, emulator
+builds) in a fresh temporary folder: a user's cache cannot change a result and no test writes
+to the home folder. A test may still point TVMQ_CACHE_DIR elsewhere with monkeypatch.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import onnx
@@ -10,6 +19,25 @@ from onnx import TensorProto, helper, numpy_helper
 import tvmq
 from tvmq import data
 from tvmq.oracle import Oracle
+
+_SAVED_CACHE_DIR: dict[str, str | None] = {}
+
+
+def pytest_configure(config) -> None:
+    """Before any test imports or runs: TVMQ_CACHE_DIR = a new empty temporary folder."""
+    _SAVED_CACHE_DIR["user"] = os.environ.get("TVMQ_CACHE_DIR")
+    _SAVED_CACHE_DIR["session"] = os.environ["TVMQ_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="tvmq-test-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    """Remove the session's cache folder and restore the caller's TVMQ_CACHE_DIR."""
+    shutil.rmtree(_SAVED_CACHE_DIR.pop("session"), ignore_errors=True)
+    user = _SAVED_CACHE_DIR.pop("user")
+    if user is None:
+        os.environ.pop("TVMQ_CACHE_DIR", None)
+    else:
+        os.environ["TVMQ_CACHE_DIR"] = user
 
 
 def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_shape,
