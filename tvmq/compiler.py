@@ -34,6 +34,7 @@ from .targets.accel import AccelConfig, emulator, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
 from .targets.host.benchmark import Benchmark, benchmark
+from .targets.host.tvm_log import drop_scope_lines
 from .targets.mcu import McuConfig, build_mcu
 
 TARGETS = ("host", "accel", "mcu")
@@ -146,7 +147,8 @@ class CompiledModel:
                 options = [f"-L{lib.parent}", f"-Wl,-rpath,{lib.parent}", "-Wl,--no-as-needed",
                            f"-l:{lib.name}"]
             if self.mcu is None:
-                self.host.executable.export_library(str(tmp / "model.so"), options=options)
+                with drop_scope_lines():  # TVM prints a line per constant (tvm_log.py)
+                    self.host.executable.export_library(str(tmp / "model.so"), options=options)
             (tmp / "model.relax").write_text(self.quant_mod.script(show_meta=False))
             (tmp / "report.json").write_text(self._report.to_json())
             (tmp / "report.txt").write_text(str(self._report) + "\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 
 import numpy as np
@@ -31,6 +32,7 @@ from .pad_columns import PadMatmulColumns
 from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
+from .tvm_log import drop_scope_lines
 
 ALIGN = 64  # bytes: TVM's from_dlpack takes only arrays aligned like its own allocations
 SCHEDULE_ERRORS = (tvm.s_tir.ScheduleError, ValueError)  # a schedule that does not apply
@@ -160,3 +162,10 @@ def build(mod: tvm.IRModule, use_schedules: bool = True,
             return tvm.transform.Sequential(seq)(m)
 
     return HostModule(tvm.compile(fuse(mod, target), target=target, relax_pipeline=lowering))
+
+
+def load(path: str | os.PathLike) -> HostModule:
+    """The model.so that `CompiledModel.export` wrote (host or accel target), ready to `run`;
+    without TVM's "Scope Loaded" line per constant (tvm_log.py)."""
+    with drop_scope_lines():
+        return HostModule(tvm.runtime.load_module(str(path)))
