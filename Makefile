@@ -25,12 +25,14 @@ $(TEST_STAMP): $(PACKAGE_STAMP)
 demo: $(PACKAGE_STAMP)
 	$(BIN)/tvmq demo
 
-# tests/conftest.py gives the test session a fresh tvmq cache folder; the notebooks get one too,
-# so a user's tuning/cost/sensitivity cache cannot change a result.
+# tests/conftest.py gives the test session fresh cache folders; the notebooks get theirs here
+# (tvmq's cache; onnxruntime's, matplotlib's and IPython's files), so a user's cache cannot
+# change a result and nothing is written to the home folder.
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests
-	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
-	  TVMQ_CACHE_DIR="$$cache" $(BIN)/python -m pytest -q --nbmake tutorials
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  TVMQ_CACHE_DIR="$$tmp/tvmq" XDG_CACHE_HOME="$$tmp/cache" MPLCONFIGDIR="$$tmp/matplotlib" \
+	  IPYTHONDIR="$$tmp/ipython" $(BIN)/python -m pytest -q --nbmake tutorials
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check tvmq passes targets tests benchmarks

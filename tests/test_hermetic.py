@@ -1,5 +1,6 @@
-"""The test session never reads or writes the user's tvmq cache (tests/conftest.py)."""
+"""The test session never reads or writes the user's caches (tests/conftest.py)."""
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from tvmq.targets.host.tune import TuningCache
 from tvmq.mixed.cost import CostCache
 
 
-def test_the_session_cache_is_a_new_temporary_folder():
+def test_the_session_caches_are_in_a_new_temporary_folder():
     root = emulator.cache_root()
-    assert root.parent == Path(tempfile.gettempdir()) and root.name.startswith("tvmq-test-cache-")
+    session = root.parent
+    assert session.parent == Path(tempfile.gettempdir()) and session.name.startswith("tvmq-test-")
     assert TuningCache().path.parent == root and CostCache().root.parent == root
+    assert Path(os.environ["XDG_CACHE_HOME"]).parent == session

@@ -259,8 +259,9 @@ def _try(task: Task, choice: ScheduleParams | str, target, keep: bool = False) -
 def _check_best(task: Task, rounds: int = CHECK_ROUNDS) -> None:
     """Unless the default won the search: time the winner, the default and TVM's loops in
     alternation, `rounds` times each, and choose the lowest median (the default on a tie).
-    These medians replace the search's numbers."""
-    if task.best == task.default:
+    These medians replace the search's numbers. (No default timer: TVM's loops did not
+    build, so nothing is slower than the winner.)"""
+    if task.best == task.default or task.default not in task.timers:
         return
     finalists = [c for c in dict.fromkeys((task.default, UNSCHEDULED, task.best))
                  if c in task.timers]
