@@ -1,6 +1,17 @@
-"""Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config."""
+"""Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config.
+
+The session runs with tvmq's cache folder (tuning, cost and sensitivity caches, emulator
+builds) and XDG_CACHE_HOME (onnxruntime writes a device id there) in a fresh temporary
+folder: a user's cache cannot change a result and no test writes to the home folder. A test
+may still point TVMQ_CACHE_DIR elsewhere with monkeypatch.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,6 +21,31 @@ from onnx import TensorProto, helper, numpy_helper
 import tvmq
 from tvmq import data
 from tvmq.oracle import Oracle
+
+SESSION_DIRS = {"TVMQ_CACHE_DIR": "tvmq", "XDG_CACHE_HOME": "cache"}  # variable -> subfolder
+_caller_env: dict[str, str | None] = {}
+_session_root: list[Path] = []
+
+
+def pytest_configure(config) -> None:
+    """Before any test runs: each SESSION_DIRS variable -> its subfolder of a new temporary
+    folder."""
+    root = Path(tempfile.mkdtemp(prefix="tvmq-test-"))
+    _session_root.append(root)
+    for name, sub in SESSION_DIRS.items():
+        _caller_env[name] = os.environ.get(name)
+        os.environ[name] = str(root / sub)
+
+
+def pytest_unconfigure(config) -> None:
+    """Remove the session's folder and give the variables back their caller's values."""
+    shutil.rmtree(_session_root.pop(), ignore_errors=True)
+    for name, value in _caller_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _caller_env.clear()
 
 
 def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_shape,

@@ -36,6 +36,7 @@ from .targets.accel import AccelConfig, emulator, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
 from .targets.host.benchmark import Benchmark, benchmark
+from .targets.host.tvm_log import drop_scope_lines
 from .targets.mcu import McuConfig, build_mcu
 
 TARGETS = ("host", "accel", "mcu")
@@ -157,7 +158,8 @@ class CompiledModel:
                 # found beside model.so ($ORIGIN); TVM puts options before the objects
                 options = [f"-L{out}", "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed",
                            f"-l:{Path(lib).name}"]
-            self.host.executable.export_library(str(out / "model.so"), options=options)
+            with drop_scope_lines():  # TVM prints a line per constant (tvm_log.py)
+                self.host.executable.export_library(str(out / "model.so"), options=options)
         (out / "model.relax").write_text(self.quant_mod.script(show_meta=False))
         (out / "report.json").write_text(self._report.to_json())
         (out / "report.txt").write_text(str(self._report) + "\n")

@@ -8,11 +8,18 @@ Target: llvm for this machine's CPU (`mcpu` = the host CPU LLVM detects) **witho
 (`mattr=-fma`): with FMA LLVM contracts `a * b + c` in float code into one fused rounding,
 which changes float32 results (requant in fp32, dequantize / hard-swish glue) against the
 NumPy oracle. Without FMA, AVX-512 is off too (it implies FMA in LLVM); AVX2 remains.
+
+Logging (logger `tvmq.targets.host.build`): a tuned schedule from the cache that no longer
+applies to its function is a WARNING (the function gets the default schedule; tune again); a
+default schedule that does not apply is DEBUG (expected for some functions, which keep TVM's
+loops).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import threading
 
 import numpy as np
@@ -25,8 +32,12 @@ from .pad_columns import PadMatmulColumns
 from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
 from .tune import UNSCHEDULED, TuningCache
+from .tvm_log import drop_scope_lines
 
 ALIGN = 64  # bytes: TVM's from_dlpack takes only arrays aligned like its own allocations
+SCHEDULE_ERRORS = (tvm.s_tir.ScheduleError, ValueError)  # a schedule that does not apply
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -98,8 +109,10 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRMo
 
 
 def schedule_host(cache: TuningCache | None = None) -> tvm.transform.Pass:
-    """Module pass: every PrimFunc gets tvmq's schedule (tuned parameters from `cache` when it
-    has them, else the defaults); a function the schedule does not apply to keeps its loops."""
+    """Module pass: every PrimFunc gets tvmq's schedule, with the tuned parameters from `cache`
+    when it has them, else the defaults. A tuned schedule that does not apply falls back to the
+    default (logged as a warning); a function the default does not apply to keeps its loops
+    (logged at debug level)."""
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -108,18 +121,36 @@ def schedule_host(cache: TuningCache | None = None) -> tvm.transform.Pass:
         for gv, func in mod.functions_items():
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
-            params = cache.lookup(func, target) if cache is not None else None
-            if params is None:
-                params = schedules.default_params(schedules.describe(func))
-            if params is None or params == UNSCHEDULED:
+            tuned = cache.lookup(func, target) if cache is not None else None
+            if tuned == UNSCHEDULED:
+                continue
+            if tuned is not None:
+                try:
+                    out.update_func(gv, schedules.schedule(func, tuned))
+                    continue
+                except SCHEDULE_ERRORS as err:
+                    log.warning("%s: the tuned schedule (%s) no longer applies: %s; using the "
+                                "default schedule (run `tvmq tune` again)", gv.name_hint,
+                                tuned, _reason(err))
+            default = schedules.default_params(schedules.describe(func))
+            if default is None:
                 continue
             try:
-                out.update_func(gv, schedules.schedule(func, params))
-            except (tvm.s_tir.ScheduleError, ValueError):
-                continue
+                out.update_func(gv, schedules.schedule(func, default))
+            except SCHEDULE_ERRORS as err:
+                log.debug("%s: the default schedule (%s) does not apply: %s; keeping TVM's "
+                          "loops", gv.name_hint, default, _reason(err))
         return out
 
     return _pass
+
+
+def _reason(err: Exception) -> str:
+    """Why a schedule does not apply, in one line: a ScheduleError's text prints the whole
+    function before its last line, "Error message: ..."."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return next((line.removeprefix("Error message: ") for line in lines
+                 if line.startswith("Error message: ")), lines[0])
 
 
 def build(mod: tvm.IRModule, use_schedules: bool = True,
@@ -136,3 +167,10 @@ def build(mod: tvm.IRModule, use_schedules: bool = True,
             return tvm.transform.Sequential(seq)(m)
 
     return HostModule(tvm.compile(fuse(mod, target), target=target, relax_pipeline=lowering))
+
+
+def load(path: str | os.PathLike) -> HostModule:
+    """The model.so that `CompiledModel.export` wrote (host or accel target), ready to `run`;
+    without TVM's "Scope Loaded" line per constant (tvm_log.py)."""
+    with drop_scope_lines():
+        return HostModule(tvm.runtime.load_module(str(path)))

@@ -9,6 +9,13 @@ Budget: the tuner first times each function unscheduled and with the default sch
 gives the next trial to the function with the largest current best time x calls / (1 + its
 trials so far): the time goes where the model spends its time, with diminishing returns so one
 big kernel does not take the whole budget.
+
+Never slower than the default: the search compares times taken minutes apart on a machine
+whose load changes, and the fastest of many noisy timings is biased low, so a winner can be
+a candidate that got lucky once. Before storing, a final check times each function's winner,
+its default (what `build()` uses untuned: the default schedule, or TVM's loops where there is
+none or it does not apply) and TVM's loops in alternation and stores the lowest median, the
+default on a tie.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -35,6 +43,7 @@ from .threads import use_physical_cores
 
 TVMQ_VERSION = version("tvmq")
 UNSCHEDULED = "unscheduled"  # cache value: TVM's default loops were fastest
+CHECK_ROUNDS = 3  # final check: timings per finalist (winner, default, TVM loops), alternating
 
 
 class TuningCache:
@@ -44,6 +53,7 @@ class TuningCache:
         self.path = Path(path) if path is not None else cache_root() / "host_tuning.json"
         self.entries: dict[str, dict] = (json.loads(self.path.read_text())
                                          if self.path.is_file() else {})
+        self._stored: set[str] = set()  # keys this object wrote, the only ones `save` writes
 
     @staticmethod
     def key(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> str:
@@ -61,13 +71,17 @@ class TuningCache:
 
     def store(self, func, target, best: ScheduleParams | str, **info) -> None:
         params = best if isinstance(best, str) else best.to_dict()
-        self.entries[self.key(func, target)] = {"params": params, **info}
+        key = self.key(func, target)
+        self.entries[key] = {"params": params, **info}
+        self._stored.add(key)
 
     def save(self) -> None:
-        """Write atomically (temp file + rename), merged with entries another process wrote."""
+        """Write the stored entries atomically (temp file + rename) into the file as it is now:
+        entries another process wrote since this cache was read are kept, and this object's
+        stale copies of them never overwrite them."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         merged = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        merged.update(self.entries)
+        merged.update({key: self.entries[key] for key in self._stored})
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(merged, f, indent=1, sort_keys=True)
@@ -91,22 +105,32 @@ def random_args(func: tvm.tirx.PrimFunc, seed: int = 0) -> list:
     return args
 
 
-def time_func(func: tvm.tirx.PrimFunc, target: tvm.target.Target, args, *,
-              min_repeat_ms: int = 20, repeat: int = 3) -> float:
-    """Median milliseconds of one call of `func` (built for `target`) on `args`, with the
-    thread pool the host build uses."""
+Timer = Callable[[list], float]  # args -> median milliseconds of one call
+
+
+def compile_timer(func: tvm.tirx.PrimFunc, choice: ScheduleParams | str,
+                  target: tvm.target.Target, *, min_repeat_ms: int = 20,
+                  repeat: int = 3) -> Timer:
+    """Build `func` with `choice` (ScheduleParams, or UNSCHEDULED for TVM's loops) for
+    `target`; the returned timer gives the median milliseconds of one call on its args over
+    `repeat` measurements, with the thread pool the host build uses. Raises
+    s_tir.ScheduleError or ValueError if the schedule does not apply."""
+    if choice != UNSCHEDULED:
+        func = schedules.schedule(func, choice)
     use_physical_cores()
     ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                      target=target)
     mod = ex.mod if hasattr(ex, "mod") else ex
     evaluator = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
                                    min_repeat_ms=min_repeat_ms)
-    return float(np.median(evaluator(*args).results)) * 1e3
+    return lambda args: float(np.median(evaluator(*args).results)) * 1e3
 
 
 @dataclass
 class Task:
-    """One distinct PrimFunc of the model and what the tuner learned about it."""
+    """One distinct PrimFunc of the model and what the tuner learned about it. `default` is
+    what `build()` uses untuned: the default schedule, or UNSCHEDULED where there is none or
+    it does not apply. After `tune`, `best_ms <= default_ms`, both from the final check."""
 
     name: str
     func: tvm.tirx.PrimFunc
@@ -114,11 +138,13 @@ class Task:
     info: schedules.FuncInfo
     candidates: list = field(default_factory=list)
     unscheduled_ms: float = float("nan")
+    default: ScheduleParams | str = UNSCHEDULED
     default_ms: float = float("nan")
     best_ms: float = float("inf")
     best: ScheduleParams | str = UNSCHEDULED
     trials: int = 0
     args: list = field(default_factory=list, repr=False)  # random inputs, while tuning
+    timers: dict = field(default_factory=dict, repr=False)  # choice -> Timer, while tuning
 
 
 @dataclass
@@ -168,14 +194,15 @@ def tasks_of(mod: tvm.IRModule) -> list[Task]:
 def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
          cache: TuningCache | None = None, progress: bool = True, seed: int = 0) -> TuneResult:
     """Tune every PrimFunc of the fused module `mod` for at most `budget_seconds` (the first
-    pass, which times each function unscheduled and with the default schedule, always runs),
-    store the winners in `cache` and return the per-function table."""
+    pass, which times each function unscheduled and with the default schedule, and the final
+    check of each winner against its default always run), store the winners in `cache` and
+    return the per-function table. A stored choice never measured slower than the default
+    in the final check."""
     cache = cache or TuningCache()
     start = time.perf_counter()
     tasks = tasks_of(mod)
     rng = random.Random(seed)
     bar = tqdm(total=int(budget_seconds), desc="tvmq tune", unit="s", disable=not progress)
-    trials = 0
 
     def tick():
         bar.n = min(int(time.perf_counter() - start), int(budget_seconds))
@@ -183,18 +210,16 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
 
     for task in tasks:
         task.args = random_args(task.func)
-        task.unscheduled_ms = time_func(task.func, target, task.args)
-        task.best_ms, task.best = task.unscheduled_ms, UNSCHEDULED
+        task.unscheduled_ms = task.default_ms = _try(task, UNSCHEDULED, target)
         default = schedules.default_params(task.info)
         task.candidates = schedules.candidate_params(task.info)
         rng.shuffle(task.candidates)
         if default is not None:
-            task.default_ms = _try(task, default, target)
+            ms = _try(task, default, target, keep=True)
+            if ms < float("inf"):
+                task.default, task.default_ms = default, ms
             if default in task.candidates:
                 task.candidates.remove(default)
-        else:
-            task.default_ms = task.unscheduled_ms
-        trials += 2
         tick()
     while time.perf_counter() - start < budget_seconds:
         open_tasks = [t for t in tasks if t.candidates]
@@ -202,28 +227,52 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, budget_seconds: float,
             break
         task = max(open_tasks, key=lambda t: t.best_ms * t.calls / (1 + t.trials))
         _try(task, task.candidates.pop(), target)
-        trials += 1
         tick()
     bar.close()
     for task in tasks:
+        _check_best(task)
         cache.store(task.func, target, task.best, kind=task.info.kind,
                     shape=list(task.info.out_shape), ms=task.best_ms,
-                    unscheduled_ms=task.unscheduled_ms)
-        task.args = []
+                    default_ms=task.default_ms, unscheduled_ms=task.unscheduled_ms)
+        task.args, task.timers = [], {}
     cache.save()
-    return TuneResult(tasks, time.perf_counter() - start, trials, cache.path)
+    return TuneResult(tasks, time.perf_counter() - start, sum(t.trials for t in tasks),
+                      cache.path)
 
 
-def _try(task: Task, params: ScheduleParams, target) -> float:
-    """Time one candidate (inf if the schedule does not apply); keep it if it is the best."""
+def _try(task: Task, choice: ScheduleParams | str, target, keep: bool = False) -> float:
+    """Time one choice (inf if the schedule does not apply); keep it if it is the best. The
+    timers of every best so far, and of a `keep` choice, stay for the final check."""
     task.trials += 1
     try:
-        ms = time_func(schedules.schedule(task.func, params), target, task.args)
+        timer = compile_timer(task.func, choice, target)
     except (tvm.s_tir.ScheduleError, ValueError):
         return float("inf")
+    ms = timer(task.args)
+    if ms < task.best_ms or keep:
+        task.timers[choice] = timer
     if ms < task.best_ms:
-        task.best_ms, task.best = ms, params
+        task.best_ms, task.best = ms, choice
     return ms
+
+
+def _check_best(task: Task, rounds: int = CHECK_ROUNDS) -> None:
+    """Unless the default won the search: time the winner, the default and TVM's loops in
+    alternation, `rounds` times each, and choose the lowest median (the default on a tie).
+    These medians replace the search's numbers. (No default timer: TVM's loops did not
+    build, so nothing is slower than the winner.)"""
+    if task.best == task.default or task.default not in task.timers:
+        return
+    finalists = [c for c in dict.fromkeys((task.default, UNSCHEDULED, task.best))
+                 if c in task.timers]
+    times: dict = {c: [] for c in finalists}
+    for _ in range(rounds):
+        for choice in finalists:
+            times[choice].append(task.timers[choice](task.args))
+    ms = {choice: float(np.median(t)) for choice, t in times.items()}
+    task.best = min(finalists, key=ms.__getitem__)
+    task.best_ms, task.default_ms = ms[task.best], ms[task.default]
+    task.unscheduled_ms = ms.get(UNSCHEDULED, task.unscheduled_ms)
 
 
 def tune_model(quant_mod: tvm.IRModule, budget_seconds: float = 600.0,

@@ -3,6 +3,7 @@ depthwise, matmul), the tuning cache round-trips, benchmark() reports sane numbe
 
 import functools
 import importlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,6 +13,7 @@ import tvm_ffi
 from onnx import helper
 from tvm import te
 from tvmq.targets.host import schedules, threads
+from tvmq.targets.host.schedules import ScheduleParams
 from tvmq.targets.host.tune import TuningCache, random_args, tasks_of, tune_model
 
 import tvmq
@@ -297,12 +299,40 @@ def test_tuner_stores_winners_and_builds_use_them(tmp_path):
     reloaded = TuningCache(tmp_path / "tuning.json")
     target = host_build.host_target()
     for task in result.tasks:
-        assert task.best_ms <= task.unscheduled_ms
+        assert task.best_ms <= task.default_ms
         assert reloaded.lookup(task.func, target) == task.best
     assert "tuning time" in result.table() and "conv2d" in result.table()
     tuned = host_build.build(cm.quant_mod, cache=reloaded)
     for x in calib[:3]:
         np.testing.assert_array_equal(tuned.run(x[None]), cm.oracle().run(x[None]))
+
+
+NOT_APPLICABLE = ScheduleParams(vec=4, pairs=True)  # channel pairs: convs only
+
+
+def test_a_tuned_schedule_that_no_longer_applies_is_a_warning(tmp_path, caplog):
+    _, cm, calib = _compiled("matmul_13")
+    target = host_build.host_target()
+    cache = TuningCache(tmp_path / "tuning.json")
+    (matmul,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "matmul"]
+    cache.store(matmul.func, target, NOT_APPLICABLE)
+    with caplog.at_level(logging.DEBUG, logger="tvmq.targets.host"):
+        model = host_build.build(cm.quant_mod, cache=cache)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.name == "tvmq.targets.host.build"
+    assert matmul.name in warning.message and "no longer applies" in warning.message
+    assert "pairs: not a conv" in warning.message and "\n" not in warning.message
+    np.testing.assert_array_equal(model.run(calib[:1]), cm.oracle().run(calib[:1]))
+
+
+def test_a_default_schedule_that_does_not_apply_is_debug(tmp_path, caplog, monkeypatch):
+    _, cm, calib = _compiled("matmul_13")
+    monkeypatch.setattr(schedules, "default_params", lambda info: NOT_APPLICABLE)
+    with caplog.at_level(logging.DEBUG, logger="tvmq.targets.host"):
+        model = host_build.build(cm.quant_mod, cache=TuningCache(tmp_path / "empty.json"))
+    assert caplog.records and all(r.levelno == logging.DEBUG for r in caplog.records)
+    assert all("does not apply" in r.message for r in caplog.records)
+    np.testing.assert_array_equal(model.run(calib[:1]), cm.oracle().run(calib[:1]))
 
 
 def test_benchmark_reports_model_and_kernels():
@@ -323,7 +353,7 @@ def test_cli_tune(tmp_path, capsys, monkeypatch):
     np.savez(calib, calib=RNG.normal(size=(8, 3, 6, 7)).astype(np.float32))
     assert main(["tune", str(model), "--calib", str(calib), "--budget", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "sum of kernels" in out and "default schedules ->" in out
+    assert "sum of kernels" in out and "ms before tuning ->" in out
     assert (tmp_path / "cache" / "host_tuning.json").is_file()
     assert main(["tune", str(model), "--calib", str(calib), "--budget", "0", "--quiet"]) == 2
 
