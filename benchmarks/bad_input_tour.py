@@ -70,7 +70,7 @@ CASES = [
 ]
 
 
-def run(work: Path, args: str) -> tuple[int, str]:
+def run(work: Path, args: str) -> tuple[int, str, str]:
     interrupt = args.endswith(" SIGINT")
     cmd = [*TVMQ, *shlex.split(args.removesuffix(" SIGINT")), "--quiet"] \
         if args.startswith("compile") else [*TVMQ, *shlex.split(args)]
@@ -80,7 +80,7 @@ def run(work: Path, args: str) -> tuple[int, str]:
         time.sleep(6)  # inside the compile
         proc.send_signal(signal.SIGINT)
     out, err = proc.communicate()
-    return proc.returncode, (err.strip() or out.strip())
+    return proc.returncode, err.strip(), out.strip()
 
 
 def listing(work: Path, name: str | None) -> str:
@@ -102,14 +102,14 @@ def main() -> None:
     work = Path(opts.keep or tempfile.mkdtemp(prefix="tvmq-tour-"))
     work.mkdir(parents=True, exist_ok=True)
     setup(work)
-    print("| case | command | exit | stderr lines | last line | output location after |")
+    print("| case | command | exit | stderr lines | last line (stderr, else stdout) | "
+          "output location after |")
     print("|---|---|---|---|---|---|")
     for what, args, out in CASES:
-        rc, text = run(work, args)
-        lines = text.splitlines() or [""]
-        last = lines[-1].replace("|", "\\|")
-        print(f"| {what} | `tvmq {args}` | {rc} | {len(lines)} | {last} | "
-              f"{listing(work, out)} |", flush=True)
+        rc, err, stdout = run(work, args)
+        last = (err or stdout).splitlines()[-1:] or [""]
+        print(f"| {what} | `tvmq {args}` | {rc} | {len(err.splitlines())} | "
+              f"{last[0].replace('|', '/')} | {listing(work, out)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def cmd_compile(args) -> int:
                  progress=not args.quiet)
     print(cm.report())
     out = cm.export(args.out, overwrite=args.force)
-    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    print(f"wrote {args.out.rstrip('/')}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
 
