@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tvmq import data
-from tvmq.cli import build_parser, main
+from tvmq.cli import build_parser, cli_words, main
 
 
 def test_help_lists_commands(capsys):
@@ -87,3 +87,25 @@ def test_compile_for_mcu_writes_the_c_project_or_refuses_with_the_numbers(tmp_pa
                  "mcu", "--ram-bytes", "1000", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "but --ram-bytes is 1,000" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("python, cli", [
+    ("QuantConfig.latency_budget=0.3 cannot be met", "--latency-budget 0.3 cannot be met"),
+    ("but McuConfig.ram_bytes is 1,000", "but --ram-bytes is 1,000"),
+    ("Pass mcu=McuConfig(allow_float=True) to accept", "Pass --allow-float to accept"),
+    ("pass overwrite=True (CLI: --force) to replace", "pass --force to replace"),
+    ("QuantConfig.sqnr_samples=-1; use", "QuantConfig.sqnr_samples=-1; use"),  # no flag
+])
+def test_errors_speak_in_flags(python, cli):
+    assert cli_words(python) == cli
+
+
+def test_version_and_help_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("tvmq ")
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default host)" in text and "(default mult_shift)" in text
+    assert "replaced only with --force" in text and "examples:" in text
