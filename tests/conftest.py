@@ -22,6 +22,12 @@ import tvmq
 from tvmq import data
 from tvmq.oracle import Oracle
 
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                              reason="no host C compiler")
+needs_m4 = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed (apt-get install "
+           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
 SESSION_DIRS = {"TVMQ_CACHE_DIR": "tvmq", "XDG_CACHE_HOME": "cache"}  # variable -> subfolder
 _caller_env: dict[str, str | None] = {}
 _session_root: list[Path] = []

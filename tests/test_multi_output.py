@@ -20,6 +20,7 @@ from tvmq.targets.mcu.codegen import HOST_CFLAGS
 from tvmq.targets.mcu.lower import run_program
 
 import tvmq
+from tests.conftest import needs_cc, needs_m4
 from tvmq.cli import main
 from tvmq.report import Report
 
@@ -29,12 +30,6 @@ SHAPES = {"input": [1, 2, 6, 6], "feat": [1, 4, 6, 6], "logits": [1, 3], "prob":
 WEIGHTS = {"w1": RNG.normal(size=(4, 2, 3, 3)) * 0.4, "b1": RNG.normal(size=4) * 0.1,
            "w2": RNG.normal(size=(144, 3)) * 0.1, "b2": RNG.normal(size=3) * 0.1}
 CALIB = RNG.normal(size=(8, 2, 6, 6)).astype(np.float32)
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                              reason="no host C compiler")
-needs_m4 = pytest.mark.skipif(
-    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
-    reason="arm-none-eabi-gcc / qemu-system-arm not installed (apt-get install "
-           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
 
 
 def classifier(outputs=("logits", "feat")) -> onnx.ModelProto:

@@ -20,16 +20,10 @@ from tvmq.targets.mcu.lower import Program, Step, Tensor, run_program
 from tvmq.targets.mcu.memory import plan_memory
 
 import tvmq
-from tests.conftest import make_onnx
+from tests.conftest import make_onnx, needs_cc, needs_m4
 from tvmq import data
 
 RNG = np.random.default_rng(0)
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                              reason="no host C compiler")
-needs_m4 = pytest.mark.skipif(
-    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
-    reason="arm-none-eabi-gcc / qemu-system-arm not installed (apt-get install "
-           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
 
 
 @pytest.fixture(scope="module")
