@@ -178,6 +178,27 @@ def test_ctrl_c_during_compile_exits_130_and_writes_nothing(tmp_path, capsys, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz"]
 
 
+def test_ctrl_c_inside_a_tvm_callback_is_still_an_interrupt(tmp_path, capsys, calib_npz,
+                                                          monkeypatch):
+    import signal
+    import time
+
+    import tvmq.compiler
+
+    def tvm_pass(*args, **kwargs):  # TVM's FFI turns a KeyboardInterrupt in a Python
+        try:  # callback (a pass, a TE compute) into a bare RuntimeError
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError from None
+
+    monkeypatch.setattr(tvmq.compiler, "compile", tvm_pass)
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib_npz),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "tvmq compile: interrupted, nothing written"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
 def test_ctrl_c_during_export_keeps_the_old_export(tmp_path):
     out = write_folder(tmp_path / "o", _write_two_files)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+import signal
 import sys
 import time
 import warnings
@@ -361,23 +363,47 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"compile": cmd_compile, "tune": cmd_tune, "demo": cmd_demo,
                "report": cmd_report, "hw-report": cmd_hw_report}[args.command]
+
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"tvmq {args.command}: warning: {cli_words(str(message))}", file=sys.stderr)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _interrupts() as interrupted:
             warnings.showwarning = show_warning  # one line each, in the CLI's words
             return handler(args)
-    except (CompileError, ValueError) as err:
-        print(f"tvmq {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. a full disk while writing: nothing is left half-written
-        print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        what = "interrupted, nothing written" if args.command == "compile" else "interrupted"
-        print(f"\ntvmq {args.command}: {what}", file=sys.stderr)
-        return 130
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt) or interrupted:
+            what = "interrupted, nothing written" if args.command == "compile" else "interrupted"
+            print(f"\ntvmq {args.command}: {what}", file=sys.stderr)
+            return 130
+        if isinstance(err, CompileError | ValueError):
+            print(f"tvmq {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):  # e.g. a full disk: nothing is left half-written
+            print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """Yields a list that Ctrl-C makes non-empty. A KeyboardInterrupt raised while TVM runs a
+    Python callback reaches us as a bare RuntimeError; the list tells them apart."""
+    interrupted: list[bool] = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield interrupted
+        return
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
