@@ -120,8 +120,7 @@ def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
                    disable=not progress)
     for i, x in enumerate(samples):
         out, *taps = runner.run(x)
-        keep = held if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1 else first
-        if keep is held and len(held.inputs) < hold_back:
+        if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1 and len(held.inputs) < hold_back:
             _record(held, x, out, names, taps)
             continue
         for name, value in zip(names, taps):

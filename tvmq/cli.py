@@ -122,12 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tvmq", description="tvmq: quantize a float ONNX model for real hardware arithmetic.",
         epilog=EPILOG, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"tvmq {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compile", help="calibrate, quantize and build a model; write --out DIR",
-                       description="Calibrate, quantize and compile MODEL, print its per-layer "
-                       "report and write the artefacts to --out (only after success).",
-                       epilog=COMPILE_EPILOG, formatter_class=_HelpFormatter)
+    def sub_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    p = sub_parser("compile", help="calibrate, quantize and build a model; write --out DIR",
+                   description="Calibrate, quantize and compile MODEL, print its per-layer "
+                   "report and write the artefacts to --out (only after success).",
+                   epilog=COMPILE_EPILOG)
     p.add_argument("model", help="float ONNX model file")
     p.add_argument("--target", default="host", choices=("host", "accel", "mcu"),
                    help="host (llvm), accel (conv/matmul on the C accelerator emulator) or mcu "
@@ -155,13 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
-    p = sub.add_parser("tune", help="tune the host kernels of a model; later compiles use them",
-                       description="Quantize MODEL as `tvmq compile` does, then time schedule "
-                       "candidates for each of its host kernels for at most --budget seconds "
-                       "and store the fastest in the tuning cache ($TVMQ_CACHE_DIR or "
-                       "~/.cache/tvmq). Prints the per-kernel table and the model latency "
-                       "before and after.",
-                       formatter_class=_HelpFormatter)
+    p = sub_parser("tune", help="tune the host kernels of a model; later compiles use them",
+                   description="Quantize MODEL as `tvmq compile` does, then time schedule "
+                   "candidates for each of its host kernels for at most --budget seconds "
+                   "and store the fastest in the tuning cache ($TVMQ_CACHE_DIR or "
+                   "~/.cache/tvmq). Prints the per-kernel table and the model latency "
+                   "before and after.")
     p.add_argument("model", help="float ONNX model file")
     p.add_argument("--calib", required=True, metavar="DATA.npz",
                    help="calibration inputs, as for tvmq compile")
@@ -173,22 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
-    p = sub.add_parser("demo", help="quantize the bundled digits CNN and compare with float",
-                       description="Quantize the bundled handwritten-digits CNN (no network "
-                       "needed), compare INT8 with FP32 and check host == NumPy oracle.",
-                       formatter_class=_HelpFormatter)
+    p = sub_parser("demo", help="quantize the bundled digits CNN and compare with float",
+                   description="Quantize the bundled handwritten-digits CNN (no network "
+                   "needed), compare INT8 with FP32 and check host == NumPy oracle.")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
-    p = sub.add_parser("report", help="print the report saved by `tvmq compile --out DIR`",
-                       formatter_class=_HelpFormatter)
+    p = sub_parser("report", help="print the report saved by `tvmq compile --out DIR`")
     p.add_argument("dir", help="folder written by tvmq compile")
 
-    p = sub.add_parser("hw-report", help="requant unit area per t_oc next to accuracy",
-                       description="Compile MODEL with each requant option (mult/shift with "
-                       "double, single, tonearest rounding; FP32) and print the requant units' "
-                       "area for each output-channel tile width t_oc next to the accuracy.",
-                       formatter_class=_HelpFormatter)
+    p = sub_parser("hw-report", help="requant unit area per t_oc next to accuracy",
+                   description="Compile MODEL with each requant option (mult/shift with "
+                   "double, single, tonearest rounding; FP32) and print the requant units' "
+                   "area for each output-channel tile width t_oc next to the accuracy.")
     p.add_argument("model", nargs="?", help="float ONNX model (default: the bundled digits CNN "
                    "with its calibration and test data)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration inputs (required with MODEL)")

@@ -25,7 +25,7 @@ from .frontend import import_model
 from .numerics import QParams, choose_qparams, dequantize, lbfp
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
-from .output_folder import check_output_folder, write_folder
+from .output_folder import write_folder
 from .passes._util import returned_fields
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
@@ -136,7 +136,6 @@ class CompiledModel:
         tvmq.output_folder). Files go to a temporary folder first, renamed to `out_dir` when
         complete, so a failed export leaves nothing half-written.
         """
-        check_output_folder(out_dir, overwrite)
         if samples is not None:
             samples = np.asarray(samples, np.float32)
             if samples.ndim != len(self.input.shape) or samples.shape[1:] != self.input.shape[1:]:

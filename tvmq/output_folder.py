@@ -106,9 +106,8 @@ def _owned_files(folder: Path) -> set[str] | None:
     return {MANIFEST, *manifest.get("files", ()), *manifest.get("build_products", ())}
 
 
-def _foreign_files(folder: Path) -> list[str]:
-    """Files and links in `folder` that its manifest does not list (all of them if none)."""
-    owned = _owned_files(folder) or set()
+def _foreign_files(folder: Path, owned: set[str]) -> list[str]:
+    """Files and links in `folder` that `owned` does not list."""
     found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                    if p.is_symlink() or not p.is_dir())
     return [f for f in found if f not in owned]
@@ -117,8 +116,9 @@ def _foreign_files(folder: Path) -> list[str]:
 def _check_replaceable(folder: Path, out, overwrite: bool) -> None:
     if not any(folder.iterdir()):
         return
-    foreign = _foreign_files(folder)
-    if foreign or _owned_files(folder) is None:
+    owned = _owned_files(folder)
+    foreign = _foreign_files(folder, owned or set())
+    if foreign or owned is None:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
                                           else "")
         raise OutputFolderError(f"{out} holds files tvmq did not write ({shown or 'folders'}); "

@@ -101,7 +101,6 @@ class Program:
         return [self.tensors[q] for q, _ in self.outputs]
 
 
-
 def lower_program(quant_mod: tvm.IRModule) -> Program:
     """The MCU program of a realized int8 module (see the module docstring)."""
     split = _split_boundary(quant_mod)
