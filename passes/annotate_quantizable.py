@@ -17,11 +17,14 @@ or `<op>_<index>` (float ops) so that layers and calibration taps have stable, u
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
-from ._util import emit_like, op_name, shape_of
+from tvmq.ir import const_value, emit_like, op_name, shape_of
 
 MAX_CONCAT_INPUTS = 8
 
@@ -142,3 +145,31 @@ class AnnotateQuantizable:
         renamer = _Renamer(mod)
         renamer.builder_.update_func(mod.get_global_var("main"), renamer.visit_expr(mod["main"]))
         return renamer.builder_.get()
+
+
+class Composite:
+    """The ops inside one `tvmq.*` composite function (this pass's product), in order."""
+
+    def __init__(self, func: relax.Function):
+        self.params = list(func.params)
+        self.calls: list[relax.Call] = []
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.calls.append(binding.value)
+        self.root = self.calls[0]
+
+    def find(self, name: str) -> relax.Call | None:
+        return next((c for c in self.calls if op_name(c) == name), None)
+
+    def bias(self) -> np.ndarray | None:
+        add = self.find("relax.add")
+        return None if add is None or add is self.root else const_value(add.args[1])
+
+    def activation(self) -> tuple[float, float]:
+        """The (lo, hi) float range the relu/clip epilogue keeps."""
+        if self.find("relax.nn.relu") is not None:
+            return 0.0, math.inf
+        clip = self.find("relax.clip")
+        if clip is not None:
+            return float(clip.args[1].value), float(clip.args[2].value)
+        return -math.inf, math.inf

@@ -27,11 +27,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvmq.ir import LINEAR_OPS, op_name, rewrite_functions, shape_of
 from tvmq.numerics import QParams, Requant, choose_qparams, dequantize, quantize, requantize
 from tvmq.numerics.weights import quantize_weight
 
-from . import _gradients
-from ._util import LINEAR_OPS, op_name, rewrite_functions, shape_of
+from . import gradients
 
 REQUANT_KINDS = ("mult_shift", "fp32")
 _FAKE_QUANT = "tvmq.fake_quant"
@@ -56,7 +56,7 @@ class FakeQuantize:
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
         self.requant, self.bits = requant, bits
-        _gradients.register()
+        gradients.register()
         _register_packed()
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
@@ -99,8 +99,8 @@ class _Rewriter(relax.PyExprMutator):
         w_axis = 0 if kind == "conv" else len(shape_of(w)) - 1
         xq, x_int, s_x = self._quantize(x, None, f"{name}_x")
         wq, w_int, s_w = self._quantize(w, w_axis, f"{name}_w")
-        x_ste = _gradients.straight_through(bb, x, xq, f"{name}_x_ste")
-        w_ste = _gradients.straight_through(bb, w, wq, f"{name}_w_ste")
+        x_ste = gradients.straight_through(bb, x, xq, f"{name}_x_ste")
+        w_ste = gradients.straight_through(bb, w, wq, f"{name}_w_ste")
         y = bb.emit(relax.Call(call.op, [x_ste, w_ste], call.attrs), f"{name}_y")
         acc_call = relax.Call(call.op, [relax.op.astype(x_int, "float64"),
                                         relax.op.astype(w_int, "float64")],
@@ -111,7 +111,7 @@ class _Rewriter(relax.PyExprMutator):
         out_ty = relax.TensorType(shape_of(y), "float32")
         yq = bb.emit(relax.call_dps_packed(_REQUANT, [acc, s_x, s_w, tvm.ir.StringImm(spec)],
                                            out_ty), f"{name}_out_q")
-        return _gradients.straight_through(bb, y, yq, f"{name}_out")
+        return gradients.straight_through(bb, y, yq, f"{name}_out")
 
     def _quantize(self, x, axis, name):
         bb, shape = self.builder_, shape_of(x)

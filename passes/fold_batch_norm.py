@@ -18,7 +18,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import const_value, count_uses, op_name, rewrite_functions, shape_of
+from tvmq.ir import const_value, count_uses, op_name, rewrite_functions, shape_of
 
 _FOLDABLE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 

@@ -8,10 +8,11 @@ Gradient pass), before building. Two kinds of gradient are quantized, each switc
 - weight gradients: the returned adjoint of every parameter, ``dL/dW``, before the optimizer.
 
 Each site becomes ``call_dps_packed("tvmq.quantize_gradient", (g, rng, spec))`` computing
-`tvmq.numerics.gradq.fake_quantize_gradient` (in the accelerator emulator's C, bit-exact with
-it). Site ``i`` (in binding order) draws its stochastic-rounding uniforms with key ``seed + i``
-and counter offset ``step * g.size``, where ``rng = [seed, step]`` is the module's int64 input
-(see `tvmq.train`), so a run is reproducible from its seed.
+`tvmq.numerics.gradq.fake_quantize_gradient`; `register_gradient_quantizer` chooses the
+implementation (default that NumPy function; tvmq.train gives it the accelerator's C unit,
+bit-exact with it and faster). Site ``i`` (in binding order) draws its stochastic-rounding
+uniforms with key ``seed + i`` and counter offset ``step * g.size``, where ``rng = [seed, step]``
+is the module's int64 input (see `tvmq.train`), so a run is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tvmq.numerics.gradq import GradQuant, fake_quantize_gradient
 
 ADJOINT_FUNC = "backbone_loss_adjoint"
 RNG_INPUT = "rng"
-_PACKED = "tvmq.quantize_gradient"
+QUANTIZE_GRADIENT = "tvmq.quantize_gradient"  # the packed function every site calls
 _LINEAR_PRIMS = ("conv2d", "matmul")
 
 
@@ -51,7 +52,8 @@ class QuantizeGradients:
                 raise TypeError(f"{name} must be a GradQuant or None, got {type(q).__name__}")
         self.activations, self.weights = activations, weights
         self.sites = None if sites is None else tuple(sites)
-        _register_packed()
+        if tvm.get_global_func(QUANTIZE_GRADIENT, allow_missing=True) is None:
+            register_gradient_quantizer()
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         if ADJOINT_FUNC not in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -114,7 +116,7 @@ class _Rewriter(relax.PyExprMutator):
         rng = self.rng if self.rng is not None else relax.const(np.zeros(2, np.int64))
         spec = tvm.ir.StringImm(json.dumps({**dataclasses.asdict(q), "site": self.count}))
         self.count += 1
-        call = relax.call_dps_packed(_PACKED, [new, rng, spec], new.ty)
+        call = relax.call_dps_packed(QUANTIZE_GRADIENT, [new, rng, spec], new.ty)
         self.set_var_remap(binding.var, emit(call, f"{name}_q"))
 
 
@@ -132,15 +134,13 @@ def _site_key(rng, spec: dict, size: int) -> tuple[GradQuant, int, int]:
     return GradQuant(**spec), (seed + site) % (1 << 32), (step * size) % (1 << 32)
 
 
-def _register_packed() -> None:
-    if tvm.get_global_func(_PACKED, allow_missing=True) is not None:
-        return
-    from tvmq.targets.accel import gradq as c_gradq  # the C unit: bit-exact, faster
+def register_gradient_quantizer(quantize=fake_quantize_gradient) -> None:
+    """Implement the sites' packed function with `quantize(g, q, seed=, offset=)` -> the
+    fake-quantized float32 gradient (default: the golden NumPy function); replaces any earlier."""
 
     def _quantize(g, rng, spec, out):
         a = g.numpy()
         q, seed, offset = _site_key(rng.numpy(), json.loads(str(spec)), a.size)
-        codes, step = c_gradq.quantize_gradient(a, q, seed=seed, offset=offset)
-        out.copyfrom(codes.astype(np.float32) * step)
+        out.copyfrom(np.asarray(quantize(a, q, seed=seed, offset=offset), np.float32))
 
-    tvm.register_global_func(_PACKED, _quantize)
+    tvm.register_global_func(QUANTIZE_GRADIENT, _quantize, override=True)

@@ -4,7 +4,7 @@ Run after AnnotateQuantizable and calibration. `act_exponents` maps the name of 
 conv/matmul reads or writes to its exponents, one per channel (blocks expanded): the channel axis
 is 1 for NCHW tensors and the last axis otherwise (matmul operands).
 
-Per layer (see passes/_lbfp_kernels.py and tvmq.numerics.lbfp):
+Per layer (see tvmq/ir/lbfp_kernels.py and tvmq.numerics.lbfp):
     x words   the producing LBFP layer's words when it wrote this tensor, else encode(x)
     weights   encoded at compile time, blocks of fmt.block_size along the input channels
               (OIHW axis 1, (K, N) axis 0), exponents by `weight_exponents` ("max" or "kl")
@@ -24,12 +24,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvmq.ir import const_value, emit_like, shape_of
+from tvmq.ir import lbfp_kernels as kernels
 from tvmq.numerics import lbfp
 
-from . import _lbfp_kernels as kernels
-from ._util import const_value, emit_like, shape_of
-from .annotate_quantizable import composite_kind
-from .realize_quantization import _Composite
+from .annotate_quantizable import Composite, composite_kind
 
 MAC_KINDS = ("conv2d", "matmul")
 
@@ -83,7 +82,7 @@ class _Realizer(relax.PyExprMutator):
             self.words[name] = self.builder_.emit(call, f"{name}_q")
         return self.words[name]
 
-    def _layer(self, kind, comp: _Composite, arg: relax.Var, name: str) -> relax.Expr:
+    def _layer(self, kind, comp: Composite, arg: relax.Var, name: str) -> relax.Expr:
         """The layer's output words: encode(conv2d|matmul(x words, w words) + bias)."""
         fmt = self.fmt
         x_words = self._input_words(arg)
@@ -130,7 +129,7 @@ class _Realizer(relax.PyExprMutator):
         if kind not in MAC_KINDS:
             emit_like(self, binding.var, self.visit_expr(binding.value))
             return
-        comp = _Composite(self.mod_[binding.value.op])
+        comp = Composite(self.mod_[binding.value.op])
         arg, = binding.value.args
         words = self.builder_.emit(self._layer(kind, comp, arg, name), f"{name}_q")
         self.words[name] = words

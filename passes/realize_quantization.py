@@ -15,8 +15,8 @@ use the same forms, held in int8 containers:
     concat           each input requantized to the output's qparams, then concat
     relu / clip      clip(x, q(lo), q(hi)) on int8; max_pool2d, reshape, permute_dims: int8 as is
 ReLU/clip after conv/matmul/add is folded into the requant clamp. `requant` is a call_tir to a
-PrimFunc from `_requant_kernel` (attribute `tvmq.requant`). Layer `<name>`'s integer output is
-the binding `<name>_q`. Every quantized tensor also gets a
+PrimFunc from `tvmq.ir.requant_kernel` (attribute `tvmq.requant`). Layer `<name>`'s integer
+output is the binding `<name>_q`. Every quantized tensor also gets a
 `dequantize` for float consumers; unused ones are removed by DeadCodeElimination.
 """
 
@@ -29,43 +29,22 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvmq.ir import (
+    INT32_MAX,
+    INT32_MIN,
+    const_value,
+    emit_like,
+    op_name,
+    requant_prim_func,
+    shape_of,
+)
 from tvmq.numerics import QParams, Requant, quantize
 from tvmq.numerics.weights import quantize_bias, quantize_weight
 
-from ._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
-from ._util import const_value, emit_like, op_name, shape_of
-from .annotate_quantizable import composite_kind
+from .annotate_quantizable import Composite, composite_kind
 
 ADD_LEFT_SHIFT = 20
 SAME_SCALE_KINDS = ("relu", "max_pool2d", "reshape", "permute_dims")  # output qparams = input's
-
-
-class _Composite:
-    """The ops inside one composite function, in order, keyed by op name."""
-
-    def __init__(self, func: relax.Function):
-        self.params = list(func.params)
-        self.calls: list[relax.Call] = []
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                self.calls.append(binding.value)
-        self.root = self.calls[0]
-
-    def find(self, name: str) -> relax.Call | None:
-        return next((c for c in self.calls if op_name(c) == name), None)
-
-    def bias(self) -> np.ndarray | None:
-        add = self.find("relax.add")
-        return None if add is None or add is self.root else const_value(add.args[1])
-
-    def activation(self) -> tuple[float, float]:
-        """The (lo, hi) float range the relu/clip epilogue keeps."""
-        if self.find("relax.nn.relu") is not None:
-            return 0.0, math.inf
-        clip = self.find("relax.clip")
-        if clip is not None:
-            return float(clip.args[1].value), float(clip.args[2].value)
-        return -math.inf, math.inf
 
 
 def _dtype_range(dtype: str) -> tuple[int, int]:
@@ -243,7 +222,7 @@ class _Realizer(relax.PyExprMutator):
         if kind is None:
             emit_like(self, binding.var, self.visit_expr(binding.value))
             return
-        comp = _Composite(self.mod_[binding.value.op])
+        comp = Composite(self.mod_[binding.value.op])
         self.layer = name
         inputs = [self._int_input(arg) for arg in binding.value.args]
         result = self._HANDLERS[kind](self, comp, inputs, self.act_qparams.get(name))

@@ -15,7 +15,7 @@ import re
 import tvm
 from tvm import relax
 
-from ._util import const_value, op_name, rewrite_functions
+from tvmq.ir import const_value, op_name, rewrite_functions
 
 _TOPI_BOUND = {"maximum": 0, "minimum": 1}  # PrimFunc name -> which clip bound it sets
 _TOPI_NAME = re.compile(r"(maximum|minimum)\d*")  # the BlockBuilder numbers each new shape

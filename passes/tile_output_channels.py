@@ -18,7 +18,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import (
+from tvmq.ir import (
+    REQUANT_ATTR,
     RequantChain,
     bindings_of,
     const_value,
@@ -58,7 +59,7 @@ class _Tiler(relax.PyExprMutator):
         axis = 1 if is_conv else len(out_shape) - 1
         channels = out_shape[axis]
         x = self.visit_expr(chain.op.args[0])
-        attrs = chain.prim.attrs["tvmq.requant"]
+        attrs = chain.prim.attrs[REQUANT_ATTR]
         tiles = []
         for c0, c1 in tile_bounds(channels, self.t_oc):
             if is_conv:

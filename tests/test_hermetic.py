@@ -4,14 +4,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from tvmq.targets.accel import emulator
 from tvmq.targets.host.tune import TuningCache
 
+from tvmq import toolchain
 from tvmq.mixed.cost import CostCache
 
 
 def test_the_session_caches_are_in_a_new_temporary_folder():
-    root = emulator.cache_root()
+    root = toolchain.cache_root()
     session = root.parent
     assert session.parent == Path(tempfile.gettempdir()) and session.name.startswith("tvmq-test-")
     assert TuningCache().path.parent == root and CostCache().root.parent == root

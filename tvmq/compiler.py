@@ -22,11 +22,11 @@ from .calibration.lbfp_observer import LBFPObserver
 from .config import QuantConfig
 from .errors import CompileError
 from .frontend import import_model
+from .ir import returned_fields
 from .numerics import QParams, choose_qparams, dequantize, lbfp
 from .numerics.weights import quantize_weight
 from .oracle import Oracle
 from .output_folder import write_folder
-from .passes._util import returned_fields
 from .passes.annotate_quantizable import AnnotateQuantizable, composite_kind
 from .passes.insert_taps import InsertTaps
 from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP
@@ -299,7 +299,7 @@ def _compile(model, target, config, calib, input_shape, progress, stages, start,
     lowered = quant_mod if runtime is None else LowerToAccel(runtime, operand_bits)(quant_mod)
     host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
     stage("report")
-    report = Report(model=_model_name(model), target=target, config=config.to_dict(),
+    report = Report(model=model_name(model), target=target, config=config.to_dict(),
                     float_ops=float_ops)
     report.layers = rows
     if plan is not None:
@@ -455,7 +455,7 @@ def _measure_cycles(report: Report, runtime: AccelRuntime, host: HostModule, inp
                     "latency_us": cycles / hw.clock_mhz, "host_layers": dict(runtime.host_layers)}
 
 
-def _model_name(model) -> str:
+def model_name(model) -> str:
     if isinstance(model, str | os.PathLike):
         return Path(model).name
     return type(model).__name__

@@ -18,8 +18,8 @@ import tvm
 from tvm import relax
 
 from .errors import CompileError
+from .ir import returned_fields
 from .onnx_static import make_static
-from .passes._util import returned_fields
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.simplify_clip import SimplifyClip
 

@@ -83,7 +83,7 @@ def hw_report(model, calib, x_eval, y_eval=None, *, t_ocs=T_OCS, t_ic: int = 8,
     With labels `y_eval` (N,) the metric is top-1 accuracy, else top-1 agreement with the float
     model. Raises ValueError for empty or mismatched evaluation data.
     """
-    from .compiler import _model_name, compile
+    from .compiler import compile, model_name
 
     area.area_table(t_ocs, t_ic)  # bad t_oc / t_ic fail now, not after the compiles
     x_eval = np.asarray(x_eval, np.float32)
@@ -104,5 +104,5 @@ def hw_report(model, calib, x_eval, y_eval=None, *, t_ocs=T_OCS, t_ic: int = 8,
         results.append(RequantResult(requant, rounding, float((top == truth).mean()),
                                      cm.report().output_sqnr_db))
     metric = "top-1 accuracy" if y_eval is not None else "top-1 agreement with FP32"
-    return HwReport(_model_name(model), metric, float((float_top == truth).mean()),
+    return HwReport(model_name(model), metric, float((float_top == truth).mean()),
                     tuple(results), tuple(t_ocs), t_ic)

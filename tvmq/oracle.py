@@ -28,11 +28,9 @@ from tvm import relax, s_tir, tirx
 
 from . import numerics
 from .batch import check_input, run_stacked
+from .ir import REQUANT_ATTR, golden_requant, lbfp_kernels, op_name
 from .numerics import lbfp
 from .numerics.windows import pad_nchw, windows
-from .passes import _lbfp_kernels
-from .passes._requant_kernel import golden_requant
-from .passes._util import op_name
 
 
 def _ints(v) -> list[int]:
@@ -202,10 +200,10 @@ def _requant_args(prim, acc, *params):
 
 
 def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
-    """NumPy version of a tvmq LBFP kernel (passes/_lbfp_kernels.py): the golden functions."""
-    a = prim.attrs[_lbfp_kernels.ATTR]
+    """NumPy version of a tvmq LBFP kernel (passes/lbfp_kernels.py): the golden functions."""
+    a = prim.attrs[lbfp_kernels.LBFP_ATTR]
     op = str(a["op"])
-    fmt = _lbfp_kernels.format_of(prim)
+    fmt = lbfp_kernels.format_of(prim)
     if op == "conv2d":
         def run(x, w, x_exp, w_exp, e_ref, lut):
             acc, golden_e_ref = lbfp.conv2d(
@@ -222,7 +220,7 @@ def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
     elif op == "decode":
         def run(words, exps, mags):
             axis = int(a["axis"])
-            channel_fmt = _lbfp_kernels.format_of(prim, axis)
+            channel_fmt = lbfp_kernels.format_of(prim, axis)
             return lbfp.decode(words, lbfp.per_channel(exps, words.ndim, axis),
                                channel_fmt).astype(np.float32)
     else:  # encode
@@ -231,7 +229,7 @@ def lbfp_call(prim: tvm.tirx.PrimFunc) -> Callable:
 
         def run(x, *params):
             axis = int(a["axis"])
-            channel_fmt = _lbfp_kernels.format_of(prim, axis)
+            channel_fmt = lbfp_kernels.format_of(prim, axis)
             exps = lbfp.per_channel(params[-2], x.ndim, axis)
             if str(a["source"]) == "acc":
                 e_ref = lbfp.per_channel(params[0], x.ndim, axis)
@@ -388,9 +386,9 @@ class Oracle:
         """NumPy implementation of the PrimFunc a call_tir calls (cached per function)."""
         if gv.name_hint not in self._prims:
             prim = self.mod[gv]
-            if "tvmq.requant" in (prim.attrs or {}):
+            if REQUANT_ATTR in (prim.attrs or {}):
                 impl = functools.partial(_requant_args, prim)
-            elif _lbfp_kernels.ATTR in (prim.attrs or {}):
+            elif lbfp_kernels.LBFP_ATTR in (prim.attrs or {}):
                 impl = lbfp_call(prim)
             else:
                 impl = tir_broadcast_binary(prim)

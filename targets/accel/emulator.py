@@ -20,10 +20,8 @@ array([ 3, -2], dtype=int32)
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -33,6 +31,7 @@ import numpy as np
 
 from tvmq.numerics import Requant, lbfp
 from tvmq.numerics.weights import pack_int4
+from tvmq.toolchain import cache_root, find_compiler
 
 from .config import PRESETS, AccelConfig
 
@@ -90,28 +89,6 @@ LBFP_DESC_FIELDS = ("C", "H", "W", "O", "KH", "KW", "groups", "stride_h", "strid
                     "frac_bits", "lut_bits", "w_block", "t_oc", "t_ic", "weight_buffer_bytes",
                     "act_buffer_bytes", "acc_buffer_bytes", "dma_bytes_per_cycle",
                     "counter_slot")
-
-
-def find_compiler() -> str | None:
-    """Path of the C compiler: ``$CC`` if set, else ``cc``, else ``gcc``; None if none found."""
-    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]
-    for name in names:
-        path = _which(name, os.environ.get("PATH"))
-        if path:
-            return path
-    return None
-
-
-@functools.lru_cache(maxsize=16)
-def _which(name: str, search_path: str | None) -> str | None:
-    """`shutil.which`, remembered per PATH: `load()` runs on every call into the library."""
-    return shutil.which(name, path=search_path)
-
-
-def cache_root() -> Path:
-    """tvmq's cache folder: $TVMQ_CACHE_DIR or ~/.cache/tvmq."""
-    root = os.environ.get("TVMQ_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "tvmq"
 
 
 _BUILT: dict[tuple[str, Path], Path] = {}  # (compiler, cache root) -> library, per process

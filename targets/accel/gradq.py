@@ -79,3 +79,11 @@ def uniform(seed: int, offset: int, n: int) -> np.ndarray:
     _check(lib, lib.accel_uniform(gradq.as_uint32(seed, "seed"), gradq.as_uint32(offset, "offset"),
                                   int(n), u.ctypes.data_as(_f32p)), "accel_uniform")
     return u
+
+
+def fake_quantize_gradient(g: object, q: GradQuant, *, seed: int = 0,
+                           offset: int = 0) -> np.ndarray:
+    """:func:`tvmq.numerics.gradq.fake_quantize_gradient` on the emulated accelerator:
+    ``codes * step`` (float32 multiply)."""
+    codes, step = quantize_gradient(g, q, seed=seed, offset=offset)
+    return codes.astype(np.float32) * step

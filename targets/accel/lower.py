@@ -27,18 +27,18 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
-from tvmq.passes import _lbfp_kernels
-from tvmq.passes._requant_kernel import golden_requant
-from tvmq.passes._util import (
+
+from tvmq.ir import (
     RequantChain,
     bindings_of,
     const_value,
     dtype_of,
     emit_like,
+    golden_requant,
+    lbfp_kernels,
     op_name,
     shape_of,
 )
-
 from tvmq.numerics import lbfp
 
 from . import emulator
@@ -145,7 +145,7 @@ def _lbfp_attrs(value, mod) -> dict | None:
     if op_name(value) != "relax.call_tir":
         return None
     prim = mod[value.args[0]]
-    return None if not prim.attrs else prim.attrs.get(_lbfp_kernels.ATTR)
+    return None if not prim.attrs else prim.attrs.get(lbfp_kernels.LBFP_ATTR)
 
 
 def _int8_input(expr, bindings) -> tuple[relax.Expr, int] | None:

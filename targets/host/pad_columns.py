@@ -20,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvmq.passes._util import (
+
+from tvmq.ir import (
+    REQUANT_ATTR,
     RequantChain,
     bindings_of,
     const_value,
@@ -90,7 +92,7 @@ class _Padder(relax.PyExprMutator):
         chain = RequantChain(value, self.bindings, self.mod_)
         if not chain.valid or op_name(chain.op) != "relax.matmul" or chain.weight.ndim != 2:
             return None
-        attrs = chain.prim.attrs["tvmq.requant"]
+        attrs = chain.prim.attrs[REQUANT_ATTR]
         rank = len(shape_of(value))
         if int(attrs["axis"]) not in (-1, rank - 1) or not needs_padding(chain.weight.shape[1]):
             return None
@@ -111,7 +113,7 @@ class _Padder(relax.PyExprMutator):
             bias = chain.bias
             bias = pad(bias) if bias.shape[-1] > 1 else relax.const(bias)
             acc = self.builder_.emit(relax.op.add(acc, bias))
-        attrs = chain.prim.attrs["tvmq.requant"]
+        attrs = chain.prim.attrs[REQUANT_ATTR]
         per_channel = int(attrs["axis"]) >= 0
         params = [pad(const_value(p)) if per_channel else p for p in chain.params]
         return self.builder_.emit(requant_call_like(self.builder_, attrs, acc, params, wide,

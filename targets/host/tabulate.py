@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvmq.passes._util import count_uses, emit_like, op_name, rewrite_each_function, shape_of
+
+from tvmq.ir import count_uses, emit_like, op_name, rewrite_each_function, shape_of
 
 ELEMENTWISE = {
     "relax.dequantize", "relax.quantize", "relax.astype", "relax.add", "relax.subtract",

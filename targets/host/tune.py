@@ -36,7 +36,8 @@ import tvm
 import tvm_ffi
 from tqdm import tqdm
 
-from ..accel.emulator import cache_root
+from tvmq.toolchain import cache_root
+
 from . import schedules
 from .schedules import ScheduleParams
 from .threads import use_physical_cores

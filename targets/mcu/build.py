@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CompileError
+from ...toolchain import find_compiler
 from . import codegen
 from .config import McuConfig
 from .lower import Program, lower_program
@@ -82,9 +83,9 @@ def build_mcu(quant_mod, config: McuConfig, float_ops: list[str],
 
 def build_host(project: Path) -> Path:
     """Compile the project's host harness with the system C compiler; return the binary."""
-    cc = shutil.which("cc") or shutil.which("gcc")
+    cc = find_compiler()
     if cc is None:
-        raise RuntimeError("no host C compiler (cc/gcc) on PATH")
+        raise RuntimeError("no host C compiler ($CC, cc or gcc) on PATH; install gcc or set CC")
     _run([cc, *codegen.HOST_CFLAGS, "-o", "model_host", *codegen.SOURCES, "-lm"], project)
     return project / "model_host"
 

@@ -29,9 +29,10 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, te
 
+from tvmq.ir import op_name, returned_fields, rewrite_functions
+
 from ...errors import CompileError
 from ...numerics.weights import pack_int4
-from ...passes._util import op_name, returned_fields, rewrite_functions
 from ..host.schedules import inline_single_reads, intermediates
 
 

@@ -6,13 +6,13 @@ import pytest
 import tvm
 from onnx import helper
 from tvm import relax
-from tvmq.passes import _lbfp_kernels as kernels
 from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import assert_taps_equal_oracle, make_onnx
 from tvmq.errors import CompileError
 from tvmq.frontend import load_model
+from tvmq.ir import lbfp_kernels as kernels
 from tvmq.numerics import lbfp
 
 RNG = np.random.default_rng(11)
@@ -138,7 +138,7 @@ def test_chained_convs_share_words():
     cm = tvmq.compile(model, config=tvmq.QuantConfig(scheme="lbfp8", sqnr_samples=0),
                       calib=calib, progress=False)
     mod = cm.quant_mod
-    ops = [str(mod[b.value.args[0]].attrs[kernels.ATTR]["op"])
+    ops = [str(mod[b.value.args[0]].attrs[kernels.LBFP_ATTR]["op"])
            for b in mod["main"].body.blocks[0].bindings
            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
     assert ops == ["encode", "conv2d", "encode", "conv2d", "encode", "decode"]

@@ -5,10 +5,10 @@ import importlib
 import numpy as np
 import pytest
 import tvm
-from tvmq.passes._requant_kernel import INT32_MAX, INT32_MIN, requant_prim_func
 from tvmq.targets.host import schedules
 
 from tvmq import numerics
+from tvmq.ir import INT32_MAX, INT32_MIN, requant_prim_func
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 host_build = importlib.import_module("tvmq.targets.host.build")

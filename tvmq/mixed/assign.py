@@ -26,6 +26,7 @@ from ..numerics import QParams
 from ..passes.realize_quantization import SAME_SCALE_KINDS
 from ..targets.accel import AccelConfig
 from ..targets.accel.lower import matmul_rows_reason
+from ..toolchain import cache_root
 from . import cost, ilp, sensitivity
 
 MAC_KINDS = ("conv2d", "matmul")
@@ -199,7 +200,7 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
     sens = sensitivity.measure(
         annotated, [layer.name for layer in macs], [roots[layer.inputs[0]] for layer in macs],
         act_qparams, samples, config.bits, per_channel=config.per_channel_weights,
-        cache_dir=cost.cache_root() / "sensitivity", progress=progress)
+        cache_dir=cache_root() / "sensitivity", progress=progress)
     seconds["sensitivity"] = time.perf_counter() - start
     s = np.stack([sens.pair(w, a) for w, a in choices], axis=1)
     params = np.array([layer.weight.size for layer in macs], np.float64)

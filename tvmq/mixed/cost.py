@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..numerics import Requant
 from ..targets.accel import AccelConfig, emulator
+from ..toolchain import cache_root
 
 HW_FIELDS = ("t_oc", "t_ic", "weight_buffer_bytes", "act_buffer_bytes", "acc_buffer_bytes",
              "dma_bytes_per_cycle")
@@ -112,7 +113,6 @@ def measure_cycles(hw: AccelConfig, shape: ConvShape, w_bits: int, a_bits: int,
     return counters
 
 
-cache_root = emulator.cache_root  # tvmq's cache folder, shared with the emulator build
 
 
 def _sources_hash() -> str:

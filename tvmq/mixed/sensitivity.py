@@ -34,9 +34,9 @@ import tvm_ffi
 from tqdm import tqdm
 from tvm import relax
 
+from ..ir import emit_like
 from ..numerics import QParams, dequantize
 from ..numerics.weights import quantize_weight
-from ..passes._util import emit_like
 from ..passes.annotate_quantizable import composite_kind
 from ..targets.host import build
 

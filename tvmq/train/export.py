@@ -14,7 +14,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from tvmq.passes._util import op_name, shape_of
+from ..ir import op_name, shape_of
 
 OPSET = 17
 _ELEMWISE = {"relax.add": "Add", "relax.subtract": "Sub", "relax.multiply": "Mul",

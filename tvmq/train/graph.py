@@ -6,8 +6,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvmq.passes._util import LINEAR_OPS, bindings_of, op_name
 from tvmq.passes.quantize_gradients import RNG_INPUT
+
+from ..ir import LINEAR_OPS, bindings_of, op_name
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:

@@ -20,9 +20,15 @@ from tvm.relax.training.loss import CrossEntropyLoss
 from tvm.relax.training.optimizer import SGD, Adam, MomentumSGD
 
 from tvmq.frontend import load_model
-from tvmq.passes import _gradients
+from tvmq.passes import gradients
 from tvmq.passes.fake_quantize import FakeQuantize
-from tvmq.passes.quantize_gradients import ADJOINT_FUNC, QuantizeGradients, activation_sites
+from tvmq.passes.quantize_gradients import (
+    ADJOINT_FUNC,
+    QuantizeGradients,
+    activation_sites,
+    register_gradient_quantizer,
+)
+from tvmq.targets.accel import gradq as accel_gradq
 
 from .config import TrainConfig
 from .export import to_onnx
@@ -223,7 +229,7 @@ def training_module(float_mod: tvm.IRModule, config: TrainConfig,
                     num_classes: int) -> tvm.IRModule:
     """`main(x, *params)` -> the relax.training module: FakeQuantize (if configured),
     `backbone`, SetupTrainer (cross-entropy, the optimizer), QuantizeGradients (if configured)."""
-    _gradients.register()
+    gradients.register()
     batch = config.batch_size
     fwd = FakeQuantize(config.requant, config.bits)(float_mod) if config.fake_quant else float_mod
     setup = SetupTrainer(CrossEntropyLoss(reduction="mean"), _optimizer(config),
@@ -235,6 +241,8 @@ def training_module(float_mod: tvm.IRModule, config: TrainConfig,
     sites = activation_sites(train_mod[ADJOINT_FUNC])
     if not config.quantize_logits_grad:
         sites = sites[:-1]  # in forward order: the last is the output layer's
+    # The accelerator's C gradient unit: bit-exact with the NumPy definition, and faster.
+    register_gradient_quantizer(accel_gradq.fake_quantize_gradient)
     return QuantizeGradients(config.activation_grads, config.weight_grads,
                              sites=sites)(train_mod)
 

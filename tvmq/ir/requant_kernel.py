@@ -15,6 +15,7 @@ from tvm import te, tirx
 from tvmq.numerics import Requant
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+REQUANT_ATTR = "tvmq.requant"  # the attribute every requant kernel carries (see the module doc)
 
 
 def _i64(v) -> tirx.PrimExpr:
@@ -160,7 +161,7 @@ def requant_prim_func(
         "qmax": qmax,
         "out_dtype": out_dtype,
     }
-    return func.with_attr("tvmq.requant", attrs)
+    return func.with_attr(REQUANT_ATTR, attrs)
 
 
 def golden_requant(prim: tvm.tirx.PrimFunc, params: list[np.ndarray]):
@@ -169,7 +170,7 @@ def golden_requant(prim: tvm.tirx.PrimFunc, params: list[np.ndarray]):
     Returns (Requant, axis or None, {"zero_point", "qmin", "qmax"}, out_dtype); per-tensor
     parameters, which travel as length-1 tensors, come back as scalars.
     """
-    a = prim.attrs["tvmq.requant"]
+    a = prim.attrs[REQUANT_ATTR]
     axis = None if int(a["axis"]) < 0 else int(a["axis"])
     if axis is None:
         params = [np.asarray(p).reshape(()) for p in params]

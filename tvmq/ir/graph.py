@@ -1,12 +1,10 @@
-"""Small helpers shared by the tvmq passes (private)."""
+"""Reading and rewriting Relax functions: helpers for every pass, target and the oracle."""
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
 from tvm import relax
-
-from ._requant_kernel import requant_prim_func
 
 
 def const_value(expr: relax.Expr) -> np.ndarray | None:
@@ -81,22 +79,6 @@ def rewrite_each_function(mod: tvm.IRModule, mutator) -> tvm.IRModule:
     return relax.transform.DeadCodeElimination(entries)(mutator.builder_.get())
 
 
-def requant_call_like(builder, attrs, acc: relax.Expr, params: list, channels: int,
-                      axis: int) -> relax.Call:
-    """call_tir of a new requant kernel on `acc` with the kind, rounding, zero point, clamp and
-    out dtype of `attrs` (an existing kernel's `tvmq.requant`); per-channel over `channels` on
-    `axis` when that kernel was per-channel, else per-tensor."""
-    per_channel = int(attrs["axis"]) >= 0
-    rounding = str(attrs["rounding"]) or None
-    func = requant_prim_func(shape_of(acc), channels if per_channel else 1,
-                             axis if per_channel else None, str(attrs["kind"]), rounding,
-                             int(attrs["zero_point"]), int(attrs["qmin"]), int(attrs["qmax"]),
-                             str(attrs["out_dtype"]))
-    gv = builder.add_func(func, f"tvmq_requant_{rounding or 'fp32'}")
-    return relax.call_tir(gv, [acc, *params],
-                          relax.TensorType(shape_of(acc), str(attrs["out_dtype"])))
-
-
 def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:
     """Apply a PyExprMutator class to every Relax function of `mod` (module-pass body)."""
     mutator = mutator_cls(mod, *args)
@@ -104,33 +86,3 @@ def rewrite_functions(mod: tvm.IRModule, mutator_cls, *args) -> tvm.IRModule:
         if isinstance(func, relax.Function) and "Composite" not in (func.attrs or {}):
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
-
-
-class RequantChain:
-    """A realized `op [+ bias] -> requant` chain found through the bindings of `main`."""
-
-    def __init__(self, requant_call, bindings, mod):
-        self.requant = requant_call
-        self.prim = mod[requant_call.args[0]]
-        acc, *self.params = requant_call.args[1].fields
-        self.bias = None
-        value = bindings.get(acc)
-        if op_name(value) == "relax.add" and const_value(value.args[1]) is not None:
-            self.bias = const_value(value.args[1])
-            value = bindings.get(value.args[0])
-        self.op = value
-        self.weight = const_value(value.args[1]) if op_name(value) in LINEAR_OPS else None
-
-    @staticmethod
-    def is_requant(value, mod) -> bool:
-        """Is `value` a call_tir to a tvmq requant kernel?"""
-        return op_name(value) == "relax.call_tir" and "tvmq.requant" in (
-            mod[value.args[0]].attrs or {})
-
-    @property
-    def valid(self) -> bool:
-        """An int8 conv2d/matmul with a constant weight feeds this requant."""
-        return self.weight is not None and self.weight.dtype == np.int8
-
-
-LINEAR_OPS = ("relax.nn.conv2d", "relax.matmul")

@@ -1,4 +1,4 @@
-"""Gradients TVM 0.27 lacks, and the straight-through estimator (private).
+"""Gradients TVM 0.27 lacks, and the straight-through estimator.
 
 TVM 0.27's Gradient pass fails on two ops tvmq's training graphs hold:
 - `relax.grad.no_grad` itself has no gradient (it is only what other ops' gradients return to mean

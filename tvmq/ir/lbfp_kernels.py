@@ -23,7 +23,7 @@ from tvm import te, tirx
 
 from tvmq.numerics.lbfp import LBFPFormat
 
-ATTR = "tvmq.lbfp"
+LBFP_ATTR = "tvmq.lbfp"  # the attribute every LBFP kernel carries (see the module doc)
 
 
 def _i64(v) -> tirx.PrimExpr:
@@ -41,7 +41,7 @@ def _fmt_attrs(fmt: LBFPFormat) -> dict:
 
 def format_of(prim: tvm.tirx.PrimFunc, block_axis: int = 1) -> LBFPFormat:
     """The per-channel LBFPFormat (block_size 1 on `block_axis`) a kernel computes with."""
-    a = prim.attrs[ATTR]
+    a = prim.attrs[LBFP_ATTR]
     return LBFPFormat(bits=int(a["bits"]), frac_bits=int(a["frac_bits"]), block_size=1,
                       block_axis=block_axis, lut_bits=int(a["lut_bits"]))
 
@@ -184,4 +184,4 @@ def matmul_prim_func(x_shape, w_shape, fmt: LBFPFormat) -> tvm.tirx.PrimFunc:
 
 def _finish(params, attrs: dict) -> tvm.tirx.PrimFunc:
     func = te.create_prim_func(params).without_attr("global_symbol")
-    return func.with_attr(ATTR, attrs)
+    return func.with_attr(LBFP_ATTR, attrs)
