@@ -134,7 +134,7 @@ class _Renamer(relax.PyExprMutator):
         self.index += 1
 
 
-@tvm.transform.module_pass(opt_level=0, name="AnnotateQuantizable")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.AnnotateQuantizable")
 class AnnotateQuantizable:
     """Group quantizable ops into `tvmq.*` composites and give `main`'s bindings unique names."""
 

@@ -139,7 +139,7 @@ class _Rewriter(relax.PyExprMutator):
         return lin.emit()
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.FoldBatchNorm")
 class FoldBatchNorm:
     """Fold per-channel constant scale/shift after conv2d/matmul into its weight and bias."""
 

@@ -36,7 +36,7 @@ class _Tapper(relax.PyExprMutator):
             self.found[name] = new_var
 
 
-@tvm.transform.module_pass(opt_level=0, name="InsertTaps")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.InsertTaps")
 class InsertTaps:
     """Return the listed intermediate tensors from `main` (or a copy of it) after its output."""
 

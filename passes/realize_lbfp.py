@@ -142,7 +142,7 @@ class _Realizer(relax.PyExprMutator):
         emit_like(self, binding.var, decode)
 
 
-@tvm.transform.module_pass(opt_level=0, name="RealizeLBFP")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.RealizeLBFP")
 class RealizeLBFP:
     """Turn annotated conv2d/matmul composites into LBFP encode / MAC / decode kernels.
 

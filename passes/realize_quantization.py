@@ -233,7 +233,7 @@ class _Realizer(relax.PyExprMutator):
         emit_like(self, binding.var, deq)
 
 
-@tvm.transform.module_pass(opt_level=0, name="RealizeQuantization")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.RealizeQuantization")
 class RealizeQuantization:
     """Turn annotated composites into int8/int32 Relax ops with mult/shift or FP32 requant.
 

@@ -61,7 +61,7 @@ class _Rewriter(relax.PyExprMutator):
         return clip
 
 
-@tvm.transform.module_pass(opt_level=0, name="SimplifyClip")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.SimplifyClip")
 class SimplifyClip:
     """Rewrite importer clip lowerings (TOPI maximum/minimum with a constant) into `R.clip`."""
 

@@ -8,6 +8,7 @@ requantization unit per output lane (`mult_shift` with a rounding mode, or `fp32
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 REQUANTS = ("mult_shift", "fp32")
@@ -102,3 +103,21 @@ def preset(name: str) -> AccelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown accelerator preset {name!r}; use one of {tuple(PRESETS)}.")
     return PRESETS[name]
+
+
+def hardware_for(accel, quant) -> AccelConfig:
+    """The AccelConfig of `tvmq.compile(..., accel=)` for a model quantized with `quant` (a
+    QuantConfig): a preset name (default "npu-small") takes its requant/rounding; an explicit
+    AccelConfig must already have them (ValueError naming both otherwise), except for LBFP
+    schemes, whose layers do not use the requant unit."""
+    rounding = None if quant.requant == "fp32" else quant.rounding
+    if accel is None or isinstance(accel, str):
+        return dataclasses.replace(preset(accel or "npu-small"), requant=quant.requant,
+                                   rounding=rounding)
+    if not isinstance(accel, AccelConfig):
+        raise TypeError(f"accel must be an AccelConfig or a preset name, got {accel!r}")
+    if not quant.is_lbfp and (accel.requant, accel.rounding) != (quant.requant, rounding):
+        raise ValueError(
+            f"AccelConfig {accel.name!r} has a {accel.requant}/{accel.rounding} requant unit but "
+            f"QuantConfig asks for {quant.requant}/{rounding}; make them agree.")
+    return accel

@@ -25,7 +25,9 @@ from ..errors import CompileError
 from ..numerics import QParams
 from ..passes.realize_quantization import SAME_SCALE_KINDS
 from ..targets.accel import AccelConfig
+from ..targets.accel.config import hardware_for
 from ..targets.accel.lower import matmul_rows_reason
+from ..targets.accel.target import load_emulator
 from ..toolchain import cache_root
 from . import cost, ilp, sensitivity
 
@@ -244,3 +246,11 @@ def _tensor_bits(macs, choice, roots) -> dict[str, int]:
                 f"({root!r}) but ask for a_bits {bits[root][0]} and {a}; give them one width.")
         bits[root] = (a, layer.name)
     return {root: a for root, (a, _) in bits.items() if a != 8}
+
+
+def cost_device(accel, config) -> AccelConfig:
+    """The accelerator whose measured cycles scheme "mixed" budgets: `tvmq.compile(..., accel=)`
+    (a preset name or an AccelConfig, default "npu-small"), its C emulator loaded."""
+    hw = hardware_for(accel, config)
+    load_emulator("scheme='mixed' (costs from the emulator)")
+    return hw

@@ -1,0 +1,54 @@
+"""The quantizable layers of an annotated model (the `tvmq.*` composites of AnnotateQuantizable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .passes.annotate_quantizable import composite_kind
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantized op of the annotated graph: binding name, kind, input names, output shape,
+    and the float weight of a conv2d/matmul."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    weight: np.ndarray | None
+
+
+def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
+    """The `tvmq.*` composite calls of `main` in order, and the float ops left outside them."""
+    layers, float_ops = [], []
+    for block in annotated["main"].body.blocks:
+        for binding in block.bindings:
+            value, name = binding.value, binding.var.name
+            kind = composite_kind(annotated, value)
+            if kind is None:
+                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                    float_ops.append(f"{name} ({value.op.name.removeprefix('relax.')})")
+                continue
+            weight = None
+            if kind in ("conv2d", "matmul"):
+                func = annotated[value.op]
+                first = func.body.blocks[0].bindings[0].value
+                weight = first.args[1].value.numpy()
+            layers.append(Layer(name, kind, tuple(a.name for a in value.args),
+                                tuple(int(d) for d in binding.var.ty.shape), weight))
+    return layers, float_ops
+
+
+def tensor_names(layers: list[Layer]) -> list[str]:
+    """Every tensor a layer reads or writes, in graph order (the calibration taps)."""
+    names = []
+    for layer in layers:
+        for n in (*layer.inputs, layer.name):
+            if n not in names:
+                names.append(n)
+    return names
