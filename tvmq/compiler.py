@@ -238,7 +238,8 @@ def _accel_config(accel, config: QuantConfig) -> AccelConfig:
                                    rounding=rounding)
     if not isinstance(accel, AccelConfig):
         raise TypeError(f"accel must be an AccelConfig or a preset name, got {accel!r}")
-    if (accel.requant, accel.rounding) != (config.requant, rounding):
+    # LBFP layers do not use the requant unit (and QuantConfig refuses requant for LBFP).
+    if not config.is_lbfp and (accel.requant, accel.rounding) != (config.requant, rounding):
         raise ValueError(
             f"AccelConfig {accel.name!r} has a {accel.requant}/{accel.rounding} requant unit but "
             f"QuantConfig asks for {config.requant}/{rounding}; make them agree.")
