@@ -3,6 +3,7 @@ import pytest
 
 from tvmq import data
 from tvmq.cli import build_parser, cli_words, main
+from tvmq.config import SCHEMES
 
 
 def test_help_lists_commands(capsys):
@@ -89,8 +90,34 @@ def test_compile_for_mcu_writes_the_c_project_or_refuses_with_the_numbers(tmp_pa
     assert not (tmp_path / "x").exists()
 
 
+def test_a_flag_for_another_scheme_is_a_usage_error(tmp_path, capsys):
+    assert main(["compile", str(tmp_path / "nope.onnx"), "--calib", "c.npz", "--out",
+                 str(tmp_path / "o"), "--latency-budget", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "tvmq compile: error: --latency-budget 0.5 applies to scheme 'mixed' only (scheme is "
+        "'int8'); drop it or use --scheme mixed.\n")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_flags_left_out_never_trip_the_scheme_check(tmp_path, capsys, scheme):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")  # the folder check is the next error
+    assert main(["compile", "m.onnx", "--calib", "c.npz", "--out", str(tmp_path / "o"),
+                 "--scheme", scheme]) == 2
+    assert "holds files tvmq did not write" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("python, cli", [
     ("QuantConfig.latency_budget=0.3 cannot be met", "--latency-budget 0.3 cannot be met"),
+    ("QuantConfig.requant='fp32' applies to schemes 'int8', 'mixed' only (scheme is 'lbfp8')",
+     "--requant fp32 applies to schemes 'int8', 'mixed' only (scheme is 'lbfp8')"),
+    ("QuantConfig.rounding='single' applies to requant='mult_shift' only",
+     "--rounding single applies to --requant mult_shift only"),
+    ("QuantConfig.per_channel_weights=False applies", "--per-tensor-weights applies"),
+    ("QuantConfig.symmetric_activations=True applies", "--symmetric-activations applies"),
+    ("drop it or use scheme='mixed'.", "drop it or use --scheme mixed."),
+    ("kind='fp32' takes rounding=None", "kind='fp32' takes rounding=None"),  # not a flag
     ("but McuConfig.ram_bytes is 1,000", "but --ram-bytes is 1,000"),
     ("Pass mcu=McuConfig(allow_float=True) to accept", "Pass --allow-float to accept"),
     ("pass overwrite=True (CLI: --force) to replace", "pass --force to replace"),

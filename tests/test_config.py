@@ -1,6 +1,11 @@
+import dataclasses
+import json
+from dataclasses import fields
+
 import pytest
 
 from tvmq import QuantConfig
+from tvmq.config import DEFAULTS, FIELD_SCHEMES, SCHEMES
 
 
 @pytest.mark.parametrize("field,value", [("scheme", "int3"), ("requant", "float"),
@@ -72,3 +77,111 @@ def test_mixed_defaults_and_label():
 def test_mixed_bits_must_include_8():
     with pytest.raises(ValueError, match=r"bits=\(4,\): include 8"):
         QuantConfig(scheme="mixed", bits=(4,))
+
+
+# A valid value other than the default for every field (for the scheme it applies to).
+NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="kl",
+                   per_channel_weights=False, symmetric_activations=True, sqnr_samples=0,
+                   lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
+                   weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
+                   sensitivity_samples=4)
+NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
+                if s not in schemes]
+APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]
+
+
+def test_the_table_names_every_field_and_only_known_schemes():
+    assert list(FIELD_SCHEMES) == [f.name for f in fields(QuantConfig)] == list(NON_DEFAULT)
+    assert all(set(s) <= set(SCHEMES) and s for s in FIELD_SCHEMES.values())
+    assert NOT_APPLYING and all(DEFAULTS[f] != NON_DEFAULT[f] for f in FIELD_SCHEMES)
+
+
+@pytest.mark.parametrize("field,scheme", NOT_APPLYING)
+def test_a_field_set_under_a_scheme_it_does_not_apply_to_is_rejected(field, scheme):
+    value = NON_DEFAULT[field]
+    applies_to = FIELD_SCHEMES[field]
+    which = (f"scheme '{applies_to[0]}'" if len(applies_to) == 1
+             else "schemes " + ", ".join(f"'{s}'" for s in applies_to))
+    with pytest.raises(ValueError) as err:
+        QuantConfig(scheme=scheme, **{field: value})
+    assert str(err.value).startswith(f"QuantConfig.{field}={value!r} applies to {which} only "
+                                     f"(scheme is '{scheme}'); drop it or use ")
+
+
+@pytest.mark.parametrize("field,scheme", APPLYING)
+def test_a_field_set_under_a_scheme_it_applies_to_is_kept(field, scheme):
+    cfg = QuantConfig(scheme=scheme, **{field: NON_DEFAULT[field]})
+    assert getattr(cfg, field) == NON_DEFAULT[field]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_defaults_never_trip_the_check_even_when_given(scheme):
+    given = {f: v for f, v in DEFAULTS.items() if f not in ("scheme", "bits")}
+    cfg = QuantConfig(scheme=scheme, bits=[4, 8], **given)
+    assert cfg == QuantConfig(scheme=scheme) and cfg.bits == (4, 8)
+
+
+def test_one_message_names_the_field_the_value_the_scheme_and_the_fix():
+    with pytest.raises(ValueError) as err:
+        QuantConfig(scheme="int8", latency_budget=0.5)
+    assert str(err.value) == ("QuantConfig.latency_budget=0.5 applies to scheme 'mixed' only "
+                              "(scheme is 'int8'); drop it or use scheme='mixed'.")
+    with pytest.raises(ValueError) as err:
+        QuantConfig(scheme="lbfp8", requant="fp32")
+    assert str(err.value) == ("QuantConfig.requant='fp32' applies to schemes 'int8', 'mixed' "
+                              "only (scheme is 'lbfp8'); drop it or use one of those schemes.")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "mixed"])
+def test_rounding_applies_to_mult_shift_only(scheme):
+    with pytest.raises(ValueError) as err:
+        QuantConfig(scheme=scheme, requant="fp32", rounding="tonearest")
+    assert str(err.value) == ("QuantConfig.rounding='tonearest' applies to requant='mult_shift' "
+                              "only (requant is 'fp32'); drop it or use requant='mult_shift'.")
+    assert QuantConfig(scheme=scheme, requant="fp32", rounding="double").requant == "fp32"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_equal_configs_hash_equal(scheme):
+    kwargs = {f: NON_DEFAULT[f] for f, schemes in FIELD_SCHEMES.items()
+              if scheme in schemes and f not in ("scheme", "rounding")}  # rounding: fp32 here
+    a, b = QuantConfig(scheme=scheme, **kwargs), QuantConfig(scheme=scheme, **kwargs)
+    assert a == b and hash(a) == hash(b) and len({a, b, QuantConfig(scheme=scheme)}) == 2
+
+
+def test_every_field_that_applies_takes_part_in_hash_and_equality():
+    base = QuantConfig(scheme="mixed")
+    for field in ("requant", "per_channel_weights", "bits", "latency_budget", "layer_bits"):
+        other = dataclasses.replace(base, **{field: NON_DEFAULT[field]})
+        assert other != base and hash(other) != hash(base), field
+
+
+def test_layer_bits_dict_in_immutable_and_hashable_stored():
+    given = {"conv2d_1": [4, 8], "conv2d_0": (8, 4)}
+    cfg = QuantConfig(scheme="mixed", layer_bits=given)
+    given["conv2d_0"] = (4, 4)  # the caller's dict is not shared
+    assert cfg.layer_bits == {"conv2d_0": (8, 4), "conv2d_1": (4, 8)}
+    assert list(cfg.layer_bits) == ["conv2d_0", "conv2d_1"]
+    assert cfg.layer_bits.get("conv2d_1") == (4, 8) and cfg.layer_bits.get("x", (8, 8)) == (8, 8)
+    with pytest.raises(TypeError):
+        cfg.layer_bits["conv2d_0"] = (8, 8)
+    same = QuantConfig(scheme="mixed", layer_bits={"conv2d_0": (8, 4), "conv2d_1": (4, 8)})
+    assert same == cfg and hash(same) == hash(cfg)
+
+
+def test_to_dict_is_json_and_round_trips():
+    cfg = QuantConfig(scheme="mixed", layer_bits={"conv2d_0": (4, 8)}, bits=[8, 4],
+                      weight_budget=0.5, observer="percentile")
+    d = cfg.to_dict()
+    assert d["layer_bits"] == {"conv2d_0": [4, 8]}
+    assert json.loads(json.dumps(d)) == {**d, "bits": [4, 8]}
+    assert QuantConfig(**d) == cfg and QuantConfig(**json.loads(json.dumps(d))) == cfg
+    for cfg in (QuantConfig(), QuantConfig(scheme="lbfp6", lbfp_block_size=8)):
+        assert QuantConfig(**cfg.to_dict()) == cfg
+
+
+def test_replace_keeps_working_and_rechecks():
+    cfg = QuantConfig(scheme="mixed", layer_bits={"conv2d_0": (4, 8)})
+    assert dataclasses.replace(cfg, sqnr_samples=0).layer_bits == cfg.layer_bits
+    with pytest.raises(ValueError, match=r"layer_bits=LayerBits.* applies to scheme 'mixed'"):
+        dataclasses.replace(cfg, scheme="int8")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
+from .config import DEFAULTS, OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
 from .errors import CompileError
 from .targets.accel import PRESETS
 
@@ -33,32 +33,36 @@ EPILOG = """examples:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("quantization")
-    g.add_argument("--scheme", default="int8", choices=SCHEMES, help="number format (default int8)")
-    g.add_argument("--requant", default="mult_shift", choices=REQUANTS,
-                   help="int32 -> int8 rescaling: integer multiplier+shift or one float32 multiply")
-    g.add_argument("--rounding", default="double", choices=ROUNDINGS,
-                   help="mult_shift rounding: gemmlowp double, CMSIS-NN single, TVM tonearest")
-    g.add_argument("--observer", default=None, choices=OBSERVERS,
+    """The QuantConfig flags, with QuantConfig's own defaults: a flag left out never trips its
+    check that fields fit the scheme (e.g. --latency-budget is for --scheme mixed only)."""
+    g = p.add_argument_group("quantization (a flag for another --scheme is an error)")
+    g.add_argument("--scheme", default=DEFAULTS["scheme"], choices=SCHEMES, help="number format")
+    g.add_argument("--requant", default=DEFAULTS["requant"], choices=REQUANTS,
+                   help="int8, mixed: int32 -> int8 rescaling: integer multiplier+shift or one "
+                   "float32 multiply")
+    g.add_argument("--rounding", default=DEFAULTS["rounding"], choices=ROUNDINGS,
+                   help="int8, mixed with --requant mult_shift: gemmlowp double, CMSIS-NN "
+                   "single, TVM tonearest")
+    g.add_argument("--observer", default=DEFAULTS["observer"], choices=OBSERVERS,
                    help="activation range from calibration data (default minmax); LBFP block "
                    "exponents: minmax (default) or kl")
-    g.add_argument("--lbfp-frac-bits", type=int, default=None,
+    g.add_argument("--lbfp-frac-bits", type=int, default=DEFAULTS["lbfp_frac_bits"],
                    help="LBFP fractional bits of the log code (default 4/2/1 for lbfp8/6/4)")
-    g.add_argument("--lbfp-block-size", type=int, default=16,
-                   help="LBFP elements sharing one exponent (default 16)")
-    g.add_argument("--bits", type=_ints, default=(4, 8), metavar="4,8",
-                   help="mixed: candidate weight/activation widths (default 4,8)")
-    g.add_argument("--latency-budget", type=float, default=0.75, metavar="F",
-                   help="mixed: accelerator cycles at most F x uniform INT8 (default 0.75)")
-    g.add_argument("--weight-budget", type=float, default=None, metavar="F",
+    g.add_argument("--lbfp-block-size", type=int, default=DEFAULTS["lbfp_block_size"],
+                   help="LBFP elements sharing one exponent")
+    g.add_argument("--bits", type=_ints, default=DEFAULTS["bits"], metavar="4,8",
+                   help="mixed: candidate weight/activation widths")
+    g.add_argument("--latency-budget", type=float, default=DEFAULTS["latency_budget"],
+                   metavar="F", help="mixed: accelerator cycles at most F x uniform INT8")
+    g.add_argument("--weight-budget", type=float, default=DEFAULTS["weight_budget"], metavar="F",
                    help="mixed: weight bytes at most F x uniform INT8 (default: no limit)")
-    g.add_argument("--bops-budget", type=float, default=None, metavar="F",
+    g.add_argument("--bops-budget", type=float, default=DEFAULTS["bops_budget"], metavar="F",
                    help="mixed: bit operations (MACs x w_bits x a_bits) at most F x uniform INT8 "
                    "(default: no limit)")
     g.add_argument("--per-tensor-weights", action="store_true",
-                   help="one weight scale per tensor instead of per output channel")
+                   help="int8, mixed: one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
-                   help="activation zero point 0 (default: asymmetric)")
+                   help="int8, mixed: activation zero point 0 (default: asymmetric)")
 
 
 def _config(args) -> QuantConfig:
@@ -209,11 +213,12 @@ def cmd_compile(args) -> int:
     from .output_folder import check_output_folder
     from .targets.mcu import McuConfig
 
+    config = _config(args)  # usage errors first
     check_output_folder(args.out, args.force)  # before any work
     mcu = None
     if args.target == "mcu":
         mcu = McuConfig(args.ram_bytes, args.flash_bytes, args.allow_float)
-    cm = compile(args.model, target=args.target, config=_config(args), calib=args.calib,
+    cm = compile(args.model, target=args.target, config=config, calib=args.calib,
                  input_shape=args.input_shape, accel=args.accel, mcu=mcu,
                  progress=not args.quiet)
     print(cm.report())
@@ -228,9 +233,10 @@ def cmd_tune(args) -> int:
     from .targets.host.benchmark import benchmark
     from .targets.host.tune import tune_model
 
+    config = _config(args)
     if args.budget <= 0:
         raise CompileError(f"--budget {args.budget}: give a positive number of seconds.")
-    cm = compile(args.model, config=_config(args), calib=args.calib,
+    cm = compile(args.model, config=config, calib=args.calib,
                  input_shape=args.input_shape, progress=not args.quiet)
     result = tune_model(cm.quant_mod, args.budget, progress=not args.quiet)
     print(result.table())
@@ -268,12 +274,13 @@ def cmd_demo(args) -> int:
     from .frontend import load_model
     from .targets.host import build
 
+    config = _config(args)
     x_calib, x_test, y_test = data.load_digits()
     float_mod, _ = load_model(data.digits_model_path())
     float_model = build(float_mod)
     fp32 = np.concatenate([float_model.run(x[None]) for x in x_test])
     start = time.perf_counter()
-    cm = compile(data.digits_model_path(), config=_config(args), calib=x_calib,
+    cm = compile(data.digits_model_path(), config=config, calib=x_calib,
                  progress=not args.quiet)
     seconds = time.perf_counter() - start
     quant = cm.run(x_test)
@@ -341,21 +348,34 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "lbfp_block_size",
                "bits", "latency_budget", "weight_budget", "bops_budget", "symmetric_activations",
                "ram_bytes", "flash_bytes", "allow_float")
+# Config values set by an on/off flag.
+FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
+                 "symmetric_activations=True": "--symmetric-activations"}
 
 
 def cli_words(message: str) -> str:
     """An error message in the CLI's words: `QuantConfig.latency_budget=2` -> `--latency-budget
-    2`, `mcu=McuConfig(allow_float=True)` -> `--allow-float`, `overwrite=True (CLI: --force)` ->
+    2`, `QuantConfig.requant='fp32'` or `requant='fp32'` -> `--requant fp32`,
+    `QuantConfig.per_channel_weights=False` -> `--per-tensor-weights`,
+    `mcu=McuConfig(allow_float=True)` -> `--allow-float`, `overwrite=True (CLI: --force)` ->
     `--force`."""
     def flag(field: str) -> str:
         return "--" + field.replace("_", "-")
 
+    def field_words(m: re.Match) -> str:
+        field, equals, quoted = m[1], m[2], m[3]
+        if field not in FLAG_FIELDS:
+            return m[0]
+        return flag(field) + (f" {quoted}" if quoted is not None else " " * bool(equals))
+
     message = re.sub(r"\S+=\S+ \(CLI: ([^)]+)\)", r"\1", message)
     message = re.sub(r"(?:mcu=)?McuConfig\((\w+)=True\)",
                      lambda m: flag(m[1]) if m[1] in FLAG_FIELDS else m[0], message)
-    return re.sub(r"\b(?:QuantConfig|McuConfig)\.(\w+)(=?)",
-                  lambda m: flag(m[1]) + " " * bool(m[2]) if m[1] in FLAG_FIELDS else m[0],
-                  message)
+    message = re.sub(r"\bQuantConfig\.(\w+=\w+)\b",
+                     lambda m: FLAG_SWITCHES.get(m[1], m[0]), message)
+    message = re.sub(r"\b(?:QuantConfig|McuConfig)\.(\w+)(?:(=)(?:'([^']*)')?)?", field_words,
+                     message)
+    return re.sub(r"(?<![\w.])(\w+)(=)'([^']*)'", field_words, message)
 
 
 def main(argv: list[str] | None = None) -> int:

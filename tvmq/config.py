@@ -1,19 +1,48 @@
-"""QuantConfig: how tvmq quantizes a model (validated on construction)."""
+"""QuantConfig: how tvmq quantizes a model (validated on construction, per scheme)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 
 from .numerics.lbfp import LBFPFormat
 
 SCHEMES = ("int8", "mixed", "lbfp8", "lbfp6", "lbfp4")
+INTEGER_SCHEMES = ("int8", "mixed")  # int8/int4 values, integer or fp32 requant
+LBFP_SCHEMES = ("lbfp8", "lbfp6", "lbfp4")
 MIXED_BITS = (4, 8)  # operand widths the mixed-precision search chooses from (the accel's MACs)
 LBFP_OBSERVERS = ("kl", "minmax")  # kl: the paper's exponent choice; minmax: ceil(log2 max)
 LBFP_FRAC_BITS = {8: 4, 6: 2, 4: 1}  # default fractional bits of the log code per width
 REQUANTS = ("mult_shift", "fp32")
 ROUNDINGS = ("double", "single", "tonearest")
 OBSERVERS = ("minmax", "percentile", "kl", "mse")
+
+# The schemes each QuantConfig field means something to. Under any other scheme the field must
+# keep its default: QuantConfig raises rather than ignore it. (rounding also needs
+# requant="mult_shift".) The one table behind the check, the docstring and `label`.
+FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
+    "scheme": SCHEMES,
+    "requant": INTEGER_SCHEMES,  # the LBFP path has no requant (passes/realize_lbfp.py)
+    "rounding": INTEGER_SCHEMES,
+    "observer": SCHEMES,  # LBFP: how block exponents are chosen
+    "per_channel_weights": INTEGER_SCHEMES,  # LBFP: one exponent per block of channels
+    "symmetric_activations": INTEGER_SCHEMES,  # LBFP has no zero point
+    "sqnr_samples": SCHEMES,
+    "lbfp_frac_bits": LBFP_SCHEMES,
+    "lbfp_block_size": LBFP_SCHEMES,
+    "bits": ("mixed",),
+    "latency_budget": ("mixed",),
+    "weight_budget": ("mixed",),
+    "bops_budget": ("mixed",),
+    "layer_bits": ("mixed",),
+    "sensitivity_samples": ("mixed",),
+}
+
+
+def applies(field: str, scheme: str) -> bool:
+    """Whether QuantConfig.`field` means something under `scheme` (FIELD_SCHEMES)."""
+    return scheme in FIELD_SCHEMES[field]
 
 
 def _check_choice(field: str, value, allowed, context: str = "") -> None:
@@ -22,9 +51,36 @@ def _check_choice(field: str, value, allowed, context: str = "") -> None:
                          f"{allowed}.")
 
 
+class LayerBits(Mapping):
+    """An immutable, hashable {layer name: (w_bits, a_bits)} mapping, sorted by name
+    (QuantConfig.layer_bits). Compares equal to a dict with the same pairs."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Mapping):
+        self._pairs = dict(sorted((str(name), tuple(int(b) for b in pair))
+                                  for name, pair in pairs.items()))
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        return self._pairs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._pairs.items()))
+
+    def __repr__(self) -> str:
+        return f"LayerBits({self._pairs!r})"
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    """Quantization settings.
+    """Quantization settings. A field that does not apply to `scheme` (see the table below)
+    must keep its default: setting it raises ValueError instead of being ignored.
 
     Parameters
     ----------
@@ -36,19 +92,21 @@ class QuantConfig:
         outputs, int64 accumulators; the ops between MAC layers run in float32 on decoded
         values.
     requant : "mult_shift" | "fp32"
-        Integer Q31 multiplier + shift, or one float32 multiply (the first paper's two options).
+        int8, mixed: integer Q31 multiplier + shift, or one float32 multiply (the first paper's
+        two options).
     rounding : "double" | "single" | "tonearest"
-        mult_shift rounding: gemmlowp/TFLite double rounding, CMSIS-NN single rounding (half up),
-        TVM QNN TONEAREST (half away from zero). Ignored for fp32.
+        int8, mixed with requant "mult_shift": gemmlowp/TFLite double rounding, CMSIS-NN single
+        rounding (half up), TVM QNN TONEAREST (half away from zero).
     observer : "minmax" | "percentile" | "kl" | "mse"
         How activation ranges are chosen from calibration data (default minmax). For LBFP,
         how block exponents are chosen: "minmax" (ceil log2 max, nothing saturates) or "kl"
         (the paper's KL divergence; it saturates rare large values and measured lower SQNR and
         accuracy on PP-OCR, see benchmarks/accuracy.py).
     per_channel_weights : bool
-        One weight scale per output channel (default) or per tensor.
+        int8, mixed: one weight scale per output channel (default) or per tensor.
     symmetric_activations : bool
-        Zero point 0 for activations (default: asymmetric, zero point chosen from the range).
+        int8, mixed: zero point 0 for activations (default: asymmetric, zero point chosen from
+        the range).
     sqnr_samples : int
         Calibration samples kept to measure each layer's SQNR for the report (0 disables).
     lbfp_frac_bits : int, optional
@@ -67,14 +125,23 @@ class QuantConfig:
         uniform INT8.
     layer_bits : dict[str, tuple[int, int]], optional
         mixed: fixed (w_bits, a_bits) per layer name (report names, e.g. "conv2d_0"); skips the
-        search. Layers not named take (8, 8).
+        search. Layers not named take (8, 8). Stored as an immutable `LayerBits` mapping.
     sensitivity_samples : int
         mixed: calibration samples the sensitivity of each layer is measured on (default 8).
+
+    Notes
+    -----
+    Fields by scheme (FIELD_SCHEMES):
+
+    FIELDS_BY_SCHEME
 
     Example
     -------
     >>> QuantConfig(requant="fp32", observer="kl")  # doctest: +ELLIPSIS
     QuantConfig(scheme='int8', requant='fp32', ...)
+    >>> QuantConfig(latency_budget=0.5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: QuantConfig.latency_budget=0.5 applies to scheme 'mixed' only (scheme is ...
     """
 
     scheme: str = "int8"
@@ -90,13 +157,18 @@ class QuantConfig:
     latency_budget: float = 0.75
     weight_budget: float | None = None
     bops_budget: float | None = None
-    layer_bits: dict | None = None
+    layer_bits: Mapping[str, tuple[int, int]] | None = None
     sensitivity_samples: int = 8
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
+        self._check_fields_apply()
         _check_choice("requant", self.requant, REQUANTS)
         _check_choice("rounding", self.rounding, ROUNDINGS)
+        if self.requant == "fp32" and self.rounding != DEFAULTS["rounding"]:
+            raise ValueError(f"QuantConfig.rounding={self.rounding!r} applies to "
+                             f"requant='mult_shift' only (requant is 'fp32'); drop it or use "
+                             "requant='mult_shift'.")
         if self.observer is None:
             object.__setattr__(self, "observer", "minmax")
         _check_choice("observer", self.observer, LBFP_OBSERVERS if self.is_lbfp else OBSERVERS,
@@ -112,6 +184,20 @@ class QuantConfig:
             raise ValueError(
                 f"QuantConfig.sqnr_samples={self.sqnr_samples!r}; use an integer >= 0.")
         self._check_mixed()
+
+    def _check_fields_apply(self) -> None:
+        """Raise on the first field set away from its default that `scheme` does not use."""
+        for field, schemes in FIELD_SCHEMES.items():
+            value = getattr(self, field)
+            if self.scheme in schemes or _is_default(field, value):
+                continue
+            if len(schemes) == 1:
+                which, fix = f"scheme {schemes[0]!r}", f"scheme={schemes[0]!r}"
+            else:
+                which = "schemes " + ", ".join(map(repr, schemes))
+                fix = "one of those schemes"
+            raise ValueError(f"QuantConfig.{field}={value!r} applies to {which} only (scheme "
+                             f"is {self.scheme!r}); drop it or use {fix}.")
 
     def _check_mixed(self) -> None:
         bits = tuple(self.bits) if isinstance(self.bits, list | tuple) else None
@@ -134,7 +220,7 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.sensitivity_samples={self.sensitivity_samples!r}; "
                              "use an integer >= 1.")
         if self.layer_bits is not None:
-            if not isinstance(self.layer_bits, dict):
+            if not isinstance(self.layer_bits, Mapping):
                 raise ValueError(f"QuantConfig.layer_bits={self.layer_bits!r}: use a dict "
                                  "{layer name: (w_bits, a_bits)}.")
             for name, pair in self.layer_bits.items():
@@ -142,9 +228,7 @@ class QuantConfig:
                         or any(b not in self.bits for b in pair)):
                     raise ValueError(f"QuantConfig.layer_bits[{name!r}]={pair!r}: use a "
                                      f"(w_bits, a_bits) pair of widths from bits={self.bits}.")
-            object.__setattr__(self, "layer_bits",
-                               {str(n): tuple(int(b) for b in p)
-                                for n, p in self.layer_bits.items()})
+            object.__setattr__(self, "layer_bits", LayerBits(self.layer_bits))
 
     @property
     def is_mixed(self) -> bool:
@@ -168,17 +252,49 @@ class QuantConfig:
 
     @property
     def label(self) -> str:
-        """Short name, e.g. 'int8 mult_shift/double minmax' or 'lbfp8 f3 b16 kl'."""
-        if self.is_lbfp:
+        """Short name from the fields that apply to the scheme: scheme, LBFP format, mixed
+        search, requant, observer; e.g. 'int8 mult_shift/double minmax', 'lbfp8 f3 b16 kl',
+        'mixed w,a 4/8 75% cycles fp32 minmax'."""
+        words = [self.scheme]
+        if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
-            return f"{self.scheme} f{fmt.frac_bits} b{fmt.block_size} {self.observer}"
-        rq = self.requant if self.requant == "fp32" else f"{self.requant}/{self.rounding}"
-        if self.is_mixed:
-            widths = "/".join(map(str, self.bits))
+            words.append(f"f{fmt.frac_bits} b{fmt.block_size}")
+        if applies("bits", self.scheme):
             search = ("fixed" if self.layer_bits is not None
                       else f"{100 * self.latency_budget:g}% cycles")
-            return f"mixed w,a {widths} {search} {rq} {self.observer}"
-        return f"{self.scheme} {rq} {self.observer}"
+            words.append(f"w,a {'/'.join(map(str, self.bits))} {search}")
+        if applies("requant", self.scheme):
+            words.append(self.requant if self.requant == "fp32"
+                         else f"{self.requant}/{self.rounding}")
+        return " ".join([*words, self.observer])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field by name, JSON-serializable: layer_bits as {name: [w_bits, a_bits]}.
+        `QuantConfig(**cfg.to_dict()) == cfg`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.layer_bits is not None:
+            out["layer_bits"] = {name: list(pair) for name, pair in self.layer_bits.items()}
+        return out
+
+
+DEFAULTS = {f.name: f.default for f in fields(QuantConfig)}
+
+
+def _is_default(field: str, value) -> bool:
+    """Whether `value` is the field's default (a list compares as a tuple: bits=[4, 8])."""
+    if isinstance(value, list):
+        value = tuple(value)
+    return value == DEFAULTS[field]
+
+
+def _fields_by_scheme() -> str:
+    """The docstring's table: one line per group of schemes, the fields that apply to it."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for field, schemes in FIELD_SCHEMES.items():
+        groups.setdefault(schemes, []).append(field)
+    names = {SCHEMES: "every scheme"}
+    return "\n    ".join(f"- {names.get(s, ', '.join(s))}: {', '.join(f)}"
+                         for s, f in groups.items())
+
+
+QuantConfig.__doc__ = QuantConfig.__doc__.replace("FIELDS_BY_SCHEME", _fields_by_scheme())
