@@ -1,5 +1,9 @@
 """Shared fixtures: bundled digits data, tiny ONNX models, compiled models cached per config.
 
+Every pass run during the session (tvmq's and TVM's, including those inside tvmq.compile and
+in fixtures) is followed by `relax.analysis.well_formed` on its result when that holds a Relax
+function (`WellFormedAfterEachPass`, entered by the autouse fixture `well_formed_passes`).
+
 The session runs with tvmq's cache folder (tuning, cost and sensitivity caches, emulator
 builds) and XDG_CACHE_HOME (onnxruntime writes a device id there) in a fresh temporary
 folder: a user's cache cannot change a result and no test writes to the home folder. A test
@@ -16,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
 
 import tvmq
 from tvmq import data
@@ -52,6 +58,36 @@ def pytest_unconfigure(config) -> None:
         else:
             os.environ[name] = value
     _caller_env.clear()
+
+
+@tvm.ir.instrument.pass_instrument
+class WellFormedAfterEachPass:
+    """Raise AssertionError, naming the pass, after any pass that returns a module whose Relax
+    functions are not well formed; modules with no Relax function (TIR lowering) are skipped.
+    `checked` lists the name of every pass whose result was checked, in order."""
+
+    def __init__(self):
+        self.checked: list[str] = []
+
+    def run_after_pass(self, mod, info) -> None:
+        if not any(isinstance(f, relax.Function) for _, f in mod.functions_items()):
+            return
+        try:
+            relax.analysis.well_formed(mod)
+        except Exception as err:  # TVM raises its own error kinds (ValueError, TVMError, ...)
+            raise AssertionError(f"pass {info.name} returned a Relax module that is not well "
+                                 f"formed: {err}") from err
+        self.checked.append(info.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def well_formed_passes():
+    """The session's PassContext carries a WellFormedAfterEachPass (yielded). Session scope, so
+    that passes run by module- and session-scoped fixtures are checked too. A test that opens
+    its own PassContext without this instrument runs its passes unchecked."""
+    instrument = WellFormedAfterEachPass()
+    with tvm.transform.PassContext(instruments=[instrument]):
+        yield instrument
 
 
 def make_onnx(nodes, initializers: dict[str, np.ndarray], input_shape, output_shape,

@@ -1,11 +1,16 @@
 """RealizeLBFP and its kernels: every kernel equals the golden lbfp functions, and compiled LBFP
 models equal the NumPy oracle bit for bit on small graphs of each MAC kind."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tvm
 from onnx import helper
 from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvmq.passes.realize_lbfp import RealizeLBFP
 from tvmq.targets.host import build
 
 import tvmq
@@ -179,3 +184,173 @@ def test_model_without_mac_layers_is_refused():
     with pytest.raises(CompileError, match="conv2d/matmul"):
         tvmq.compile(model, config=tvmq.QuantConfig(scheme="lbfp6"),
                      calib=np.ones((2, 3), np.float32), progress=False)
+
+
+# ---- Before / Expected: the kernels each MAC composite becomes -----------------------------------
+# Expected uses the public kernel builders (tvmq.ir.lbfp_kernels) and computes weight words,
+# exponents, e_ref and the bias in accumulator units with tvmq.numerics.lbfp.
+
+FMT = lbfp.LBFPFormat(bits=8, frac_bits=4, block_size=2, block_axis=1)
+W_A = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+B_A = RNG.normal(size=(1, 4, 1, 1)).astype(np.float32)
+W_B = RNG.normal(size=(2, 4, 1, 1)).astype(np.float32)
+W_M = RNG.normal(size=(6, 5)).astype(np.float32)
+EXPS = {"x": np.array([0, 1, -1], np.int32), "conv2d_0": np.array([2, 2, 1, 0], np.int32),
+        "conv2d_1": np.array([3, 1], np.int32), "s": np.array([0, 0, 1, 1, -2, 2], np.int32),
+        "matmul_0": np.array([1, 2, 3, 0, -1], np.int32)}
+
+
+@I.ir_module
+class ConvChainBefore:
+    @R.function(private=True)
+    def fused_relax_nn_conv2d_relax_add_relax_nn_relu(x: R.Tensor((1, 3, 5, 5), "float32")):
+        R.func_attr({"Composite": "tvmq.conv2d", "Primitive": True})
+        with R.dataflow():
+            c = R.nn.conv2d(x, R.const(W_A), padding=[1, 1])
+            b = R.add(c, R.const(B_A))
+            gv = R.nn.relu(b)
+            R.output(gv)
+        return gv
+
+    @R.function(private=True)
+    def fused_relax_nn_conv2d(r: R.Tensor((1, 4, 5, 5), "float32")):
+        R.func_attr({"Composite": "tvmq.conv2d", "Primitive": True})
+        with R.dataflow():
+            gv = R.nn.conv2d(r, R.const(W_B), strides=[2, 2])
+            R.output(gv)
+        return gv
+
+    @R.function
+    def main(x: R.Tensor((1, 3, 5, 5), "float32")):
+        cls = ConvChainBefore
+        with R.dataflow():
+            conv2d_0 = cls.fused_relax_nn_conv2d_relax_add_relax_nn_relu(x)
+            conv2d_1 = cls.fused_relax_nn_conv2d(conv2d_0)
+            R.output(conv2d_1)
+        return conv2d_1
+
+
+def _call(bb, prim, name, args, shape, dtype):
+    gv = bb.add_func(prim, name)
+    args = [relax.const(a, str(a.dtype)) if isinstance(a, np.ndarray) else a for a in args]
+    return relax.call_tir(gv, args, relax.TensorType(shape, dtype))
+
+
+def _conv_words(bb, x_words, x_exp, w, out_exp, out_shape, geometry, bias=None, lo=None):
+    """The words of one conv layer: conv2d kernel (int64) [+ bias] -> encode with out_exp."""
+    fmt_w = dataclasses.replace(FMT, block_axis=1)  # weights block along input channels
+    w_blocks = lbfp.max_exponents(w, fmt_w)
+    w_exp = lbfp.expand_exponents(w_blocks, w.shape, fmt_w).astype(np.int32)
+    e_ref = lbfp.conv_e_ref(x_exp, w_exp).astype(np.int32)
+    x_shape = tuple(int(d) for d in x_words.ty.shape)
+    prim = kernels.conv2d_prim_func(x_shape, w.shape, *geometry, 1, FMT)
+    acc = bb.emit(_call(bb, prim, "tvmq_lbfp_conv2d", [x_words, lbfp.encode(w, w_blocks, fmt_w),
+                                                      x_exp, w_exp, e_ref, FMT.lut],
+                        out_shape, "int64"))
+    if bias is not None:
+        bq = lbfp.bias_to_acc(bias.reshape(-1), e_ref.astype(np.int64), FMT)
+        acc = bb.emit(relax.op.add(acc, relax.const(bq.reshape(1, -1, 1, 1), "int64")))
+    encode = kernels.encode_prim_func(out_shape, 1, FMT, "acc", lo, None)
+    return _call(bb, encode, "tvmq_lbfp_encode", [acc, e_ref, out_exp, FMT.thresholds],
+                 out_shape, "uint8")
+
+
+def _conv_chain_expected():
+    """x encoded once; conv 0 (bias, relu: clip at 0) writes words conv 1 reads directly; only
+    conv 1's output is decoded (conv 0's decode has no user)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 5, 5), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            enc = kernels.encode_prim_func((1, 3, 5, 5), 1, FMT, "float", None, None)
+            x_words = bb.emit(_call(bb, enc, "tvmq_lbfp_encode", [x, EXPS["x"], FMT.thresholds],
+                                    (1, 3, 5, 5), "uint8"), "x_q")
+            words0 = bb.emit(_conv_words(bb, x_words, EXPS["x"], W_A, EXPS["conv2d_0"],
+                                         (1, 4, 5, 5), ([1, 1], [1, 1, 1, 1], [1, 1]),
+                                         bias=B_A, lo=0.0), "conv2d_0_q")
+            words1 = bb.emit(_conv_words(bb, words0, EXPS["conv2d_0"], W_B, EXPS["conv2d_1"],
+                                         (1, 2, 3, 3), ([2, 2], [0, 0, 0, 0], [1, 1])),
+                             "conv2d_1_q")
+            dec = kernels.decode_prim_func((1, 2, 3, 3), 1, FMT)
+            # "decode1": the pass named conv 0's decode first, then removed it (no user)
+            out = bb.emit_output(_call(bb, dec, "tvmq_lbfp_decode1",
+                                       [words1, EXPS["conv2d_1"], FMT.magnitudes], (1, 2, 3, 3),
+                                       "float32"), "conv2d_1")
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_conv_chain_becomes_encode_conv_encode_conv_encode_decode():
+    realize = RealizeLBFP(EXPS, FMT)
+    after = realize(ConvChainBefore)
+    tvm.ir.assert_structural_equal(after, _conv_chain_expected())
+    fmt_w = dataclasses.replace(FMT, block_axis=1)
+    assert realize.weight_ranges == {
+        name: (int(e.min()), int(e.max())) for name, e in
+        (("conv2d_0", lbfp.max_exponents(W_A, fmt_w)), ("conv2d_1", lbfp.max_exponents(W_B,
+                                                                                      fmt_w)))}
+
+
+@I.ir_module
+class MatmulBefore:
+    @R.function(private=True)
+    def fused_relax_matmul_relax_clip(s: R.Tensor((1, 4, 6), "float32")):
+        R.func_attr({"Composite": "tvmq.matmul", "Primitive": True})
+        with R.dataflow():
+            m = R.matmul(s, R.const(W_M))
+            gv = R.clip(m, -1.5, 2.0)
+            R.output(gv)
+        return gv
+
+    @R.function
+    def main(x: R.Tensor((1, 4, 6), "float32")):
+        cls = MatmulBefore
+        with R.dataflow():
+            s = R.sigmoid(x)  # float op: the matmul encodes its output
+            matmul_0 = cls.fused_relax_matmul_relax_clip(s)
+            R.output(matmul_0)
+        return matmul_0
+
+
+def _matmul_expected():
+    """(1, T, K) @ (K, N): weights block along K (axis 0); channels are the last axis; the
+    clip's bounds go into the encode."""
+    fmt_w = dataclasses.replace(FMT, block_axis=0)
+    w_blocks = lbfp.max_exponents(W_M, fmt_w)
+    w_exp = lbfp.expand_exponents(w_blocks, W_M.shape, fmt_w).astype(np.int32)
+    e_ref = lbfp.matmul_e_ref(EXPS["s"], w_exp).astype(np.int32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.sigmoid(x), "s")
+            enc = kernels.encode_prim_func((1, 4, 6), 2, FMT, "float", None, None)
+            s_words = bb.emit(_call(bb, enc, "tvmq_lbfp_encode", [s, EXPS["s"], FMT.thresholds],
+                                    (1, 4, 6), "uint8"), "s_q")
+            acc = bb.emit(_call(bb, kernels.matmul_prim_func((1, 4, 6), (6, 5), FMT),
+                                "tvmq_lbfp_matmul", [s_words, lbfp.encode(W_M, w_blocks, fmt_w),
+                                                     EXPS["s"], w_exp, e_ref, FMT.lut],
+                                (1, 4, 5), "int64"))
+            enc = kernels.encode_prim_func((1, 4, 5), 2, FMT, "acc", -1.5, 2.0)
+            words = bb.emit(_call(bb, enc, "tvmq_lbfp_encode",
+                                  [acc, e_ref, EXPS["matmul_0"], FMT.thresholds], (1, 4, 5),
+                                  "uint8"), "matmul_0_q")
+            dec = kernels.decode_prim_func((1, 4, 5), 2, FMT)
+            out = bb.emit_output(_call(bb, dec, "tvmq_lbfp_decode",
+                                       [words, EXPS["matmul_0"], FMT.magnitudes], (1, 4, 5),
+                                       "float32"), "matmul_0")
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_sequence_matmul_with_clip_reads_a_float_tensor():
+    tvm.ir.assert_structural_equal(RealizeLBFP(EXPS, FMT)(MatmulBefore), _matmul_expected())
+
+
+def test_exponent_errors_name_the_tensor():
+    with pytest.raises(ValueError, match="no calibrated exponents for tensor 'x'"):
+        RealizeLBFP({}, FMT)(ConvChainBefore)
+    with pytest.raises(ValueError, match="tensor 'x' has 3 channels but 2 exponents"):
+        RealizeLBFP({**EXPS, "x": np.zeros(2)}, FMT)(ConvChainBefore)
+    with pytest.raises(ValueError, match="weight_exponents"):
+        RealizeLBFP(EXPS, FMT, weight_exponents="mean")

@@ -1,13 +1,17 @@
-"""TileOutputChannels: tiled module computes exactly the untiled integers, on host and oracle."""
+"""TileOutputChannels: Before / Expected per tile shape; the tiled module computes exactly the
+untiled integers, on host and oracle."""
 
 import numpy as np
 import pytest
+import tvm
 from onnx import helper
+from tvm import relax
 from tvmq.passes.tile_output_channels import TileOutputChannels, tile_bounds
 from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import make_onnx
+from tvmq.ir import requant_prim_func
 from tvmq.oracle import Oracle
 
 
@@ -79,3 +83,133 @@ def test_tile_splitting_a_group_is_refused():
 def test_bad_tile_size(t_oc):
     with pytest.raises(ValueError, match="t_oc"):
         TileOutputChannels(t_oc)
+
+
+# ---- Before / Expected on realized chains ------------------------------------------------------
+# A realized layer: op(x, Wq) [+ bq] -> call_tir(requant kernel); Expected lists each tile's
+# weight, bias and requant-parameter slices and its kernel (tvmq.ir.requant_prim_func).
+
+RQ_ARGS = dict(kind="mult_shift", rounding="double", zero_point=-3, qmin=-128, qmax=127,
+               out_dtype="int8")
+
+
+def _int8(*shape, seed=0):
+    return np.random.default_rng(seed).integers(-127, 128, shape).astype(np.int8)
+
+
+def _params(channels, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(2**30, 2**31 - 1, channels).astype(np.int32),
+            rng.integers(-12, -1, channels).astype(np.int32))
+
+
+def _requant(bb, acc, params, axis, name):
+    """call_tir(requant kernel over acc's shape) with `params`; per tensor if axis is None."""
+    shape = tuple(int(d) for d in acc.ty.shape)
+    prim = requant_prim_func(shape, params[0].size, axis, **RQ_ARGS)
+    gv = bb.add_func(prim, name)
+    return relax.call_tir(gv, [acc, *(relax.const(p) for p in params)],
+                          relax.TensorType(shape, "int8"))
+
+
+def _module(x_shape, body):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+W10 = _int8(10, 3, 3, 3)
+B10 = np.random.default_rng(1).integers(-999, 999, (1, 10, 1, 1)).astype(np.int32)
+P10 = _params(10)
+
+
+def _conv(x, w, groups=1):
+    return relax.op.nn.conv2d(x, relax.const(w), padding=[1, 1], groups=groups,
+                              out_dtype="int32")
+
+
+def _conv_layer(bb, x):
+    acc = bb.emit(_conv(x, W10))
+    acc = bb.emit(relax.op.add(acc, relax.const(B10)))
+    return _requant(bb, acc, P10, 1, "tvmq_requant_double")
+
+
+def test_conv_with_bias_in_tiles_of_4_and_a_ragged_last_tile():
+    def tiled(bb, x):
+        tiles = []
+        for c0, c1, name in [(0, 4, "tvmq_requant_double1"), (4, 8, "tvmq_requant_double1"),
+                             (8, 10, "tvmq_requant_double2")]:
+            acc = bb.emit(_conv(x, W10[c0:c1]))
+            acc = bb.emit(relax.op.add(acc, relax.const(B10[:, c0:c1])))
+            params = [p[c0:c1] for p in P10]
+            tiles.append(bb.emit(_requant(bb, acc, params, 1, name)))
+        return relax.op.concat(tiles, axis=1)
+
+    before = _module((1, 3, 5, 5), _conv_layer)
+    tvm.ir.assert_structural_equal(TileOutputChannels(4)(before), _module((1, 3, 5, 5), tiled))
+
+
+def test_layer_narrower_than_the_tile_is_one_tile():
+    """The same chain and kernel, re-emitted; the one tile is bound to the layer's variable."""
+    def one_tile(bb, x):
+        return bb.emit(_conv_layer(bb, x))
+
+    before = _module((1, 3, 5, 5), _conv_layer)
+    tvm.ir.assert_structural_equal(TileOutputChannels(16)(before), _module((1, 3, 5, 5),
+                                                                           one_tile))
+
+
+W8 = _int8(6, 8, seed=2)
+P1 = (np.array([1_500_000_000], np.int32), np.array([-7], np.int32))
+
+
+def test_matmul_in_exact_tiles_with_a_per_tensor_requant():
+    """Two 4-column tiles; per-tensor parameters travel whole with every tile."""
+    def layer(bb, x):
+        acc = bb.emit(relax.op.matmul(x, relax.const(W8), out_dtype="int32"))
+        return _requant(bb, acc, P1, None, "tvmq_requant_double")
+
+    def tiled(bb, x):
+        tiles = []
+        for c0 in (0, 4):
+            acc = bb.emit(relax.op.matmul(x, relax.const(W8[:, c0:c0 + 4]), out_dtype="int32"))
+            tiles.append(bb.emit(_requant(bb, acc, P1, None, "tvmq_requant_double1")))
+        return relax.op.concat(tiles, axis=1)
+
+    before = _module((2, 6), layer)
+    tvm.ir.assert_structural_equal(TileOutputChannels(4)(before), _module((2, 6), tiled))
+
+
+W_DW = _int8(6, 1, 3, 3, seed=3)
+P6 = _params(6, seed=3)
+
+
+def test_depthwise_tiles_slice_the_input_channels_of_their_groups():
+    def layer(bb, x):
+        acc = bb.emit(_conv(x, W_DW, groups=6))
+        return _requant(bb, acc, P6, 1, "tvmq_requant_double")
+
+    def tiled(bb, x):
+        tiles = []
+        for c0, c1, name in [(0, 4, "tvmq_requant_double1"), (4, 6, "tvmq_requant_double2")]:
+            xs = bb.emit(relax.op.strided_slice(x, axes=[1], begin=[c0], end=[c1]))
+            acc = bb.emit(_conv(xs, W_DW[c0:c1], groups=c1 - c0))
+            tiles.append(bb.emit(_requant(bb, acc, [p[c0:c1] for p in P6], 1, name)))
+        return relax.op.concat(tiles, axis=1)
+
+    before = _module((1, 6, 4, 4), layer)
+    tvm.ir.assert_structural_equal(TileOutputChannels(4)(before), _module((1, 6, 4, 4), tiled))
+
+
+def test_float_ops_and_non_chain_requants_are_left_alone():
+    """A requant whose accumulator is not an int8 conv/matmul with a constant weight."""
+    def layer(bb, x):
+        acc = bb.emit(relax.op.astype(x, "int32"))
+        return _requant(bb, acc, P1, None, "tvmq_requant_double")
+
+    before = _module((2, 6), layer)
+    tvm.ir.assert_structural_equal(TileOutputChannels(2)(before), before)
