@@ -225,8 +225,9 @@ class _Realizer(relax.PyExprMutator):
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
         inputs = [self._int_input(arg) for arg in binding.value.args]
-        result = self._HANDLERS[kind](self, comp, inputs, self.act_qparams.get(name))
-        y, qp = result if isinstance(result, tuple) else (result, self._qparams(name))
+        out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's
+        result = self._HANDLERS[kind](self, comp, inputs, out_qp)
+        y, qp = result if isinstance(result, tuple) else (result, out_qp)
         y = self.builder_.emit(y, f"{name}_q")
         self.q[name] = (y, qp)
         deq = relax.op.dequantize(y, relax.const(qp.scale), relax.const(qp.zero_point), axis=-1)

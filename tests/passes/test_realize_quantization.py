@@ -366,11 +366,6 @@ def test_missing_input_qparams_name_the_tensor():
         RealizeQuantization({"conv2d_0": Y_QP})(ConvBefore)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "bug in passes/realize_quantization.py: visit_var_binding_ passes "
-    "act_qparams.get(name) (None) to the handler, so a composite output without qparams "
-    "fails with AttributeError 'NoneType' object has no attribute 'scale' instead of the "
-    "ValueError naming the tensor"))
 def test_missing_output_qparams_name_the_tensor():
     with pytest.raises(ValueError, match="no calibrated qparams for tensor 'conv2d_0'"):
         RealizeQuantization({"x": X_QP})(ConvBefore)
