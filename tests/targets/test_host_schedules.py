@@ -11,13 +11,14 @@ import pytest
 import tvm
 import tvm_ffi
 from onnx import helper
-from tvm import s_tir, te
+from tvm import te
 from tvmq.targets.host import schedules, threads
 from tvmq.targets.host.schedules import ScheduleParams
 from tvmq.targets.host.tune import TuningCache, random_args, tasks_of, tune_model
 
 import tvmq
 from tests.conftest import assert_taps_equal_oracle, make_onnx
+from tests.tir_loops import loop_nests
 from tvmq.cli import main
 
 host_build = importlib.import_module("tvmq.targets.host.build")
@@ -170,22 +171,6 @@ def test_pair_dot_needs_even_channels_and_unit_stride():
 
 
 VECTORIZED = tvm.tirx.ForKind.VECTORIZED
-
-
-def loop_nests(func: tvm.tirx.PrimFunc) -> dict[str, list[tuple[tvm.tirx.ForKind, int]]]:
-    """Each block of `func` by name -> (kind, extent) of the loops around it, outermost first
-    (read through a schedule: this TVM has no Python TIR visitor)."""
-    sch = s_tir.Schedule(func)
-    nests = {}
-
-    def walk(parent):
-        for block in sch.get_child_blocks(parent):
-            loops = [sch.get(loop) for loop in sch.get_loops(block)]
-            nests[sch.get(block).name_hint] = [(loop.kind, int(loop.extent)) for loop in loops]
-            walk(block)
-
-    walk(sch.get_sblock("root"))
-    return nests
 
 
 def _vectorized_loops(func) -> set[int]:

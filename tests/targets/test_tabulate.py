@@ -5,10 +5,11 @@ import importlib
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvmq.targets.host import schedules
 from tvmq.targets.host.tabulate import TabulateTails
 
+from tests.tir_loops import loop_nests
 from tvmq.ir import op_name
 
 host_build = importlib.import_module("tvmq.targets.host.build")
@@ -105,17 +106,3 @@ def test_lookup_runs_scalar_after_a_vectorized_index_stage():
     assert all(kind != vectorized for kind, _ in nests["lookup"])
 
 
-def loop_nests(func: tvm.tirx.PrimFunc) -> dict[str, list[tuple[tirx.ForKind, int]]]:
-    """Each block of `func` by name -> (kind, extent) of the loops around it, outermost first
-    (read through a schedule: this TVM has no Python TIR visitor)."""
-    sch = s_tir.Schedule(func)
-    nests = {}
-
-    def walk(parent):
-        for block in sch.get_child_blocks(parent):
-            loops = [sch.get(loop) for loop in sch.get_loops(block)]
-            nests[sch.get(block).name_hint] = [(loop.kind, int(loop.extent)) for loop in loops]
-            walk(block)
-
-    walk(sch.get_sblock("root"))
-    return nests
