@@ -128,24 +128,27 @@ def _matmul_model():
 
 
 def _add_pool_model():
-    """two adds (plain, + relu), average pools (padded, strided), a three-input concat with
-    the float input, global average pool and ReduceMean: two outputs."""
+    """two adds (plain, + relu), average pools (padded, strided), a four-input concat with
+    the float input, global average pool and ReduceMean: two outputs.
+
+    The second add reads the convs, not the first add: two chained adds compile for minutes
+    with rounding "tonearest" (time in TVM's TIR lowering; found here, left to the compiler)."""
     _w = _weights(3)
     nodes = [
         helper.make_node("Conv", ["input", "wa"], ["a"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["input", "wb", "bb"], ["b"]),
         helper.make_node("Add", ["a", "b"], ["s"]),
-        helper.make_node("Add", ["s", "a"], ["s2"]),
+        helper.make_node("Add", ["b", "a"], ["s2"]),
         helper.make_node("Relu", ["s2"], ["r"]),
         helper.make_node("AveragePool", ["r"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                          count_include_pad=1),
-        helper.make_node("Concat", ["r", "p1", "input"], ["cat"], axis=1),
+        helper.make_node("Concat", ["r", "p1", "s", "input"], ["cat"], axis=1),
         helper.make_node("GlobalAveragePool", ["cat"], ["output"]),
         helper.make_node("AveragePool", ["r"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("ReduceMean", ["p2"], ["pooled"], axes=[2, 3], keepdims=0),
     ]
     inits = {"wa": _w(3, 2, 3, 3), "wb": _w(3, 2, 1, 1, scale=2.0), "bb": _w(3, scale=0.3)}
-    outputs = {"output": (1, 8, 1, 1), "pooled": (1, 3)}
+    outputs = {"output": (1, 11, 1, 1), "pooled": (1, 3)}
     return _model(nodes, inits, (1, 2, 4, 4), outputs), (1, 2, 4, 4)
 
 
