@@ -12,11 +12,13 @@ import onnxruntime as ort
 import pytest
 import tvm
 from tvm import relax
-from tvmq.passes.fake_quantize import FakeQuantize, fake_quant, fake_requant
+from tvmq.passes.fake_quantize import FakeQuantize, fake_requant
 from tvmq.passes.quantize_gradients import quantize_gradient_site
 
 import tvmq
+from tvmq.numerics import QParams, Requant, choose_qparams, dequantize, quantize, requantize
 from tvmq.numerics.gradq import GradQuant
+from tvmq.numerics.weights import quantize_weight
 from tvmq.train import QuantTrainer, TrainConfig, lift_weights
 from tvmq.train.export import to_onnx
 
@@ -52,15 +54,45 @@ def _conv_np(x, w):
     return np.einsum("nchwij,ocij->nohw", win, w)
 
 
+def _activation_codes(x):
+    """Per-tensor symmetric narrow-range int8 codes of an activation: (dequantized, codes,
+    scale) with scale = max|x| / 127 (golden choose_qparams / quantize / dequantize)."""
+    qp = choose_qparams(x.min(), x.max(), symmetric=True, narrow_range=True)
+    q = quantize(x, qp)
+    return dequantize(q, qp), q.astype(np.int64), qp.scale
+
+
+def _weight_codes(w, axis):
+    """Per-output-channel int8 codes of a weight (golden quantize_weight) and their scales."""
+    q, qp = quantize_weight(w, axis=axis, per_channel=True)
+    return q.astype(np.int64), qp.scale
+
+
+def _requantized(acc, sx, sw, kind, axis):
+    """A layer's output from its exact integer accumulator: s_y = max|acc * s_x * s_w[c]| /
+    127 (symmetric narrow range), y = requantize(acc, sx * sw / sy) with mult_shift (double
+    rounding) or fp32, dequantized to float32."""
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    in_scale = np.float64(sx) * sw.astype(np.float64)
+    amax = np.max(np.abs(acc) * in_scale.reshape(shape))
+    out = choose_qparams(-amax, amax, symmetric=True, narrow_range=True)
+    rq = Requant.from_scale(in_scale / np.float64(out.scale), kind,
+                            "double" if kind == "mult_shift" else None)
+    y = requantize(acc, rq, zero_point=0, qmin=-127, qmax=127, axis=axis)
+    return dequantize(y, QParams(out.scale, 0, -127, 127))
+
+
 def _forward_np(x, params, kind):
-    """The fake-quantized forward from the golden functions, as FakeQuantize documents it."""
-    _, xi, sx = fake_quant(x, 8, None)
-    _, wi, sw = fake_quant(params["conv0_weight"], 8, 0)
-    h = fake_requant(_conv_np(xi.astype(np.float64), wi.astype(np.float64)), sx, sw, kind, 8, 1)
+    """The fake-quantized forward from the golden tvmq.numerics functions, as FakeQuantize's
+    docstring defines it: conv and dense on int8 codes, requantized; bias and relu in float."""
+    _, xi, sx = _activation_codes(x)
+    wi, sw = _weight_codes(params["conv0_weight"], 0)
+    h = _requantized(_conv_np(xi, wi).astype(np.int64), sx, sw, kind, 1)
     h = np.maximum(h + params["conv0_bias"], np.float32(0)).reshape(len(x), 75)
-    _, hi, sh = fake_quant(h, 8, None)
-    _, wi, sw = fake_quant(params["dense0_weight"], 8, 1)
-    out = fake_requant(hi.astype(np.float64) @ wi.astype(np.float64), sh, sw, kind, 8, -1)
+    _, hi, sh = _activation_codes(h)
+    wi, sw = _weight_codes(params["dense0_weight"], 1)
+    out = _requantized(hi @ wi, sh, sw, kind, 1)
     return out + params["dense0_bias"]
 
 
@@ -127,11 +159,10 @@ def test_straight_through_gradient_of_the_dense_weight():
     prob = np.exp(logits - logits.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
     prob[np.arange(BATCH), Y] -= 1
-    _, xi, sx = fake_quant(X, 8, None)
-    _, wi, sw = fake_quant(p["conv0_weight"], 8, 0)
-    h = fake_requant(_conv_np(xi.astype(np.float64), wi.astype(np.float64)), sx, sw,
-                     "mult_shift", 8, 1)
-    hq, _, _ = fake_quant(np.maximum(h + p["conv0_bias"], 0).reshape(BATCH, 75), 8, None)
+    _, xi, sx = _activation_codes(X)
+    wi, sw = _weight_codes(p["conv0_weight"], 0)
+    h = _requantized(_conv_np(xi, wi).astype(np.int64), sx, sw, "mult_shift", 1)
+    hq, _, _ = _activation_codes(np.maximum(h + p["conv0_bias"], 0).reshape(BATCH, 75))
     np.testing.assert_allclose(grads["dense0_weight"], hq.T.astype(np.float64) @ prob / BATCH,
                                rtol=1e-4, atol=1e-7)
 
