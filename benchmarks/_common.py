@@ -163,7 +163,8 @@ def tvm_pool_threads() -> int:
 
 
 def run_environment(benchmark: str, argv: Sequence[str] | None, threads: Mapping) -> dict:
-    """The run's identity: benchmark, command, git commit, UTC date, CPU, threads, versions.
+    """The run's identity: benchmark, command, git commit (when the benchmark started), UTC
+    date (now), CPU, threads, versions.
 
     ``argv`` is the argument list the benchmark parsed (``None``: ``sys.argv[1:]``);
     ``threads`` says how many threads each runtime used, added to the environment variables
@@ -178,7 +179,7 @@ def run_environment(benchmark: str, argv: Sequence[str] | None, threads: Mapping
     return {
         "benchmark": benchmark,
         "command": shlex.join(["python", str(script), *args]),
-        "git_commit": _git_commit(),
+        "git_commit": _COMMIT_AT_IMPORT,
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "threads": {
@@ -239,6 +240,10 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+_COMMIT_AT_IMPORT = _git_commit()
+"""The commit of the code this process imported (the tree may change while it runs)."""
 
 
 def _cpu_model() -> str:
