@@ -4,6 +4,7 @@ speed.
 Run from the repository root::
 
     python benchmarks/accel.py [--models digits,ppocr_cls] [--quick] [--test N] [--check N]
+                               [--json PATH]
 
 For each model, each requant option (mult_shift with double / single / tonearest rounding, fp32;
 minmax observer) is compiled once for the host. Then:
@@ -24,6 +25,9 @@ minmax observer) is compiled once for the host. Then:
    emulator's LBFP mode (npu-mid, t_oc 4/16/64) and compared with the oracle bit for bit; cycles
    on both presets next to INT8's (exponent bytes add to the weight DMA); top-1; and the
    multiplier's estimated area next to the INT8 multiplier's (the paper: 45% smaller).
+
+Every section's rows and the run's environment go to ``benchmarks/results/accel.json``
+(``--json PATH``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    add_json_argument,
+    format_table,
+    seconds_per_call,
+    tvm_pool_threads,
+    write_results,
+)
 from models import fetch_model
 from textlines import CLS_IMAGE_SHAPE, make_cls_dataset
 from tqdm import tqdm
@@ -84,16 +95,9 @@ def lower(cm, hw) -> tuple[AccelRuntime, object]:
     return runtime, LowerToAccel(runtime)(cm.quant_mod)
 
 
-def table(head, rows, left=(0, 1)) -> str:
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, rows)])
-
-
-def bit_exact_section(m: Model, compiled: dict, n_check: int) -> str:
-    rows = []
+def bit_exact_section(m: Model, compiled: dict, n_check: int) -> tuple[str, list[dict]]:
+    """The table and its rows as dicts."""
+    rows, records = [], []
     for (requant, rounding), cm in compiled.items():
         oracle = cm.oracle()
         want = [oracle.run(x[None]) for x in m.x_test[:n_check]]
@@ -108,12 +112,18 @@ def bit_exact_section(m: Model, compiled: dict, n_check: int) -> str:
                          runtime.one_inference(module, m.x_test[:1]).values())
             rows.append([area.kind_label(requant, rounding), t_oc, f"{same}/{n_check}",
                          len(runtime.slots), len(runtime.host_layers), f"{cycles:,}"])
+            records.append({"requant": area.kind_label(requant, rounding), "t_oc": t_oc,
+                            "equal": same, "checked": n_check,
+                            "accel layers": len(runtime.slots),
+                            "host layers": len(runtime.host_layers), "cycles": cycles})
     return (f"{m.name}: accel (npu-mid, t_oc varied) == NumPy oracle, bit for bit\n"
-            + table(["requant", "t_oc", "equal", "accel layers", "host layers", "cycles"], rows))
+            + format_table(["requant", "t_oc", "equal", "accel layers", "host layers", "cycles"],
+                           rows)), records
 
 
-def presets_section(m: Model, cm) -> str:
-    out = []
+def presets_section(m: Model, cm) -> tuple[str, dict]:
+    """The per-preset layer tables; per preset its totals, layers and host layers."""
+    out, data = [], {}
     for name in ("npu-small", "npu-mid"):
         hw = dataclasses.replace(preset(name), requant=cm.config.requant,
                                  rounding=cm.config.rounding)
@@ -130,21 +140,26 @@ def presets_section(m: Model, cm) -> str:
         rows.append(["total", sum(c["tiles"] for c in counters.values()), f"{macs:,}",
                      f"{cycles:,}", "", "", f"{sum(c['dma_bytes'] for c in counters.values()):,}",
                      f"{macs / (cycles * hw.macs_per_cycle):.0%}"])
+        data[name] = {"t_oc": hw.t_oc, "t_ic": hw.t_ic, "clock_mhz": hw.clock_mhz,
+                      "cycles": cycles, "us": cycles / hw.clock_mhz, "macs": macs,
+                      "utilization": macs / (cycles * hw.macs_per_cycle),
+                      "layers": counters, "host_layers": runtime.host_layers}
         lines = [f"{m.name} on {name} ({hw.t_oc}x{hw.t_ic} PEs, {hw.clock_mhz:g} MHz, "
                  f"{hw.dma_bytes_per_cycle} B/cycle DMA): {cycles:,} cycles = "
                  f"{cycles / hw.clock_mhz:,.1f} us per inference",
-                 table(["layer", "tiles", "MACs", "cycles", "compute", "DMA", "DMA bytes", "util"],
-                       rows, left=(0,))]
+                 format_table(["layer", "tiles", "MACs", "cycles", "compute", "DMA", "DMA bytes",
+                               "util"], rows, left=(0,))]
         lines += [f"  on the host: {layer}: {why}" for layer, why in runtime.host_layers.items()]
         out.append("\n".join(lines))
-    return "\n\n".join(out)
+    return "\n\n".join(out), data
 
 
 LBFP_SCHEMES = ("lbfp8", "lbfp4")
 
 
-def lbfp_section(m: Model, int8, n_check: int) -> str:
-    rows, models = [], {"int8": int8}
+def lbfp_section(m: Model, int8, n_check: int) -> tuple[str, dict]:
+    """The LBFP tables; their rows as dicts."""
+    rows, records, models = [], [], {"int8": int8}
     for scheme in LBFP_SCHEMES:
         config = tvmq.QuantConfig(scheme=scheme, observer="minmax", sqnr_samples=0)
         models[scheme] = cm = tvmq.compile(m.path, config=config, calib=m.x_calib,
@@ -165,9 +180,13 @@ def lbfp_section(m: Model, int8, n_check: int) -> str:
             rows.append([cm.config.label, t_oc, f"{same}/{n_check}", len(runtime.slots),
                          len(runtime.host_layers), f"{cycles:,}", f"{top1:.2f}",
                          f"{mult:.0f}"])
+            records.append({"config": cm.config.label, "t_oc": t_oc, "equal": same,
+                            "checked": n_check, "accel layers": len(runtime.slots),
+                            "host layers": len(runtime.host_layers), "cycles": cycles,
+                            "top-1 %": top1, "mult um^2": mult})
     int8_top1 = 100 * np.mean(np.concatenate([int8.run(x[None]) for x in m.x_test]).argmax(1)
                               == m.y_test)
-    presets = []
+    presets, preset_records = [], []
     for name in ("npu-small", "npu-mid"):
         for label in ("int8", "lbfp8"):
             cm = models[label]
@@ -179,18 +198,25 @@ def lbfp_section(m: Model, int8, n_check: int) -> str:
             dma = sum(c["dma_bytes"] for c in counters.values())
             presets.append([name, label, len(runtime.slots), f"{cycles:,}",
                             f"{cycles / hw.clock_mhz:,.1f}", f"{dma:,}"])
+            preset_records.append({"preset": name, "scheme": label,
+                                   "accel layers": len(runtime.slots), "cycles": cycles,
+                                   "us": cycles / hw.clock_mhz, "DMA bytes": dma})
     int8_mult = area.UNIT_AREAS["int_mult8"].value
-    return (f"{m.name}: LBFP MAC mode (npu-mid, t_oc varied) == NumPy oracle, bit for bit; "
+    text = (f"{m.name}: LBFP MAC mode (npu-mid, t_oc varied) == NumPy oracle, bit for bit; "
             f"INT8 top-1 {int8_top1:.2f}%, INT8 multiplier {int8_mult:.0f} um^2\n"
-            + table(["config", "t_oc", "equal", "accel layers", "host layers", "cycles",
-                     "top-1 %", "mult um^2"], rows)
+            + format_table(["config", "t_oc", "equal", "accel layers", "host layers", "cycles",
+                            "top-1 %", "mult um^2"], rows)
             + "\n\n"
-            + table(["preset", "scheme", "accel layers", "cycles", "us", "DMA bytes"], presets)
+            + format_table(["preset", "scheme", "accel layers", "cycles", "us", "DMA bytes"],
+                           presets)
             + "\n(INT8 also runs average pooling on the accelerator; LBFP runs it in float on "
             "the host)")
+    return text, {"int8 top-1 %": int8_top1, "int8 mult um^2": int8_mult, "rows": records,
+                  "presets": preset_records}
 
 
-def area_section(m: Model, compiled: dict) -> str:
+def area_section(m: Model, compiled: dict) -> tuple[str, dict]:
+    """The hw-report table; the float top-1 and its rows."""
     fp32 = build(tvmq.frontend.load_model(m.path, m.input_shape)[0])
     float_top1 = float(np.mean([fp32.run(x[None]).argmax() == y
                                 for x, y in zip(m.x_test, m.y_test)]))
@@ -201,10 +227,12 @@ def area_section(m: Model, compiled: dict) -> str:
                                      cm.report().output_sqnr_db))
     rep = HwReport(m.path.name, "top-1 accuracy", float_top1, tuple(results), T_OCS_AREA,
                    preset("npu-small").t_ic)
-    return f"{m.name}: requant area vs accuracy ({len(m.x_test)} test samples)\n{rep}"
+    return (f"{m.name}: requant area vs accuracy ({len(m.x_test)} test samples)\n{rep}",
+            {"float top-1": float_top1, "rows": rep.rows()})
 
 
-def speed_section(m: Model, cm) -> str:
+def speed_section(m: Model, cm) -> tuple[str, dict]:
+    """The emulator speed lines; their figures."""
     hw = dataclasses.replace(preset("npu-small"), requant=cm.config.requant,
                              rounding=cm.config.rounding)
     runtime, lowered = lower(cm, hw)
@@ -217,11 +245,15 @@ def speed_section(m: Model, cm) -> str:
     run_layer = emulator.tile_runner(desc, args["rq"], x, args["w"], args["bias"], y)
     accel_module, host_module, xs = build(lowered), cm.host, m.x_test[:1]
     macs = runtime.one_inference(accel_module, xs)[layer]["macs"]
-    seconds = timed(run_layer)
-    accel_s, host_s = timed(lambda: accel_module.run(xs)), timed(lambda: host_module.run(xs))
+    seconds = seconds_per_call(run_layer)
+    accel_s = seconds_per_call(lambda: accel_module.run(xs))
+    host_s = seconds_per_call(lambda: host_module.run(xs))
     rate = macs / seconds
     ok = "meets" if rate >= SPEED_TARGET_MACS else "misses"
-    return "\n".join([
+    data = {"layer": layer, "macs": macs, "layer us": 1e6 * seconds, "MAC/s": rate,
+            "target MAC/s": SPEED_TARGET_MACS, "accel ms": 1e3 * accel_s,
+            "host ms": 1e3 * host_s, "accel/host": accel_s / host_s}
+    text = "\n".join([
         f"{m.name}: emulator speed (one core, npu-small tiles of {fields['t_oc']})",
         f"  largest conv {layer}: {fields['C']}x{fields['H']}x{fields['W']} -> "
         f"{fields['O']}x{fields['OH']}x{fields['OW']}, {fields['KH']}x{fields['KW']}, "
@@ -229,6 +261,7 @@ def speed_section(m: Model, cm) -> str:
         f"{rate / 1e6:,.0f} M int8 MAC/s ({ok} the {SPEED_TARGET_MACS / 1e6:.0f} M MAC/s target)",
         f"  whole inference: accel target {1e3 * accel_s:.3f} ms, host target "
         f"{1e3 * host_s:.3f} ms (accel / host = {accel_s / host_s:.2f}x)"])
+    return text, data
 
 
 def largest_conv(lowered):
@@ -250,16 +283,6 @@ def largest_conv(lowered):
     return best[1], best[2]
 
 
-def timed(fn, min_seconds: float = 0.5) -> float:
-    """Seconds per call of fn, over as many calls as fit in min_seconds after one warm-up."""
-    fn()
-    reps, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < min_seconds:
-        fn()
-        reps += 1
-    return elapsed / reps
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="digits,ppocr_cls",
@@ -268,8 +291,10 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, help="test samples per model")
     parser.add_argument("--check", type=int, default=8,
                         help="inputs compared with the oracle per (option, t_oc) (default 8)")
+    add_json_argument(parser, "accel")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    results: dict = {"models": {}}
     for m in load_models(args.models.split(","), args.quick, args.test):
         compiled = {}
         for requant, rounding in tqdm(OPTIONS, desc=f"{m.name}: compile", unit="option",
@@ -281,12 +306,22 @@ def main(argv=None) -> int:
                 progress=False)
         default = compiled[OPTIONS[0]]
         print(f"\n{m.name}: compile {default.report().compile_seconds:.1f} s per option")
-        for section in (bit_exact_section(m, compiled, args.check), presets_section(m, default),
-                        area_section(m, compiled), speed_section(m, default),
-                        lbfp_section(m, default, args.check)):
+        data = results["models"][m.name] = {
+            "compile s": default.report().compile_seconds, "test": len(m.x_test)}
+        for key, section in (
+                ("bit_exact", lambda: bit_exact_section(m, compiled, args.check)),
+                ("presets", lambda: presets_section(m, default)),
+                ("area", lambda: area_section(m, compiled)),
+                ("emulator_speed", lambda: speed_section(m, default)),
+                ("lbfp", lambda: lbfp_section(m, default, args.check))):
+            text, data[key] = section()
             print()
-            print(section)
-    print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")
+            print(text)
+    results["total_s"] = time.perf_counter() - start
+    print(f"\nTotal benchmark time: {results['total_s']:.0f} s")
+    path = write_results(args.json, "accel", results, argv=argv,
+                         threads={"tvm": tvm_pool_threads(), "emulator": 1})
+    print(f"wrote {path}")
     return 0
 
 

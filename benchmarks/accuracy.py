@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/accuracy.py [--models digits,ppocr_cls,ppocr_rec] [--configs int8,lbfp]
-                                  [--quick] [--calib N] [--test N]
+                                  [--quick] [--calib N] [--test N] [--json PATH]
 
 For each model the FP32 row runs the ONNX file with onnxruntime (CPUExecutionProvider); each
 other row compiles it with ``tvmq.compile(target="host")`` under one ``QuantConfig`` and runs it.
@@ -57,7 +57,8 @@ Models (calibration / test samples; ``--quick`` sizes in brackets):
 ``--quick`` runs the first config of each chosen set (int8 mult_shift/double minmax, lbfp8 minmax)
 with the bracketed sizes. A model that cannot be fetched is skipped with its reason; a config that
 fails to compile or run prints ``failed: <reason>`` in its row (the traceback goes to stderr) and
-the benchmark goes on.
+the benchmark goes on. The printed rows and the run's environment (commit, CPU, threads,
+versions, command) go to ``benchmarks/results/accuracy.json`` (``--json PATH``).
 """
 
 from __future__ import annotations
@@ -69,19 +70,23 @@ import sys
 import textwrap
 import time
 import traceback
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from models import fetch_model
-from textlines import CLS_IMAGE_SHAPE, REC_IMAGE_SHAPE, make_cls_dataset, make_rec_dataset
+from _common import (
+    add_json_argument,
+    name_list,
+    positive_int,
+    seconds_per_sample,
+    tvm_pool_threads,
+    write_results,
+)
+from metrics import sqnr_db
+from ort_runner import ORT_THREADS, run_onnxruntime
+from tasks import LOADERS, SIZES, Skip, Task
 from tqdm import tqdm
 
 import tvmq
-from tvmq.data import digits_model_path, load_digits
 
 DEFAULT_CONFIG = tvmq.QuantConfig(sqnr_samples=0)
 """mult_shift/double requantization, minmax observer; per-layer SQNR off (not part of compile)."""
@@ -108,44 +113,8 @@ CONFIG_SETS = {"int8": INT8_CONFIGS, "lbfp": LBFP_CONFIGS}
 
 CONFIGS = INT8_CONFIGS + LBFP_CONFIGS
 
-DIGITS_TARGET_POINTS = 0.5
-"""The INT8 issue's target: accuracy within 0.5 points of FP32 on the bundled digits model."""
-
 LBFP8_TARGET_POINTS = 1.0
 """The LBFP issue's target: LBFP8 within 1 point of FP32 (primary metric), on every model."""
-
-_PPOCR_CLS_INPUT_SHAPE = (1, *CLS_IMAGE_SHAPE)
-_PPOCR_REC_INPUT_SHAPE = (1, *REC_IMAGE_SHAPE)
-
-
-class _Skip(Exception):
-    """A model cannot be benchmarked here (not downloadable, no fonts, ...)."""
-
-
-Score = tuple[float, dict[str, float]]
-"""A task's metric on a test set: the primary value in %, and extra columns by name."""
-
-
-@dataclass
-class _Task:
-    """One model to benchmark: what onnxruntime runs, what tvmq compiles, the data and metric."""
-
-    name: str
-    reference: Path  # ONNX file run by onnxruntime: the FP32 row
-    model: Path | onnx.ModelProto  # what tvmq compiles
-    input_shape: tuple[int, ...] | None
-    x_calib: np.ndarray
-    x_test: np.ndarray
-    y_test: Sequence  # labels, one per test sample
-    # Model outputs -> one prediction per sample (top-1 class, decoded string); "agree" compares
-    # these with the FP32 ones.
-    predict: Callable[[np.ndarray], list] = field(default_factory=lambda: _top1_list)
-    # (predictions, labels) -> Score
-    metric: Callable[[list, Sequence], Score] = field(default_factory=lambda: _top1_metric)
-    primary: str = "acc %"  # header of the primary metric column
-    extras: tuple[str, ...] = ()  # headers of the extra metric columns, in metric's order
-    int8_target_points: float | None = None  # INT8 budget vs FP32; marks INT8 rows "ok"
-    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -168,19 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     configs = tuple(c for name in args.configs
                     for c in (CONFIG_SETS[name][:1] if args.quick else CONFIG_SETS[name]))
     bundled: tuple[_Row, int] | None = None  # digits default-config row, calibration size
+    results: dict = {"models": {}, "skipped": {}}
     for name in args.models:
-        full, quick = _SIZES[name]
+        full, quick = SIZES[name]
         n_calib, n_test = quick if args.quick else full
         n_calib = args.calib if args.calib is not None else n_calib
         n_test = args.test if args.test is not None else n_test
         try:
-            task = _LOADERS[name](n_calib, n_test)
-        except _Skip as skip:
+            task = LOADERS[name](n_calib, n_test)
+        except Skip as skip:
             print(f"\n{name}: skipped: {skip}")
+            results["skipped"][name] = str(skip)
             continue
         reference, rows, failures = _benchmark(task, configs)
         print()
         print(_table(task, reference, rows), flush=True)
+        results["models"][name] = {"title": _title(task), "rows": _records(task, reference, rows)}
         for failure in failures:
             print(failure, file=sys.stderr)
         if name == "digits" and rows and rows[0].config == DEFAULT_CONFIG:
@@ -198,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{bundled[0].compile_s:.1f} s [{DEFAULT_CONFIG.label}, "
             f"{bundled[1]} calibration samples]"
         )
-    print(f"Total benchmark time: {time.perf_counter() - start:.0f} s")
+        results["bundled_compile_s"] = bundled[0].compile_s
+    results["total_s"] = time.perf_counter() - start
+    print(f"Total benchmark time: {results['total_s']:.0f} s")
+    path = write_results(args.json, "accuracy", results, argv=argv,
+                         threads={"tvm": tvm_pool_threads(), "onnxruntime": ORT_THREADS})
+    print(f"wrote {path}")
     return 0
 
 
@@ -207,151 +184,30 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="FP32 (onnxruntime) vs tvmq INT8 / LBFP accuracy, per quantization config."
     )
     parser.add_argument(
-        "--models", default=",".join(_LOADERS), type=_model_list,
-        help=f"comma-separated models to run, from {', '.join(_LOADERS)} (default: all)",
+        "--models", default=",".join(LOADERS),
+        type=lambda text: name_list(text, LOADERS, "models"),
+        help=f"comma-separated models to run, from {', '.join(LOADERS)} (default: all)",
     )
     parser.add_argument(
-        "--configs", default=",".join(CONFIG_SETS), type=_config_sets,
+        "--configs", default=",".join(CONFIG_SETS),
+        type=lambda text: name_list(text, CONFIG_SETS, "config sets"),
         help=f"comma-separated config sets, from {', '.join(CONFIG_SETS)} (default: all)",
     )
     parser.add_argument(
         "--quick", action="store_true",
         help="first config of each set only, fewer calibration / test text lines",
     )
-    parser.add_argument("--calib", type=_positive_int, help="calibration samples for every model")
-    parser.add_argument("--test", type=_positive_int, help="test samples for every model")
+    parser.add_argument("--calib", type=positive_int, help="calibration samples for every model")
+    parser.add_argument("--test", type=positive_int, help="test samples for every model")
+    add_json_argument(parser, "accuracy")
     return parser.parse_args(argv)
 
 
-def _model_list(text: str) -> list[str]:
-    return _names(text, _LOADERS, "models")
-
-
-def _config_sets(text: str) -> list[str]:
-    return _names(text, CONFIG_SETS, "config sets")
-
-
-def _names(text: str, known, what: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {list(known)}")
-    return names
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _digits_task(n_calib: int, n_test: int) -> _Task:
-    x_calib, x_test, y_test = load_digits()
-    path = digits_model_path()
-    return _Task("digits", path, path, None, x_calib[:n_calib], x_test[:n_test], y_test[:n_test],
-                 int8_target_points=DIGITS_TARGET_POINTS)
-
-
-def _ppocr_cls_task(n_calib: int, n_test: int) -> _Task:
-    try:
-        path = fetch_model("ppocr_cls")
-        x_calib, _ = make_cls_dataset(n_calib, seed=1)
-        x_test, y_test = make_cls_dataset(n_test, seed=0)
-    except RuntimeError as e:
-        raise _Skip(str(e).replace("\n", " | ")) from e
-    return _Task("ppocr_cls", path, path, _PPOCR_CLS_INPUT_SHAPE, x_calib, x_test, y_test)
-
-
-def _ppocr_rec_task(n_calib: int, n_test: int) -> _Task:
-    try:
-        path = fetch_model("ppocr_rec")
-        classes = _ctc_classes(path)
-        x_calib, _ = make_rec_dataset(n_calib, seed=1)
-        x_test, texts = make_rec_dataset(n_test, seed=0)
-    except RuntimeError as e:
-        raise _Skip(str(e).replace("\n", " | ")) from e
-    return _Task("ppocr_rec", path, path, _PPOCR_REC_INPUT_SHAPE, x_calib, x_test, texts,
-                 predict=lambda out: _ctc_greedy_decode(out, classes), metric=_text_metric,
-                 primary="exact %", extras=("CER %",))
-
-
-_LOADERS: dict[str, Callable[[int, int], _Task]] = {
-    "digits": _digits_task,
-    "ppocr_cls": _ppocr_cls_task,
-    "ppocr_rec": _ppocr_rec_task,
-}
-# (n_calib, n_test) for a full and a --quick run.
-_SIZES = {
-    "digits": ((200, 360), (200, 360)),
-    "ppocr_cls": ((64, 400), (16, 100)),
-    "ppocr_rec": ((16, 50), (4, 20)),
-}
-
-
-def _ctc_classes(path: Path) -> list[str]:
-    """PaddleOCR's CTC classes of the recognizer: ``["blank", *dictionary, " "]``.
-
-    The dictionary is the model's ``character`` metadata (newline-separated, as rapidocr reads
-    it); the class count must equal the model's output size.
-    """
-    model = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "character" not in meta:
-        raise RuntimeError(f"{path.name} has no 'character' metadata (the CTC dictionary)")
-    classes = ["blank", *meta["character"].splitlines(), " "]
-    n_out = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    if n_out != len(classes):
-        raise RuntimeError(f"{path.name} outputs {n_out} classes but its dictionary gives "
-                           f"{len(classes)} (blank + characters + space)")
-    return classes
-
-
-def _ctc_greedy_decode(out: np.ndarray, classes: Sequence[str]) -> list[str]:
-    """Best-path CTC decoding of ``[N, T, C]`` scores: argmax per time step, repeats collapsed,
-    blanks (class 0) dropped; leading and trailing spaces stripped."""
-    texts = []
-    for best in out.argmax(axis=-1):
-        keep = np.ones(len(best), dtype=bool)
-        keep[1:] = best[1:] != best[:-1]
-        keep &= best != 0
-        texts.append("".join(classes[i] for i in best[keep]).strip(" "))
-    return texts
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: insertions, deletions and substitutions of one character each."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def _text_metric(predicted: list[str], truth: Sequence[str]) -> Score:
-    """Exact-match % and character error rate % (edit distances / ground-truth characters)."""
-    exact = 100.0 * float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
-    errors = sum(_edit_distance(p, t) for p, t in zip(predicted, truth, strict=True))
-    chars = sum(len(t) for t in truth)
-    return exact, {"CER %": 100.0 * errors / max(chars, 1)}
-
-
-def _top1_list(out: np.ndarray) -> list:
-    return _top1(out).tolist()
-
-
-def _top1_metric(predicted: list, labels: Sequence) -> Score:
-    return 100.0 * float(np.mean(np.asarray(predicted) == np.asarray(labels))), {}
-
-
 def _benchmark(
-    task: _Task, configs: tuple[tvmq.QuantConfig, ...]
+    task: Task, configs: tuple[tvmq.QuantConfig, ...]
 ) -> tuple[_Row, list[_Row], list[str]]:
     """The FP32 row, one row per config and the tracebacks of the configs that failed."""
-    ref_out, ref_s = _run_onnxruntime(task.reference, task.x_test)
+    ref_out, ref_s = run_onnxruntime(task.reference, task.x_test)
     ref_pred = task.predict(ref_out)
     score, extras = task.metric(ref_pred, task.y_test)
     reference = _Row(None, score=score, extras=extras, agreement=100.0,
@@ -371,10 +227,10 @@ def _benchmark(
     return reference, rows, failures
 
 
-def _measure(task: _Task, config: tvmq.QuantConfig, ref_out: np.ndarray, ref_pred: list) -> _Row:
+def _measure(task: Task, config: tvmq.QuantConfig, ref_out: np.ndarray, ref_pred: list) -> _Row:
     cm = tvmq.compile(task.model, target="host", config=config, calib=task.x_calib,
                       input_shape=task.input_shape, progress=False)
-    out, seconds = _timed_per_sample(cm.run, task.x_test)
+    out, seconds = seconds_per_sample(cm.run, task.x_test)
     pred = task.predict(out)
     score, extras = task.metric(pred, task.y_test)
     return _Row(
@@ -382,42 +238,13 @@ def _measure(task: _Task, config: tvmq.QuantConfig, ref_out: np.ndarray, ref_pre
         score=score,
         extras=extras,
         agreement=100.0 * float(np.mean([p == r for p, r in zip(pred, ref_pred, strict=True)])),
-        sqnr_db=_sqnr_db(ref_out, out),
+        sqnr_db=sqnr_db(ref_out, out),
         compile_s=cm.report().compile_seconds,
         ms_per_sample=1e3 * seconds,
     )
 
 
-def _run_onnxruntime(model: Path | onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, float]:
-    """First output of ``model`` for each sample of ``x`` and the seconds per sample."""
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return _timed_per_sample(lambda s: session.run(None, {name: s})[0], x)
-
-
-def _timed_per_sample(
-    run: Callable[[np.ndarray], np.ndarray], x: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Stacked ``run`` of each sample of ``x`` (batch 1) and seconds per sample, after a warm-up."""
-    run(x[:1])
-    start = time.perf_counter()
-    out = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
-    return out, (time.perf_counter() - start) / len(x)
-
-
-def _top1(out: np.ndarray) -> np.ndarray:
-    return out.reshape(len(out), -1).argmax(axis=1)
-
-
-def _sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """``10 log10(sum(ref^2) / sum((ref - approx)^2))`` in float64; inf when equal."""
-    ref = reference.astype(np.float64)
-    noise = float(np.sum((ref - approx.astype(np.float64)) ** 2))
-    return math.inf if noise == 0.0 else 10.0 * math.log10(float(np.sum(ref**2)) / noise)
-
-
-def _target(task: _Task, config: tvmq.QuantConfig) -> tuple[str, float] | None:
+def _target(task: Task, config: tvmq.QuantConfig) -> tuple[str, float] | None:
     """The issue target a config's row is held to: (what, points of the primary metric)."""
     if config.scheme == "lbfp8":
         return "LBFP8", LBFP8_TARGET_POINTS
@@ -430,7 +257,38 @@ def _within(row: _Row, reference: _Row, points: float) -> bool:
     return abs(row.score - reference.score) <= points + 1e-9
 
 
-def _table(task: _Task, reference: _Row, rows: list[_Row]) -> str:
+def _title(task: Task) -> str:
+    return (f"{task.name}: {task.reference.name}, {len(task.x_calib)} calibration / "
+            f"{len(task.x_test)} test samples, batch 1 timings")
+
+
+def _records(task: Task, reference: _Row, rows: list[_Row]) -> list[dict]:
+    """The table's rows as dicts keyed by its headers, numbers unrounded; ``ok`` is true /
+    false on rows held to a target, else null; a failed row has ``failed`` instead."""
+    first = {"model": task.name, "config": "fp32 onnxruntime", task.primary: reference.score,
+             **reference.extras, "ort ms": reference.ms_per_sample}
+    out = [first]
+    for row in rows:
+        record = {"model": task.name, "config": row.config.label}
+        if row.error is not None:
+            out.append({**record, "failed": row.error})
+            continue
+        record.update({task.primary: row.score, "Δ pts": row.score - reference.score})
+        for extra in task.extras:
+            record[extra] = row.extras[extra]
+            record[f"Δ {extra.removesuffix(' %')}"] = row.extras[extra] - reference.extras[extra]
+        target = _target(task, row.config)
+        record.update({
+            "agree %": row.agreement, "SQNR dB": row.sqnr_db, "compile s": row.compile_s,
+            "tvmq ms": row.ms_per_sample, "ort ms": reference.ms_per_sample,
+            "tvmq/ort": row.ms_per_sample / reference.ms_per_sample,
+            "ok": None if target is None else _within(row, reference, target[1]),
+        })
+        out.append(record)
+    return out
+
+
+def _table(task: Task, reference: _Row, rows: list[_Row]) -> str:
     """A fixed-width table: the FP32 row, then one row per config."""
     targets = [_target(task, row.config) for row in rows]
     with_ok = any(t is not None for t in targets)
@@ -471,10 +329,7 @@ def _table(task: _Task, reference: _Row, rows: list[_Row]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w)
                          for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
-    n = len(task.x_test)
-    title = (f"{task.name}: {task.reference.name}, {len(task.x_calib)} calibration / "
-             f"{n} test samples, batch 1 timings")
-    lines = [title, fmt(head), "  ".join("-" * w for w in widths), *map(fmt, cells)]
+    lines = [_title(task), fmt(head), "  ".join("-" * w for w in widths), *map(fmt, cells)]
     lines += [textwrap.fill(note, 100, initial_indent="note: ", subsequent_indent="      ")
               for note in task.notes]
     for what in dict.fromkeys(t[0] for t in targets if t is not None):

@@ -2,9 +2,11 @@
 exit code, what it printed on stderr (line count and the last line) and what the output
 location holds afterwards.
 
-    python benchmarks/bad_input_tour.py [--keep DIR]
+    python benchmarks/bad_input_tour.py [--keep DIR] [--json PATH]
 
 Runs in a scratch folder (the bundled digits model, small calibration sets); about 2 minutes.
+The rows and the run's environment go to ``benchmarks/results/bad_input_tour.json``
+(``--json PATH``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_json_argument, write_results
 
 from tvmq import data
 
@@ -95,21 +98,29 @@ def listing(work: Path, name: str | None) -> str:
     return " ".join(names) if len(names) <= 8 else f"{len(names)} entries: {' '.join(names[:6])}..."
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="scratch folder to use and keep")
-    opts = parser.parse_args()
+    add_json_argument(parser, "bad_input_tour")
+    opts = parser.parse_args(argv)
     work = Path(opts.keep or tempfile.mkdtemp(prefix="tvmq-tour-"))
     work.mkdir(parents=True, exist_ok=True)
     setup(work)
     print("| case | command | exit | stderr lines | last line (stderr, else stdout) | "
           "output location after |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for what, args, out in CASES:
         rc, err, stdout = run(work, args)
         last = (err or stdout).splitlines()[-1:] or [""]
+        rows.append({"case": what, "command": f"tvmq {args}", "exit": rc,
+                     "stderr lines": len(err.splitlines()), "last line": last[0],
+                     "output location after": listing(work, out)})
         print(f"| {what} | `tvmq {args}` | {rc} | {len(err.splitlines())} | "
               f"{last[0].replace('|', '/')} | {listing(work, out)} |", flush=True)
+    # Each case is a `tvmq` subprocess with the environment's thread settings.
+    path = write_results(opts.json, "bad_input_tour", {"rows": rows}, argv=argv, threads={})
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

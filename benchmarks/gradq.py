@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/gradq.py [--dataset digits|mnist] [--epochs 15] [--seeds 0,1,2]
-                               [--bits 8] [--only-latency] [--quick]
+                               [--bits 8] [--only-latency] [--quick] [--json PATH]
 
 1. Accuracy. The bundled digits CNN (tvmq/data/digits_cnn.onnx: conv, depthwise conv, 1x1 conv,
    ReLU6, max pool, a residual block, average pool, concat, global pooling, dense), re-initialized
@@ -21,12 +21,17 @@ Run from the repository root::
    28x28; the same fully convolutional CNN).
    "test acc" is the training forward's (fake-quantized for the INT8 rows) on the test split;
    "deployed INT8" is the same weights exported to ONNX and compiled by `tvmq.compile` (host,
-   INT8, the row's requant, 200 calibration images). The goal line checks the issue's target:
+   INT8, the row's requant: mult_shift with double rounding or fp32; the default minmax
+   observer on 200 calibration images; the FP32 rows compile with mult_shift and, for the
+   requant line, also with fp32). The goal line checks the issue's target:
    RTZ+z-score within 0.5 points of SR and of FP32. The requant line compares mult_shift with
    fp32 requant in training (INT8 forward rows) and in inference (the FP32 runs quantized).
 2. Latency of the quantizers alone on a 1M-element float32 tensor, the accelerator's C unit
    (targets/accel/emulator/gradq.c, -O2, one core) and the NumPy golden model, and the RTZ+z-score
    / SR ratio (the ARC paper: 43% less latency than SR on a CPU).
+
+The rows of both tables and the run's environment go to ``benchmarks/results/gradq.json``
+(``--json PATH``).
 """
 
 from __future__ import annotations
@@ -36,14 +41,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+from _common import add_json_argument, format_table, median_ms, tvm_pool_threads, write_results
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from accel import table
 from tvmq.targets.accel import gradq as c_gradq
 
 import tvmq
@@ -89,7 +90,8 @@ def variants(bits: int, batch: int, lr: float) -> list[Variant]:
 
 def deployed_accuracy(trainer: QuantTrainer, requant: str, x_calib, xt, yt) -> float:
     """Test accuracy (%) of the trained model exported to ONNX and compiled by tvmq (host,
-    INT8, the given requant, KL calibration on `x_calib`)."""
+    INT8, the given requant (mult_shift with double rounding, or fp32), the default minmax
+    observer on `x_calib`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/trained.onnx"
         trainer.export_onnx(path)
@@ -117,10 +119,11 @@ def load_data(name: str):
             labels[test].astype(np.int64), (1, 28, 28))
 
 
-def accuracy_section(args) -> str:
+def accuracy_section(args) -> tuple[str, dict]:
+    """The training table and its goal lines; the rows as dicts (per-seed values)."""
     x, y, xt, yt, sample = load_data(args.dataset)
     x_calib = x[np.random.default_rng(0).permutation(len(x))[:200]]
-    rows, results, ptq = [], {}, {"mult_shift": [], "fp32": []}
+    rows, records, results, ptq = [], [], {}, {"mult_shift": [], "fp32": []}
     runs = tqdm(total=len(variants(args.bits, args.batch, args.lr)) * len(args.seeds),
                 desc="training", unit="run")
     for v in variants(args.bits, args.batch, args.lr):
@@ -145,12 +148,16 @@ def accuracy_section(args) -> str:
                      " ".join(f"{a:.2f}" for a in accs),
                      f"{np.mean(deployed):.2f} +/- {np.std(deployed):.2f}", f"{build_s:.1f}",
                      f"{np.mean(run_s):.1f}", f"{1000 * np.mean(run_s) / _steps(x, args):.0f}"])
+        records.append({"variant": v.name, "test acc % per seed": accs,
+                        "deployed INT8 % per seed": deployed, "build s": build_s,
+                        "s/run per seed": run_s,
+                        "ms/step": 1000 * np.mean(run_s) / _steps(x, args)})
     runs.close()
     head = ["variant", "test acc % (training forward)", "per seed", "deployed INT8 %",
             "build s", "s/run", "ms/step"]
     out = [f"## Training ({args.dataset}: {len(x)} train / {len(xt)} test, {args.epochs} epochs, "
            f"batch {args.batch}, momentum SGD lr {args.lr}, seeds {args.seeds})", "",
-           table(head, rows, left=(0, 2)), ""]
+           format_table(head, rows, left=(0, 2)), ""]
     names = list(results)
     fp32, sr, rtz = results[names[0]], results[names[4]], results[names[5]]
     d_sr, d_fp = np.mean(rtz) - np.mean(sr), np.mean(rtz) - np.mean(fp32)
@@ -162,24 +169,20 @@ def accuracy_section(args) -> str:
     out.append(f"requant mult_shift - fp32, in training (INT8 forward, FP32 grads): "
                f"{d_train:+.2f} points; in inference (the FP32 runs quantized after training): "
                f"{ptq_ms - ptq_fp:+.2f} points ({ptq_ms:.2f} vs {ptq_fp:.2f})")
-    return "\n".join(out)
+    data = {"dataset": args.dataset, "train": len(x), "test": len(xt), "epochs": args.epochs,
+            "batch": args.batch, "lr": args.lr, "seeds": args.seeds, "rows": records,
+            "rtz_zscore_minus_sr": d_sr, "rtz_zscore_minus_fp32": d_fp, "goal_met": ok,
+            "requant_mult_shift_minus_fp32_training": d_train,
+            "deployed_fp32_runs": {"mult_shift": ptq["mult_shift"], "fp32": ptq["fp32"]}}
+    return "\n".join(out), data
 
 
 def _steps(x, args) -> int:
     return args.epochs * (len(x) // args.batch)
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
-
-
-def latency_section(n: int, bits: int, repeats: int) -> str:
+def latency_section(n: int, bits: int, repeats: int) -> tuple[str, dict]:
+    """The quantizer latency table and its ratio lines; the rows as dicts."""
     g = np.random.default_rng(0).standard_t(3, size=n).astype(np.float32)  # heavy tails
     quantizers = {
         "nearest, max clip": GradQuant(bits, "nearest", "max"),
@@ -190,18 +193,21 @@ def latency_section(n: int, bits: int, repeats: int) -> str:
     }
     rows, ms = [], {}
     for name, q in quantizers.items():
-        c = _median_ms(lambda q=q: c_gradq.quantize_gradient(g, q, seed=1), repeats)
-        py = _median_ms(lambda q=q: gradq.quantize_gradient(g, q, seed=1), repeats)
+        c = median_ms(lambda q=q: c_gradq.quantize_gradient(g, q, seed=1), repeats)
+        py = median_ms(lambda q=q: gradq.quantize_gradient(g, q, seed=1), repeats)
         ms[name] = (c, py)
         rows.append([name, f"{c:.2f}", f"{py:.2f}", f"{py / c:.1f}"])
     out = [f"## Quantizer latency ({n:,} float32 elements, {bits} bits, median of {repeats})", "",
-           table(["quantizer", "C ms", "NumPy ms", "NumPy/C"], rows), ""]
+           format_table(["quantizer", "C ms", "NumPy ms", "NumPy/C"], rows), ""]
     for a, b in (("RTZ, z-score clip", "SR, max clip"), ("RTZ, z-score clip", "SR, z-score clip"),
                  ("RTZ, max clip", "SR, max clip")):
         rc, rp = ms[a][0] / ms[b][0], ms[a][1] / ms[b][1]
         out.append(f"{a} / {b}: C {rc:.2f} ({100 * (1 - rc):.0f}% less), "
                    f"NumPy {rp:.2f} ({100 * (1 - rp):.0f}% less)")
-    return "\n".join(out)
+    data = {"elements": n, "bits": bits, "repeats": repeats,
+            "rows": [{"quantizer": name, "C ms": c, "NumPy ms": py, "NumPy/C": py / c}
+                     for name, (c, py) in ms.items()]}
+    return "\n".join(out), data
 
 
 def _parse_args(argv):
@@ -216,6 +222,7 @@ def _parse_args(argv):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--only-latency", action="store_true")
     p.add_argument("--quick", action="store_true", help="2 epochs, 1 seed: a smoke run")
+    add_json_argument(p, "gradq")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:
@@ -226,11 +233,18 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     args = _parse_args(argv)
     start = time.perf_counter()
-    sections = [latency_section(args.elements, args.bits, args.repeats)]
+    latency, results = latency_section(args.elements, args.bits, args.repeats)
+    sections, results = [latency], {"latency": results}
     if not args.only_latency:
-        sections.append(accuracy_section(args))
+        text, results["training"] = accuracy_section(args)
+        sections.append(text)
     print("\n\n".join(sections))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    results["total_s"] = time.perf_counter() - start
+    print(f"\ntotal {results['total_s']:.0f} s")
+    # The C quantizer runs on one core; training runs TVM's VM with its pool.
+    path = write_results(args.json, "gradq", results, argv=argv,
+                         threads={"tvm": tvm_pool_threads(), "c_quantizer": 1})
+    print(f"wrote {path}")
     return 0
 
 

@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/mcu.py [--models digits,digits_mixed,digits_w4,ppocr_cls] [--check N]
-                             [--m4-samples N]
+                             [--m4-samples N] [--json PATH]
 
 For each model: compile with ``target="mcu"`` (INT8, mult/shift double rounding; digits_mixed:
 scheme "mixed" at 75% of uniform-INT8 accelerator cycles; digits_w4: every conv/matmul at 4-bit
@@ -21,6 +21,8 @@ weights, stored two per byte; PP-OCR's hard-swish islands and softmax run as flo
 3. speed: instructions per ``tvmq_model_run`` on qemu (``-icount shift=0``: one instruction per
    ns of virtual time, read with SysTick at 25 MHz, so +-40 instructions), and host C time per
    inference next to the host build's.
+
+The rows and the run's environment go to ``benchmarks/results/mcu.json`` (``--json PATH``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_json_argument, tvm_pool_threads, write_results
 from models import fetch_model
 from textlines import CLS_IMAGE_SHAPE, make_cls_dataset
 from tvmq.targets import mcu
@@ -151,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="digits,digits_mixed,digits_w4,ppocr_cls")
     parser.add_argument("--check", type=int, default=50, help="inputs checked on the host")
     parser.add_argument("--m4-samples", type=int, default=4, help="inputs run on qemu")
+    add_json_argument(parser, "mcu")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,6 +164,10 @@ def main(argv=None) -> int:
     print_tables(rows)
     ok = all(r["c_eq_host"] == r["checked"] == r["c_eq_oracle"] and
              r.get("m4_eq_c", 0) == r.get("m4_checked", 0) for r in rows)
+    # The exported C runs single-threaded (host and qemu); the host build in TVM's pool.
+    path = write_results(args.json, "mcu", {"rows": rows, "all_equal": ok}, argv=argv,
+                         threads={"tvm": tvm_pool_threads(), "exported_c": 1})
+    print(f"wrote {path}")
     return 0 if ok else 1
 
 

@@ -5,9 +5,10 @@ Run from the repository root::
 
     python benchmarks/mixed.py [--models digits,ppocr_cls,ppocr_rec] [--budgets 0.9,0.75,0.6]
                                [--accel npu-small] [--quick] [--sensitivity-samples N]
+                               [--json PATH]
 
-For each model (data and metrics as in benchmarks/accuracy.py: top-1 for the classifiers,
-exact-match and CER for the PP-OCRv4 recognizer) the table has
+For each model (data and metrics of benchmarks/tasks.py, as in benchmarks/accuracy.py: top-1 for
+the classifiers, exact-match and CER for the PP-OCRv4 recognizer) the table has
 - FP32 (onnxruntime) and uniform INT8 (tvmq, host), then one row per latency budget of
   ``QuantConfig(scheme="mixed", bits=(4, 8), latency_budget=B)`` compiled for the host (the
   accelerator target computes the same integers; tests/mixed checks both against the oracle);
@@ -24,7 +25,8 @@ stay 8-bit unless 4 bits is free for accuracy; they are listed under the table.
 
 Then: the cost model's MAPE on held-out synthetic shapes and on every layer x choice of the
 benchmarked models; and the solve time of one program holding all benchmarked models' layers
-(ties included), at 0.75.
+(ties included), at 0.75. The rows and the run's environment go to
+``benchmarks/results/mixed.json`` (``--json PATH``).
 """
 
 from __future__ import annotations
@@ -33,14 +35,12 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import add_json_argument, name_list, tvm_pool_threads, write_results
+from ort_runner import ORT_THREADS, run_onnxruntime
+from tasks import LOADERS, Skip
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import accuracy
 from tvmq.targets.accel import preset
 
 import tvmq
@@ -61,17 +61,20 @@ def main(argv=None) -> int:
     model, report = cost.train_cost_model(hw, n_train=args.cost_train, n_test=args.cost_test,
                                           seed=0)
     print(f"XGBoost cost model ({hw.name}): {report}")
+    results: dict = {"cost_model": report, "models": {}, "skipped": {}}
     problems, real = [], []
     for name in args.models:
         n_calib, n_test = (QUICK_SIZES if args.quick else SIZES)[name]
         try:
-            task = accuracy._LOADERS[name](n_calib, n_test)
-        except accuracy._Skip as skip:
+            task = LOADERS[name](n_calib, n_test)
+        except Skip as skip:
             print(f"\n{name}: skipped: {skip}")
+            results["skipped"][name] = str(skip)
             continue
         rows, problem, measured = _sweep(task, args, hw, model)
         print()
         print(_table(task, rows, hw), flush=True)
+        results["models"][name] = {"title": _title(task, hw), "rows": rows}
         if problem is not None:
             problems.append(problem)
             real.append(measured)
@@ -82,16 +85,21 @@ def main(argv=None) -> int:
         err = cost.mape(model.predict(shapes, bits), cycles)
         print(f"\nXGBoost MAPE on the benchmarked models' layers x choices ({len(cycles)} "
               f"points, shapes never seen in training): {err:.1f}%")
+        results["cost_model_mape_real_layers"] = {"points": len(cycles), "mape %": err}
     if problems:
-        _solve_time(problems)
-    print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")
+        results["solve_time"] = _solve_time(problems)
+    results["total_s"] = time.perf_counter() - start
+    print(f"\nTotal benchmark time: {results['total_s']:.0f} s")
+    path = write_results(args.json, "mixed", results, argv=argv,
+                         threads={"tvm": tvm_pool_threads(), "onnxruntime": ORT_THREADS})
+    print(f"wrote {path}")
     return 0
 
 
 def _parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="digits,ppocr_cls,ppocr_rec",
-                   type=lambda t: accuracy._names(t, accuracy._LOADERS, "model"))
+                   type=lambda t: name_list(t, LOADERS, "model"))
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
                    type=lambda t: tuple(float(v) for v in t.split(",")))
     p.add_argument("--accel", default="npu-small")
@@ -99,12 +107,13 @@ def _parse_args(argv):
     p.add_argument("--sensitivity-samples", type=int, default=8)
     p.add_argument("--cost-train", type=int, default=400, help="synthetic training shapes")
     p.add_argument("--cost-test", type=int, default=100, help="synthetic held-out shapes")
+    add_json_argument(p, "mixed")
     return p.parse_args(argv)
 
 
 def _sweep(task, args, hw, model):
     """Rows: FP32, INT8, then one per budget; the 0.75 program; real-layer measurements."""
-    ref_out, _ = accuracy._run_onnxruntime(task.reference, task.x_test)
+    ref_out, _ = run_onnxruntime(task.reference, task.x_test)
     ref_pred = task.predict(ref_out)
     fp32, fp32_extras = task.metric(ref_pred, task.y_test)
     rows = [dict(config="FP32 (onnxruntime)", score=fp32, extras=fp32_extras, agree=100.0)]
@@ -182,8 +191,9 @@ def _real_layers(cm, hw, plan) -> dict:
     return dict(shapes=shapes, bits=bits, cycles=np.array(cycles))
 
 
-def _solve_time(problems) -> None:
-    """One program with every benchmarked model's layers (names prefixed), at 0.75."""
+def _solve_time(problems) -> dict:
+    """One program with every benchmarked model's layers (names prefixed), at 0.75; prints
+    and returns the median solve time."""
     choices = problems[0].choices
     layers, ties = [], []
     for i, p in enumerate(problems):
@@ -196,10 +206,14 @@ def _solve_time(problems) -> None:
     runs = []
     for _ in range(5):
         runs.append(assign.AssignBitwidths(TARGET_BUDGET)(problem).solve_seconds)
+    median_ms = 1e3 * float(np.median(runs))
     print(f"\nInteger program with {len(layers)} layers x {len(choices)} choices "
           f"({len(ties)} tie groups, all benchmarked models at once, budget {TARGET_BUDGET}): "
-          f"solve time median {1e3 * float(np.median(runs)):.1f} ms over 5 runs "
+          f"solve time median {median_ms:.1f} ms over 5 runs "
           f"(goal: under 1 s)")
+    return {"layers": len(layers), "choices": len(choices), "tie_groups": len(ties),
+            "budget": TARGET_BUDGET, "runs_ms": [1e3 * r for r in runs],
+            "median_ms": median_ms}
 
 
 def _table(task, rows, hw) -> str:
@@ -231,8 +245,7 @@ def _table(task, rows, hw) -> str:
             _fmt(r.get("compile_s"), ".0f"), ok])
     widths = [max(len(x[i]) for x in [head, *lines] if i < len(x) and len(x) > 2)
               for i in range(len(head))]
-    out = [f"{task.name}: {len(task.x_test)} test samples, {len(task.x_calib)} calibration, "
-           f"accelerator {hw.name} ({hw.t_oc}x{hw.t_ic} PEs)"]
+    out = [_title(task, hw)]
     for i, line in enumerate([head, *lines]):
         out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
         if i == 0:
@@ -242,6 +255,11 @@ def _table(task, rows, hw) -> str:
     for name, why in host.items():
         out.append(f"  {name} stays on the host: {why}")
     return "\n".join(out)
+
+
+def _title(task, hw) -> str:
+    return (f"{task.name}: {len(task.x_test)} test samples, {len(task.x_calib)} calibration, "
+            f"accelerator {hw.name} ({hw.t_oc}x{hw.t_ic} PEs)")
 
 
 def _fmt(v, spec: str) -> str:

@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/speed.py [--models digits,ppocr_cls,ppocr_rec] [--budget 300] [--runs 30]
+    python benchmarks/speed.py [--models digits,ppocr_cls,ppocr_rec] [--budget 300] [--runs 20]
+                               [--rounds 5] [--quick] [--json PATH]
 
 Per model, in one process:
 
@@ -22,7 +23,9 @@ row's figure is the median over all its calls (this machine is shared and noisy:
 one run are the figures to compare). The table shows ms per inference and the two goals:
 tuned / ORT INT8 (goal <= 1.5) and TVM FP32 / tvmq default (goal >= 5). Exactness: the tuned
 and the default build against the NumPy oracle (or, where the oracle lacks a float op, against
-the same quantized model built with TVM's loops).
+the same quantized model built with TVM's loops). ``--quick``: 30 s tuning, 3 rounds of 10
+calls (flags given explicitly win). The rows (ms per variant, ratios, the tuning table) and the
+run's environment go to ``benchmarks/results/speed.json`` (``--json PATH``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import tvm
+from _common import add_json_argument, interleaved_median_ms, tvm_pool_threads, write_results
 from models import fetch_model
 from onnx import version_converter
 from onnxruntime import quantization as ortq
@@ -99,24 +103,6 @@ def ort_sessions(path: Path, x_calib: np.ndarray, work: Path):
     return name, fp32, int8
 
 
-def interleaved(fns: dict, runs: int, rounds: int) -> dict[str, float]:
-    """Median ms per call of each function, taking turns round by round. Each turn starts
-    with a 50 ms pause and 3 untimed calls: ORT's and TVM's thread pools both spin-wait after
-    work, and a pool still spinning on the other core would slow the next runtime's turn (ORT
-    FP32 on the classifier measured 1.25 ms after the pause, 2.7 ms without it)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            time.sleep(0.05)
-            for _ in range(3):
-                fn()
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-
-
 def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool) -> dict:
     path, shape, x_calib = load(name)
     x = np.ascontiguousarray(x_calib[:1].reshape(shape), np.float32)
@@ -148,7 +134,7 @@ def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool
             "tvmq INT8 default": lambda: cm.run(x),
             "tvmq INT8 tuned": lambda: tuned.run(x),
         }
-        ms = interleaved(fns, runs, rounds)
+        ms = interleaved_median_ms(fns, runs, rounds)
     return {"name": name, "ms": ms, "tune": result, "compile_s": compile_s,
             "exact": f"{'yes' if exact else 'NO'} ({exact_vs})"}
 
@@ -188,14 +174,41 @@ def print_table(rows: list[dict], budget: float) -> None:
           f"{budget:.0f} s per model (plus the first timing pass)")
 
 
+def record(r: dict) -> dict:
+    """A table row as a dict: ms per variant, the two goal ratios, tuning and exactness."""
+    ms, tune = r["ms"], r["tune"]
+    kernels = [{"function": t.name, "kind": t.info.kind, "output": str(t.info.out_shape),
+                "calls": t.calls, "TVM ms": t.unscheduled_ms, "default ms": t.default_ms,
+                "tuned ms": t.best_ms, "trials": t.trials,
+                "schedule": t.best if isinstance(t.best, str) else t.best.to_dict()}
+               for t in tune.tasks]
+    return {"model": r["name"], "ms": ms,
+            "tuned/ORT8": ms["tvmq INT8 tuned"] / ms["ORT INT8"],
+            "TVM32/tvmq": ms["TVM FP32"] / ms["tvmq INT8 default"],
+            "TVM32 CPU/tvmq": ms["TVM FP32 CPU"] / ms["tvmq INT8 default"],
+            "compile s": r["compile_s"], "tuning s": tune.seconds, "tuning trials": tune.trials,
+            "exact": r["exact"], "kernels": kernels}
+
+
+QUICK = {"budget": 30.0, "runs": 10, "rounds": 3}
+DEFAULTS = {"budget": 300.0, "runs": 20, "rounds": 5}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--budget", type=float, default=300.0, help="tuning seconds per model")
-    p.add_argument("--runs", type=int, default=20, help="calls per variant per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--budget", type=float, help="tuning seconds per model (default 300)")
+    p.add_argument("--runs", type=int, help="calls per variant per round (default 20)")
+    p.add_argument("--rounds", type=int, help="rounds (default 5)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"budget {QUICK['budget']:.0f}, {QUICK['rounds']} rounds of "
+                        f"{QUICK['runs']} runs unless given")
     p.add_argument("--quiet", action="store_true")
+    add_json_argument(p, "speed")
     args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -210,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1]["tune"].table())
         print_table(rows[-1:], args.budget)
     print_table(rows, args.budget)
+    path = write_results(args.json, "speed", {
+        "budget_s": args.budget, "runs": args.runs, "rounds": args.rounds,
+        "rows": [record(r) for r in rows]}, argv=argv, threads={
+        "tvm": tvm_pool_threads(), "onnxruntime": "default (one per physical core)"})
+    print(f"wrote {path}")
     return 0
 
 

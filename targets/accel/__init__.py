@@ -1,4 +1,8 @@
-"""The emulated accelerator target (issue 3): its description and C emulator; lowering to come."""
+"""The emulated accelerator target (issue 3): `AccelConfig` and its presets (config.py), the C
+emulator of the PE array, requant units, LBFP MAC mode and gradient quantizer (emulator.py,
+gradq.py, emulator/), the lowering of every int8 / LBFP conv2d and matmul to TIR tile loops that
+call the emulator (lower.py, run by ``tvmq.compile(..., target="accel")``, bit-exact with the
+NumPy oracle) and the requant / multiplier area model (area.py)."""
 
 from .config import PRESETS, AccelConfig, preset
 
