@@ -32,7 +32,7 @@ from .passes.insert_taps import InsertTaps
 from .passes.realize_lbfp import MAC_KINDS, RealizeLBFP
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow, Report, sqnr_db
-from .targets.accel import AccelConfig, emulator, preset
+from .targets.accel import AccelConfig, library, preset
 from .targets.accel.lower import AccelRuntime, LowerToAccel
 from .targets.host import HostModule, build
 from .targets.host.benchmark import Benchmark, benchmark
@@ -153,7 +153,7 @@ class CompiledModel:
         else:
             options = []
             if self.accel is not None:  # the tile loops call the emulator: ship and link it
-                lib = shutil.copy2(emulator.build(), out / "libaccel.so")
+                lib = shutil.copy2(library.build(), out / "libaccel.so")
                 # found beside model.so ($ORIGIN); TVM puts options before the objects
                 options = [f"-L{out}", "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed",
                            f"-l:{Path(lib).name}"]
@@ -218,7 +218,7 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     runtime = AccelRuntime(hw) if target == "accel" else None
     if hw is not None:
         try:
-            emulator.load()  # builds the C emulator on first use
+            library.load()  # builds the C emulator on first use
         except RuntimeError as err:
             why = "target='accel'" if runtime else "scheme='mixed' (costs from the emulator)"
             raise CompileError(f"{why}: {err}") from None
