@@ -6,7 +6,7 @@ import pytest
 from tvmq.targets.accel import AccelConfig
 from tvmq.targets.accel.int8_unit import conv2d, conv2d_descriptor
 
-from tests.targets.test_emulator import SHAPES
+from tests.targets.test_int8_unit import SHAPES
 from tvmq import oracle
 from tvmq.numerics import Requant, requantize
 from tvmq.numerics.weights import pack_int4, unpack_int4

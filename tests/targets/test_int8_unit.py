@@ -227,12 +227,3 @@ def test_tile_calls_and_counter_bank():
         conv2d_descriptor(hw_small, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
                           rq, 0, -128, 127, counter_slot=b)
 
-
-def test_build_is_cached_and_needs_a_compiler(tmp_path, monkeypatch):
-    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))
-    lib = library.build()
-    assert lib.is_file() and lib.parent.parent == tmp_path / "accel"
-    assert library.build() == lib and [p.name for p in lib.parent.iterdir()] == ["libaccel.so"]
-    monkeypatch.setenv("CC", "no-such-cc-for-tvmq")
-    with pytest.raises(RuntimeError, match="no-such-cc-for-tvmq"):
-        library.build()
