@@ -1,10 +1,11 @@
 """The C emulator of the accel target against tvmq.numerics and tvmq.oracle, bit for bit."""
 
 import ctypes
+import doctest
 
 import numpy as np
 import pytest
-from tvmq.targets.accel import AccelConfig, library
+from tvmq.targets.accel import AccelConfig, int8_unit, library
 from tvmq.targets.accel.c_api import (
     DESC_FIELDS,
     AccelConvArgs,
@@ -227,3 +228,6 @@ def test_tile_calls_and_counter_bank():
         conv2d_descriptor(hw_small, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
                           rq, 0, -128, 127, counter_slot=b)
 
+
+def test_module_example_runs():
+    assert doctest.testmod(int8_unit, extraglobs={"np": np}).failed == 0
