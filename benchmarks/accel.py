@@ -50,7 +50,9 @@ from models import fetch_model
 from textlines import CLS_IMAGE_SHAPE, make_cls_dataset
 from tqdm import tqdm
 from tvm import relax
-from tvmq.targets.accel import area, emulator, preset
+from tvmq.targets.accel import area, preset
+from tvmq.targets.accel.c_api import DESC_FIELDS
+from tvmq.targets.accel.int8_unit import tile_runner
 from tvmq.targets.accel.lower import AccelRuntime, LowerToAccel
 from tvmq.targets.host import build
 
@@ -238,11 +240,11 @@ def speed_section(m: Model, cm) -> tuple[str, dict]:
     runtime, lowered = lower(cm, hw)
     layer, args = largest_conv(lowered)
     desc = args["desc"]
-    fields = dict(zip(emulator.DESC_FIELDS, desc.tolist()))
+    fields = dict(zip(DESC_FIELDS, desc.tolist()))
     x = np.random.default_rng(0).integers(-128, 128, args["x_shape"], dtype=np.int8)
     y = np.empty(args["y_shape"], np.int8)
 
-    run_layer = emulator.tile_runner(desc, args["rq"], x, args["w"], args["bias"], y)
+    run_layer = tile_runner(desc, args["rq"], x, args["w"], args["bias"], y)
     accel_module, host_module, xs = build(lowered), cm.host, m.x_test[:1]
     macs = runtime.one_inference(accel_module, xs)[layer]["macs"]
     seconds = seconds_per_call(run_layer)
@@ -273,7 +275,7 @@ def largest_conv(lowered):
                 and value.args[0].name_hint.startswith("accel_")):
             continue
         x, w, bias, rq, desc = value.args[1].fields
-        d = dict(zip(emulator.DESC_FIELDS, desc.value.numpy().tolist()))
+        d = dict(zip(DESC_FIELDS, desc.value.numpy().tolist()))
         macs = d["O"] * d["OH"] * d["OW"] * d["C"] // d["groups"] * d["KH"] * d["KW"]
         if best is None or macs > best[0]:
             args = dict(x_shape=[int(s) for s in x.ty.shape], w=w.value.numpy(),

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 from tvmq.targets.mcu import build_host, build_m4, run_host, run_qemu
 from tvmq.targets.mcu.codegen import HOST_CFLAGS
-from tvmq.targets.mcu.lower import run_program
+from tvmq.targets.mcu.reference import run_program
 
 import tvmq
 from tests.conftest import needs_cc, needs_m4

@@ -20,7 +20,7 @@ import numpy as np
 from tvmq.numerics import gradq
 from tvmq.numerics.gradq import GradQuant
 
-from . import emulator
+from .library import load
 
 ROUNDING_CODES = {"nearest": 0, "stochastic": 1, "rtz": 2}  # accel.h ACCEL_GRADQ_*
 CLIP_CODES = {"none": 0, "max": 1, "zscore": 2}  # accel.h ACCEL_GRADQ_CLIP_*
@@ -59,7 +59,7 @@ def quantize_gradient(g: object, q: GradQuant, *, seed: int = 0,
     seed32, offset32 = gradq.as_uint32(seed, "seed"), gradq.as_uint32(offset, "offset")
     codes = np.empty(g32.shape, np.int16)
     step = np.empty(channels, np.float32)
-    lib = emulator.load()
+    lib = load()
     status = lib.accel_gradq(g32.ctypes.data_as(_f32p), outer, channels, inner, q.bits,
                              ROUNDING_CODES[q.rounding], CLIP_CODES[q.clip], q.k, seed32,
                              offset32, codes.ctypes.data_as(_i16p), step.ctypes.data_as(_f32p))
@@ -75,7 +75,7 @@ def uniform(seed: int, offset: int, n: int) -> np.ndarray:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise ValueError(f"n={n!r}: use an integer >= 0")
     u = np.empty(int(n), np.float32)
-    lib = emulator.load()
+    lib = load()
     _check(lib, lib.accel_uniform(gradq.as_uint32(seed, "seed"), gradq.as_uint32(offset, "offset"),
                                   int(n), u.ctypes.data_as(_f32p)), "accel_uniform")
     return u

@@ -4,7 +4,7 @@ Run after RealizeQuantization (host-side ops stay as they are). Each chain
 `conv2d(x - zp, Wq) [+ bq] -> requant -> int8` becomes one `R.call_tir` to a per-layer PrimFunc
 whose output-channel tile loop calls the emulator (`T.call_extern("accel_conv2d_tile", ...)`, one
 call per t_oc-wide tile). The layer's weights, bias, requant register file and descriptor
-(`emulator.conv2d_descriptor`) are constants of the call; the emulator adds each tile's cycle
+(`int8_unit.conv2d_descriptor`) are constants of the call; the emulator adds each tile's cycle
 counters into the layer's slot of its counter bank, which `AccelRuntime.counters` reads. A matmul
 (1, K) x (K, N) runs as a 1x1 conv with K input channels. No Python runs during inference.
 
@@ -14,7 +14,7 @@ the exponents, e_ref, the bias in accumulator units, the output exponents, the c
 product / threshold tables as constants (the LBFP MAC mode of the emulator).
 
 Mixed precision: `operand_bits` gives each layer's (w_bits, a_bits, y_bits); 4-bit weights are
-passed packed two per byte (`emulator.pack_weights`), and the descriptor carries the widths.
+passed packed two per byte (`int8_unit.pack_weights`), and the descriptor carries the widths.
 
 A chain the accelerator cannot run stays on the host and `AccelRuntime.host_layers` says why:
 its output is not int8, its input is not int8 - zp, a matmul has more than one row, or the
@@ -41,8 +41,12 @@ from tvmq.ir import (
 )
 from tvmq.numerics import lbfp
 
-from . import emulator
+from .c_api import DESC_FIELDS, LBFP_DESC_FIELDS
 from .config import AccelConfig
+from .counters import alloc_counters, clear_counters, read_counters
+from .int8_unit import conv2d_descriptor, pack_weights
+from .lbfp_unit import lbfp_conv2d_descriptor
+from .library import load
 
 
 class AccelRuntime:
@@ -59,11 +63,11 @@ class AccelRuntime:
     def counters(self) -> dict[str, dict[str, int]]:
         """Per layer: cycles, compute/dma/requant cycles, MACs, DMA bytes and tiles, summed over
         every inference since the last `reset()`."""
-        return {layer: emulator.read_counters(slot) for layer, slot in self.slots.items()}
+        return {layer: read_counters(slot) for layer, slot in self.slots.items()}
 
     def reset(self) -> None:
         for slot in self.slots.values():
-            emulator.clear_counters(slot)
+            clear_counters(slot)
 
     def one_inference(self, module, x: np.ndarray) -> dict[str, dict[str, int]]:
         """Per-layer counters of `module.run(x)` alone (counters are cleared before and after;
@@ -83,7 +87,7 @@ def tile_loop(x_shape, w_shape, rq_rows: int, y_shape, t_oc: int,
     o = int(w_shape[0])
     w_shape = w_shape if w_buffer is None else w_buffer
     n_tiles = -(-o // t_oc)
-    n_desc = len(emulator.DESC_FIELDS)
+    n_desc = len(DESC_FIELDS)
 
     @T.prim_func(private=True)
     def accel_conv2d(x: T.Buffer(x_shape, "int8"), w: T.Buffer(w_shape, "int8"),
@@ -105,7 +109,7 @@ def lbfp_tile_loop(x_shape, w_shape, y_shape, fmt: lbfp.LBFPFormat, t_oc: int
     o = int(w_shape[0])
     c = int(x_shape[1] if len(x_shape) == 4 else x_shape[-1])  # NCHW conv or (1, K) matmul
     n_tiles = -(-o // t_oc)
-    n_desc, n_lut, n_thr = len(emulator.LBFP_DESC_FIELDS), 2**fmt.frac_bits, fmt.c_max
+    n_desc, n_lut, n_thr = len(LBFP_DESC_FIELDS), 2**fmt.frac_bits, fmt.c_max
 
     @T.prim_func(private=True)
     def accel_lbfp_conv2d(x: T.Buffer(x_shape, "uint8"), w: T.Buffer(w_shape, "uint8"),
@@ -215,9 +219,9 @@ class _Lowerer(relax.PyExprMutator):
             (w,), geometry, x_nchw = _matmul_as_conv(chain.weight)
         o = w.shape[0]
         bias = np.zeros(o, np.int32) if chain.bias is None else chain.bias.reshape(-1)
-        slot = emulator.alloc_counters(1)
+        slot = alloc_counters(1)
         try:
-            desc, regs = emulator.conv2d_descriptor(
+            desc, regs = conv2d_descriptor(
                 self.runtime.hw, x_nchw, w.shape, zp, requant=rq, out_zp=q["zero_point"],
                 qmin=q["qmin"], qmax=q["qmax"], counter_slot=slot, w_bits=w_bits,
                 a_bits=a_bits, y_bits=y_bits, **geometry)
@@ -226,7 +230,7 @@ class _Lowerer(relax.PyExprMutator):
             return None
         self.runtime.slots[layer] = slot
         self.runtime.operand_bits[layer] = (w_bits, a_bits, y_bits)
-        w_buffer = emulator.pack_weights(w, w_bits)
+        w_buffer = pack_weights(w, w_bits)
         prim = tile_loop(shape_of(x), w.shape, regs.shape[0], shape_of(out_var),
                          self.runtime.hw.t_oc, w_buffer.shape if w_bits != 8 else None)
         gv = self.builder_.add_func(prim, f"accel_{layer}")
@@ -260,10 +264,10 @@ class _Lowerer(relax.PyExprMutator):
                 return None
             (w, w_exp), geometry, x_nchw = _matmul_as_conv(w, w_exp)
         o = w.shape[0]
-        slot = emulator.alloc_counters(1)
+        slot = alloc_counters(1)
         try:
-            desc = emulator.lbfp_conv2d_descriptor(self.runtime.hw, x_nchw, w.shape, fmt,
-                                                   counter_slot=slot, **geometry)
+            desc = lbfp_conv2d_descriptor(self.runtime.hw, x_nchw, w.shape, fmt,
+                                          counter_slot=slot, **geometry)
         except ValueError as err:
             self.runtime.host_layers[layer] = str(err)
             return None
@@ -293,7 +297,7 @@ class LowerToAccel:
         self.operand_bits = dict(operand_bits or {})
 
     def transform_module(self, mod, ctx):
-        emulator.load()  # build the emulator now, so a missing C compiler fails the compile
+        load()  # build the emulator now, so a missing C compiler fails the compile
         lowerer = _Lowerer(mod, self.runtime, self.operand_bits)
         lowerer.builder_.update_func(mod.get_global_var("main"), lowerer.visit_expr(mod["main"]))
         return relax.transform.DeadCodeElimination(["main"])(lowerer.builder_.get())

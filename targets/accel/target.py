@@ -15,7 +15,7 @@ from tvmq.errors import CompileError
 
 from ..host.target import export_library
 from ..target import LowerInfo, Target, register
-from . import emulator
+from . import library
 from .config import hardware_for
 from .lower import AccelRuntime, LowerToAccel
 
@@ -54,7 +54,7 @@ class AccelTarget(Target):
     def write(self, out: Path, host, samples: np.ndarray) -> None:
         # The tile loops call the emulator: ship it beside model.so, found there at load time
         # ($ORIGIN); TVM puts these options before the objects.
-        lib = shutil.copy2(emulator.build(), out / "libaccel.so")
+        lib = shutil.copy2(library.build(), out / "libaccel.so")
         export_library(host, out / "model.so", [f"-L{out}", "-Wl,-rpath,$ORIGIN",
                                                 "-Wl,--no-as-needed", f"-l:{Path(lib).name}"])
 
@@ -62,6 +62,6 @@ class AccelTarget(Target):
 def load_emulator(why: str) -> None:
     """Build (on first use) and load the C emulator; CompileError saying `why` it was needed."""
     try:
-        emulator.load()
+        library.load()
     except RuntimeError as err:
         raise CompileError(f"{why}: {err}") from None

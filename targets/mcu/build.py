@@ -16,8 +16,9 @@ from ...errors import CompileError
 from ...toolchain import find_compiler
 from . import codegen
 from .config import McuConfig
-from .lower import Program, lower_program
+from .lower import lower_program
 from .memory import MemoryPlan, plan_memory
+from .program import Program
 
 
 @dataclass

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from .lower import Program, Tensor, dequantize_phase
 from .memory import MemoryPlan, align
+from .program import Program, Tensor, dequantize_phase
 
 RUNTIME = Path(__file__).parent / "runtime"
 RUNTIME_FILES = ("main.c", "tvmq_shim.c", "startup_m4.c", "mps2_an386.ld")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .lower import Program, Step
+from .program import Program, Step
 
 ALIGN = 16
 EXTERNAL = ("input", "output", "float_input", "float_output", "const")  # not in the arena

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from tvmq.targets.accel import AccelConfig, preset
-from tvmq.targets.accel import emulator as emu
+from tvmq.targets.accel import AccelConfig, int8_unit, preset
 
 from tvmq.mixed import cost
 from tvmq.numerics import Requant
+from tvmq.toolchain import find_compiler
 
-pytestmark = pytest.mark.skipif(emu.find_compiler() is None,
+pytestmark = pytest.mark.skipif(find_compiler() is None,
                                 reason="the accel emulator needs a C compiler (cc/gcc or $CC)")
 
 HW = preset("npu-small")
@@ -20,8 +20,8 @@ def test_measure_is_the_emulators_count_and_ignores_values():
     x = rng.integers(-8, 8, (1, 64, 12, 12)).astype(np.int8)
     w = rng.integers(-7, 8, (32, 64, 3, 3)).astype(np.int8)
     rq = Requant.from_scale(1e-3, HW.requant, HW.rounding)
-    _, direct = emu.conv2d(HW, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, rq, 0, -128, 127,
-                           w_bits=4, a_bits=4)
+    _, direct = int8_unit.conv2d(HW, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, rq, 0,
+                                 -128, 127, w_bits=4, a_bits=4)
     assert cost.measure_cycles(HW, CONV, 4, 4) == direct
     assert cost.measure_cycles(HW, CONV, 4, 8)["cycles"] < cost.measure_cycles(HW, CONV, 8, 8)[
         "cycles"]

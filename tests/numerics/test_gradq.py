@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tvmq.targets.accel import emulator as emu
 from tvmq.targets.accel import gradq as accel_gradq
+from tvmq.targets.accel import library
 
 import tvmq.numerics.gradq
 from tvmq.numerics import GradQuant, clip_value, fake_quantize_gradient, quantize_gradient
 from tvmq.numerics.gradq import CLIPS, ROUNDINGS, step_size, uniform
+from tvmq.toolchain import find_compiler
 
-needs_cc = pytest.mark.skipif(emu.find_compiler() is None,
+needs_cc = pytest.mark.skipif(find_compiler() is None,
                               reason="the accel emulator needs a C compiler (cc/gcc or $CC)")
 
 AXES = [None, 0, 1, -1]
@@ -472,7 +473,7 @@ def test_accel_refuses_what_the_golden_refuses():
 ])
 def test_accel_checks_its_arguments(args, match):
     """The C unit validates on its own (callers other than the Python wrapper)."""
-    lib = emu.load()
+    lib = library.load()
     call = dict(g=[1.0, -2.0, 0.5], outer=1, channels=1, inner=3, bits=8, rounding=0, clip=1,
                 k=3.0)
     call.update(args)

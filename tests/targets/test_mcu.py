@@ -16,8 +16,9 @@ from tvmq.passes.insert_taps import InsertTaps
 from tvmq.targets.host import build
 from tvmq.targets.mcu import build_host, build_m4, m4_sizes, run_host, run_qemu
 from tvmq.targets.mcu.codegen import kernel_source
-from tvmq.targets.mcu.lower import Program, Step, Tensor, run_program
 from tvmq.targets.mcu.memory import plan_memory
+from tvmq.targets.mcu.program import Program, Step, Tensor
+from tvmq.targets.mcu.reference import run_program
 
 import tvmq
 from tests.conftest import make_onnx, needs_cc, needs_m4

@@ -1,7 +1,7 @@
 """On-chip awareness: each layer's cycles measured on the accelerator emulator, cached on disk,
 and an XGBoost model of them for shapes not measured.
 
-Measured: one `emulator.conv2d` run per (layer shape, w_bits, a_bits), on deterministic data in
+Measured: one `int8_unit.conv2d` run per (layer shape, w_bits, a_bits), on deterministic data in
 the operand ranges (the counters depend on shapes and widths only, never on values), output
 width 8. Cache: one JSON file per accelerator under `<cache root>/cost/`, named by a hash of
 the AccelConfig fields that change cycles (t_oc, t_ic, buffers, DMA rate, operand widths) and
@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..numerics import Requant
-from ..targets.accel import AccelConfig, emulator
+from ..targets.accel import AccelConfig, int8_unit, library
 from ..toolchain import cache_root
 
 HW_FIELDS = ("t_oc", "t_ic", "weight_buffer_bytes", "act_buffer_bytes", "acc_buffer_bytes",
@@ -107,9 +107,9 @@ def measure_cycles(hw: AccelConfig, shape: ConvShape, w_bits: int, a_bits: int,
     w = rng.integers(-w_hi + 1, w_hi, size=(shape.O, shape.C // shape.groups, shape.KH,
                                           shape.KW), dtype=np.int8)
     y_hi = 2 ** (y_bits - 1)
-    _, counters = emulator.conv2d(hw, x, 0, w, None, shape.stride, shape.padding, shape.dilation,
-                                  shape.groups, _requant(hw), 0, -y_hi, y_hi - 1, w_bits=w_bits,
-                                  a_bits=a_bits, y_bits=y_bits)
+    _, counters = int8_unit.conv2d(hw, x, 0, w, None, shape.stride, shape.padding,
+                                   shape.dilation, shape.groups, _requant(hw), 0, -y_hi, y_hi - 1,
+                                   w_bits=w_bits, a_bits=a_bits, y_bits=y_bits)
     return counters
 
 
@@ -117,8 +117,8 @@ def measure_cycles(hw: AccelConfig, shape: ConvShape, w_bits: int, a_bits: int,
 
 def _sources_hash() -> str:
     h = hashlib.sha256()
-    for name in emulator.SOURCES:
-        h.update((emulator.SOURCE_DIR / name).read_bytes())
+    for name in library.SOURCES:
+        h.update((library.SOURCE_DIR / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -216,10 +216,10 @@ def synthetic_shapes(n: int, seed: int, hw: AccelConfig | None = None) -> list[C
 def _refused(hw: AccelConfig, shape: ConvShape) -> bool:
     """Does the accelerator's checker refuse the layer at 8 bits?"""
     try:
-        emulator.conv2d_descriptor(hw, (1, shape.C, shape.H, shape.W),
-                                   (shape.O, shape.C // shape.groups, shape.KH, shape.KW), 0,
-                                   shape.stride, shape.padding, shape.dilation, shape.groups,
-                                   _requant(hw), 0, -128, 127, counter_slot=0)
+        int8_unit.conv2d_descriptor(hw, (1, shape.C, shape.H, shape.W),
+                                    (shape.O, shape.C // shape.groups, shape.KH, shape.KW), 0,
+                                    shape.stride, shape.padding, shape.dilation, shape.groups,
+                                    _requant(hw), 0, -128, 127, counter_slot=0)
     except ValueError:
         return True
     return False

@@ -4,14 +4,15 @@ Bit Fusion cycle model by hand, and the checks."""
 import numpy as np
 import pytest
 from tvmq.targets.accel import AccelConfig
-from tvmq.targets.accel import emulator as emu
+from tvmq.targets.accel.int8_unit import conv2d, conv2d_descriptor
 
-from tests.targets.test_emulator import SHAPES
+from tests.targets.test_int8_unit import SHAPES
 from tvmq import oracle
 from tvmq.numerics import Requant, requantize
 from tvmq.numerics.weights import pack_int4, unpack_int4
+from tvmq.toolchain import find_compiler
 
-pytestmark = pytest.mark.skipif(emu.find_compiler() is None,
+pytestmark = pytest.mark.skipif(find_compiler() is None,
                                 reason="the accel emulator needs a C compiler (cc/gcc or $CC)")
 
 BITS = [(8, 8), (4, 8), (8, 4), (4, 4)]
@@ -40,9 +41,9 @@ def test_int4_conv_matches_numerics(shape, w_bits, a_bits):
     in_zp = -3 if a_bits == 4 else -20
     rq = Requant.from_scale(rng.uniform(5e-3, 5e-2, o), "mult_shift", "double")
     for t_oc in (4, 16):
-        y, _ = emu.conv2d(AccelConfig(t_oc=t_oc, t_ic=4), x, in_zp, w, bias, strides, padding,
-                          dilation, groups, rq, 1, -8, 7, w_bits=w_bits, a_bits=a_bits,
-                          y_bits=4)
+        y, _ = conv2d(AccelConfig(t_oc=t_oc, t_ic=4), x, in_zp, w, bias, strides, padding,
+                      dilation, groups, rq, 1, -8, 7, w_bits=w_bits, a_bits=a_bits,
+                      y_bits=4)
         acc = oracle.conv2d(x.astype(np.int64) - in_zp, w, strides, padding, dilation, groups)
         if bias is not None:
             acc = acc + bias.reshape(1, -1, 1, 1)
@@ -55,8 +56,8 @@ def _counters(hw, c, o, w_bits, a_bits, groups=1, y_bits=8):
     w = np.zeros((o, c // groups, 3, 3), np.int8)
     rq = Requant.from_scale(1e-3, "mult_shift", "double")
     lo, hi = -(2 ** (y_bits - 1)), 2 ** (y_bits - 1) - 1
-    return emu.conv2d(hw, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), groups, rq, 0, lo, hi,
-                      w_bits=w_bits, a_bits=a_bits, y_bits=y_bits)[1]
+    return conv2d(hw, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), groups, rq, 0, lo, hi,
+                  w_bits=w_bits, a_bits=a_bits, y_bits=y_bits)[1]
 
 
 def test_cycle_model_by_hand():
@@ -89,8 +90,8 @@ def test_input_outside_a_bits_is_refused():
     rq = Requant.from_scale(1e-3, "mult_shift", "double")
     with pytest.raises(ValueError, match=r"input value 9 at channel 2, row 1, column 0 is "
                                          r"outside a_bits=4"):
-        emu.conv2d(AccelConfig(t_oc=4, t_ic=4), x, 0, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1,
-                   rq, 0, -128, 127, a_bits=4)
+        conv2d(AccelConfig(t_oc=4, t_ic=4), x, 0, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+               rq, 0, -128, 127, a_bits=4)
 
 
 def test_descriptor_checks_the_widths():
@@ -101,14 +102,14 @@ def test_descriptor_checks_the_widths():
     int8_only = AccelConfig(name="int8-only", t_oc=4, t_ic=4, operand_bits=(8,))
     with pytest.raises(ValueError, match=r"'int8-only' operand_bits=\(8,\) has no 4-bit operands "
                                          r"\(a_bits=4\)"):
-        emu.conv2d_descriptor(int8_only, **args, a_bits=4)
+        conv2d_descriptor(int8_only, **args, a_bits=4)
     hw = AccelConfig(t_oc=4, t_ic=4)
     with pytest.raises(ValueError, match="no 3-bit operands"):
-        emu.conv2d_descriptor(hw, **args, w_bits=3)
+        conv2d_descriptor(hw, **args, w_bits=3)
     with pytest.raises(ValueError, match="y_bits=4 needs"):
-        emu.conv2d_descriptor(hw, **{**args, "qmin": -128}, y_bits=4)
+        conv2d_descriptor(hw, **{**args, "qmin": -128}, y_bits=4)
     with pytest.raises(ValueError, match="a_bits=4 needs a zero point"):
-        emu.conv2d_descriptor(hw, **{**args, "in_zp": 9}, a_bits=4)
+        conv2d_descriptor(hw, **{**args, "in_zp": 9}, a_bits=4)
 
 
 def test_packed_weight_tile_fits_where_int8_does_not():
@@ -119,5 +120,5 @@ def test_packed_weight_tile_fits_where_int8_does_not():
                 padding=(1, 1, 1, 1), dilation=(1, 1), groups=1, requant=rq, out_zp=0,
                 qmin=-128, qmax=127, counter_slot=0)
     with pytest.raises(ValueError, match=r"weight_buffer_bytes=300 too small.*576 bytes"):
-        emu.conv2d_descriptor(hw, **args)
-    emu.conv2d_descriptor(hw, **args, w_bits=4)
+        conv2d_descriptor(hw, **args)
+    conv2d_descriptor(hw, **args, w_bits=4)

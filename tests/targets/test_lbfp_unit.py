@@ -4,13 +4,28 @@ import re
 
 import numpy as np
 import pytest
-from tvmq.targets.accel import AccelConfig
-from tvmq.targets.accel import emulator as emu
+from tvmq.targets.accel import AccelConfig, library
+from tvmq.targets.accel.c_api import (
+    LBFP_DESC_FIELDS,
+    as_pointer,
+    c_double_p,
+    c_int32_p,
+    c_int64_p,
+    c_uint8_p,
+)
+from tvmq.targets.accel.counters import alloc_counters, read_counters
+from tvmq.targets.accel.lbfp_unit import (
+    lbfp_check_layer,
+    lbfp_conv2d,
+    lbfp_conv2d_descriptor,
+    lbfp_tile_runner,
+)
 
 from tvmq.numerics import lbfp
 from tvmq.numerics.lbfp import LBFPFormat
+from tvmq.toolchain import find_compiler
 
-pytestmark = pytest.mark.skipif(emu.find_compiler() is None,
+pytestmark = pytest.mark.skipif(find_compiler() is None,
                                 reason="the accel emulator needs a C compiler (cc/gcc or $CC)")
 
 ACT_AXES = (0, 2, 3)  # activation exponents are shared over batch and space
@@ -93,8 +108,8 @@ def test_lbfp_conv2d_matches_golden(name):
     out_exp = lbfp.expand_exponents(out_blocks, (1, o, 1, 1), fmt).reshape(o)
 
     hw = AccelConfig(t_oc=t_oc, t_ic=4)
-    y, counters = emu.lbfp_conv2d(xw[0], x_exp, ww, w_exp, fmt, bias_acc=bias, out_exp=out_exp,
-                                  lo=lo, hi=hi, hw=hw, **conv)
+    y, counters = lbfp_conv2d(xw[0], x_exp, ww, w_exp, fmt, bias_acc=bias, out_exp=out_exp,
+                              lo=lo, hi=hi, hw=hw, **conv)
     np.testing.assert_array_equal(y, want)
     assert counters["tiles"] == -(-o // t_oc)
     assert (want != fmt.c_max).any() and acc.any()  # not vacuous
@@ -107,8 +122,8 @@ def test_lbfp_conv2d_defaults_and_nchw_input():
     acc, e_ref = lbfp.conv2d(xw, x_exp, ww, w_exp, fmt, fmt)
     out_blocks = _out_blocks(rng, acc, e_ref, fmt, -INF, INF)
     want = lbfp.acc_to_lbfp(acc, e_ref[:, None, None], out_blocks, fmt)
-    y, counters = emu.lbfp_conv2d(xw, x_exp.reshape(1, -1, 1, 1), ww, w_exp, fmt,
-                                  out_exp=lbfp.expand_exponents(out_blocks, (1, 12, 1, 1), fmt))
+    y, counters = lbfp_conv2d(xw, x_exp.reshape(1, -1, 1, 1), ww, w_exp, fmt,
+                              out_exp=lbfp.expand_exponents(out_blocks, (1, 12, 1, 1), fmt))
     np.testing.assert_array_equal(y, want)
     assert counters["tiles"] == 2  # npu-small: t_oc = 8
 
@@ -125,8 +140,8 @@ def test_lbfp_output_conversion_on_threshold_ties():
     o = bias.size
     xw = np.full((1, 1, 1), fmt.c_max, np.uint8)
     ww = np.zeros((o, 1, 1, 1), np.uint8)
-    y, _ = emu.lbfp_conv2d(xw, np.zeros(1), ww, np.zeros(ww.shape), fmt, bias_acc=bias,
-                           out_exp=out_exp)
+    y, _ = lbfp_conv2d(xw, np.zeros(1), ww, np.zeros(ww.shape), fmt, bias_acc=bias,
+                       out_exp=out_exp)
     want = lbfp.acc_to_lbfp(bias.reshape(1, o, 1, 1), 0, out_exp.reshape(1, o, 1, 1), fmt)
     np.testing.assert_array_equal(y, want)
     codes = lbfp.split(want, fmt)[1].reshape(6, -1)
@@ -139,8 +154,8 @@ def _lbfp_counts(hw: AccelConfig, w_block: int) -> dict[str, int]:
     fmt = LBFPFormat(bits=4, frac_bits=1, block_size=1)
     xw = np.full((6, 5, 5), fmt.c_max, np.uint8)
     ww = np.zeros((10, 6, 3, 3), np.uint8)
-    _, counters = emu.lbfp_conv2d(xw, np.zeros(6), ww, np.zeros(ww.shape), fmt, out_exp=0, hw=hw,
-                                  w_block=w_block)
+    _, counters = lbfp_conv2d(xw, np.zeros(6), ww, np.zeros(ww.shape), fmt, out_exp=0, hw=hw,
+                              w_block=w_block)
     return counters
 
 
@@ -169,11 +184,11 @@ def test_lbfp_cycles_dma_bound_by_hand():
 
 
 def _desc(**changes) -> np.ndarray:
-    desc = emu.lbfp_conv2d_descriptor(AccelConfig(t_oc=4, t_ic=4), (1, 6, 5, 5), (10, 6, 3, 3),
-                                      LBFPFormat(bits=6, frac_bits=2, block_size=4), (1, 1),
-                                      (0, 0, 0, 0), (1, 1), 1, counter_slot=emu.alloc_counters(1))
+    desc = lbfp_conv2d_descriptor(AccelConfig(t_oc=4, t_ic=4), (1, 6, 5, 5), (10, 6, 3, 3),
+                                  LBFPFormat(bits=6, frac_bits=2, block_size=4), (1, 1),
+                                  (0, 0, 0, 0), (1, 1), 1, counter_slot=alloc_counters(1))
     for field, value in changes.items():
-        desc[emu.LBFP_DESC_FIELDS.index(field)] = value
+        desc[LBFP_DESC_FIELDS.index(field)] = value
     return desc
 
 
@@ -203,8 +218,8 @@ BAD_FIELDS = {
 @pytest.mark.parametrize("case", list(BAD_FIELDS))
 def test_lbfp_bad_descriptor_names_the_field(case):
     changes, message = BAD_FIELDS[case]
-    assert emu.lbfp_check_layer(_desc()) is None
-    reason = emu.lbfp_check_layer(_desc(**changes))
+    assert lbfp_check_layer(_desc()) is None
+    reason = lbfp_check_layer(_desc(**changes))
     assert reason is not None
     assert re.search(message, reason), reason
 
@@ -213,11 +228,11 @@ def test_lbfp_bad_settings_raise():
     hw = AccelConfig(t_oc=4, t_ic=4, weight_buffer_bytes=256)
     fmt = LBFPFormat(bits=6, frac_bits=2, block_size=4)
     with pytest.raises(ValueError, match=r"weight_buffer_bytes=256 too small: .* needs 288 bytes"):
-        emu.lbfp_conv2d_descriptor(hw, (1, 6, 5, 5), (10, 6, 3, 3), fmt, (1, 1), (0, 0, 0, 0),
-                                   (1, 1), 1, counter_slot=0)
+        lbfp_conv2d_descriptor(hw, (1, 6, 5, 5), (10, 6, 3, 3), fmt, (1, 1), (0, 0, 0, 0),
+                               (1, 1), 1, counter_slot=0)
     with pytest.raises(ValueError, match="w_block=0: use >= 1"):
-        emu.lbfp_conv2d(np.zeros((6, 5, 5), np.uint8), np.zeros(6), np.zeros((4, 6, 3, 3)),
-                        np.zeros((4, 6, 3, 3)), fmt, out_exp=0, w_block=0)
+        lbfp_conv2d(np.zeros((6, 5, 5), np.uint8), np.zeros(6), np.zeros((4, 6, 3, 3)),
+                    np.zeros((4, 6, 3, 3)), fmt, out_exp=0, w_block=0)
 
 
 def _tile_args(fmt: LBFPFormat):
@@ -262,31 +277,31 @@ def test_lbfp_bad_tile_data_is_an_error(case):
     change, message = BAD_TILE_DATA[case]
     fmt = LBFPFormat(bits=6, frac_bits=2, block_size=4)
     args = _tile_args(fmt)
-    emu.lbfp_tile_runner(**args)()  # valid
+    lbfp_tile_runner(**args)()  # valid
     change(args)
     with pytest.raises(ValueError, match="accel_lbfp_conv2d_tile: " + message):
-        emu.lbfp_tile_runner(**args)()
+        lbfp_tile_runner(**args)()
 
 
 def test_lbfp_tile_calls_and_counter_bank():
     fmt = LBFPFormat(bits=6, frac_bits=2, block_size=4)
     args = _tile_args(fmt)
-    slot = int(args["desc"][emu.LBFP_DESC_FIELDS.index("counter_slot")])
-    emu.lbfp_tile_runner(**args)()
-    want, counts = emu.lbfp_conv2d(args["x"], args["x_exp"], args["w"], args["w_exp"], fmt,
-                                   out_exp=args["out_exp"], hw=AccelConfig(t_oc=4, t_ic=4))
+    slot = int(args["desc"][LBFP_DESC_FIELDS.index("counter_slot")])
+    lbfp_tile_runner(**args)()
+    want, counts = lbfp_conv2d(args["x"], args["x_exp"], args["w"], args["w_exp"], fmt,
+                               out_exp=args["out_exp"], hw=AccelConfig(t_oc=4, t_ic=4))
     np.testing.assert_array_equal(args["y"], want)
-    assert emu.read_counters(slot) == counts and counts["tiles"] == 3
-    lib = emu.load()
-    ptrs = [emu._ptr(args[k], t) for k, t in (
-        ("desc", emu._i32p), ("x", emu._u8p), ("w", emu._u8p), ("x_exp", emu._i32p),
-        ("w_exp", emu._i32p), ("e_ref", emu._i32p))]
-    rest = [None, emu._ptr(args["out_exp"], emu._i32p), emu._ptr(args["clip"], emu._f64p),
-            emu._ptr(args["lut"], emu._i64p), emu._ptr(args["thresholds"], emu._f64p)]
-    y = emu._ptr(args["y"], emu._u8p)
+    assert read_counters(slot) == counts and counts["tiles"] == 3
+    lib = library.load()
+    ptrs = [as_pointer(args[k], t) for k, t in (
+        ("desc", c_int32_p), ("x", c_uint8_p), ("w", c_uint8_p), ("x_exp", c_int32_p),
+        ("w_exp", c_int32_p), ("e_ref", c_int32_p))]
+    rest = [None, as_pointer(args["out_exp"], c_int32_p), as_pointer(args["clip"], c_double_p),
+            as_pointer(args["lut"], c_int64_p), as_pointer(args["thresholds"], c_double_p)]
+    y = as_pointer(args["y"], c_uint8_p)
     for o0, why in ((2, b"o0=2: use a multiple of t_oc=4"), (12, b"in [0, O=10)")):
         assert lib.accel_lbfp_conv2d_tile(*ptrs, *rest, y, o0) != 0
         assert why in lib.accel_last_error()
     assert lib.accel_lbfp_conv2d_tile(*ptrs, *rest, None, 0) != 0
     assert b"or y is NULL" in lib.accel_last_error()
-    assert lib.accel_lbfp_desc_len() == len(emu.LBFP_DESC_FIELDS)
+    assert lib.accel_lbfp_desc_len() == len(LBFP_DESC_FIELDS)

@@ -1,16 +1,29 @@
 """The C emulator of the accel target against tvmq.numerics and tvmq.oracle, bit for bit."""
 
 import ctypes
+import doctest
 
 import numpy as np
 import pytest
-from tvmq.targets.accel import AccelConfig
-from tvmq.targets.accel import emulator as emu
+from tvmq.targets.accel import AccelConfig, int8_unit, library
+from tvmq.targets.accel.c_api import (
+    DESC_FIELDS,
+    AccelConvArgs,
+    AccelCounters,
+    AccelHw,
+    as_pointer,
+    c_float_p,
+    c_int8_p,
+    c_int32_p,
+)
+from tvmq.targets.accel.counters import alloc_counters, clear_counters, read_counters
+from tvmq.targets.accel.int8_unit import check_layer, conv2d, conv2d_descriptor, requant
 
 from tvmq import oracle
 from tvmq.numerics import Requant, requantize
+from tvmq.toolchain import find_compiler
 
-pytestmark = pytest.mark.skipif(emu.find_compiler() is None,
+pytestmark = pytest.mark.skipif(find_compiler() is None,
                                 reason="the accel emulator needs a C compiler (cc/gcc or $CC)")
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -31,7 +44,7 @@ def _accs() -> np.ndarray:
 def test_requant_unit_matches_numerics(kind, rounding, scale, zp, qmin, qmax):
     rq = Requant.from_scale(scale, kind, rounding)
     acc = _accs()
-    got = emu.requant(acc, kind, rounding, rq.multiplier, rq.shift, rq.scale, zp, qmin, qmax)
+    got = requant(acc, kind, rounding, rq.multiplier, rq.shift, rq.scale, zp, qmin, qmax)
     want = requantize(acc, rq, zero_point=zp, qmin=qmin, qmax=qmax)
     np.testing.assert_array_equal(got, want)
 
@@ -66,8 +79,8 @@ def test_conv2d_matches_oracle(shape, kind, rounding, per_channel, t_oc):
     scale = rng.uniform(5e-4, 5e-3, o) if per_channel else 2e-3
     rq = Requant.from_scale(scale, kind, rounding)
 
-    y, _ = emu.conv2d(_hw(t_oc), x, in_zp, w, bias, strides, padding, dilation, groups, rq,
-                      out_zp, -128, 127)
+    y, _ = conv2d(_hw(t_oc), x, in_zp, w, bias, strides, padding, dilation, groups, rq,
+                  out_zp, -128, 127)
 
     acc = oracle.conv2d(x.astype(np.int64) - in_zp, w, strides, padding, dilation, groups)
     if bias is not None:
@@ -80,7 +93,7 @@ def _counts(hw: AccelConfig, c, h, w_, o, kh, kw, padding=(0, 0, 0, 0), groups=1
     x = np.zeros((1, c, h, w_), np.int8)
     w = np.ones((o, c // groups, kh, kw), np.int8)
     rq = Requant.from_scale(0.5, "mult_shift", "double")
-    _, counters = emu.conv2d(hw, x, 0, w, None, (1, 1), padding, (1, 1), groups, rq, 0, -128, 127)
+    _, counters = conv2d(hw, x, 0, w, None, (1, 1), padding, (1, 1), groups, rq, 0, -128, 127)
     return counters
 
 
@@ -137,28 +150,28 @@ def test_bad_arguments_are_errors():
     w = np.zeros((4, 4, 3, 3), np.int8)
     rq = Requant.from_scale(0.5, "fp32")
     with pytest.raises(ValueError, match=r"qmin=-200 qmax=127: need -128 <= qmin"):
-        emu.conv2d(hw, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, rq, 0, -200, 127)
+        conv2d(hw, x, 0, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, rq, 0, -200, 127)
     with pytest.raises(ValueError, match=r"shift\[0\]=31: use \[-31, 30\]"):
-        emu.requant(np.zeros(3, np.int32), "mult_shift", "single", 2**30, 31, None, 0, -128, 127)
+        requant(np.zeros(3, np.int32), "mult_shift", "single", 2**30, 31, None, 0, -128, 127)
     with pytest.raises(ValueError, match="kind='fp32' with rounding=None"):
-        emu.requant(np.zeros(3, np.int32), "fp32", "double", None, None, 0.5, 0, -128, 127)
+        requant(np.zeros(3, np.int32), "fp32", "double", None, None, 0.5, 0, -128, 127)
 
-    lib = emu.load()
+    lib = library.load()
     out = np.zeros(1, np.int32)
     assert lib.accel_requant(None, 0, 7, None, None, None, 0, 0, 0, None) != 0
     assert b"kind=7" in lib.accel_last_error()
     assert lib.accel_requant(None, 1, 0, None, None, None, 0, 0, 0,
-                             out.ctypes.data_as(emu._i32p)) != 0
+                             out.ctypes.data_as(c_int32_p)) != 0
     assert b"NULL" in lib.accel_last_error()
 
     y = np.zeros((1, 4, 4, 4), np.int8)
     scale = np.array([0.5], np.float32)
-    args = emu._ConvArgs(x.ctypes.data_as(emu._i8p), 4, 4, 4, 0, w.ctypes.data_as(emu._i8p),
+    args = AccelConvArgs(x.ctypes.data_as(c_int8_p), 4, 4, 4, 0, w.ctypes.data_as(c_int8_p),
                          4, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, None, 3, None, None,
-                         scale.ctypes.data_as(emu._f32p), 0, 0, -128, 127,
-                         y.ctypes.data_as(emu._i8p), 4, 4)
-    hw_c = emu._Hw(4, 4, 4096, 4096, 64, 8)
-    counters = emu._Counters()
+                         scale.ctypes.data_as(c_float_p), 0, 0, -128, 127,
+                         y.ctypes.data_as(c_int8_p), 4, 4)
+    hw_c = AccelHw(4, 4, 4096, 4096, 64, 8)
+    counters = AccelCounters()
     call = lambda: lib.accel_conv2d(ctypes.byref(hw_c), ctypes.byref(args),  # noqa: E731
                                     ctypes.byref(counters))
     assert call() != 0 and b"groups=3 must divide C=4 and O=4" in lib.accel_last_error()
@@ -168,7 +181,7 @@ def test_bad_arguments_are_errors():
     assert call() != 0 and b"KH=0" in lib.accel_last_error()
     args.KH, args.x = 3, None
     assert call() != 0 and b"x, w or y is NULL" in lib.accel_last_error()
-    args.x = x.ctypes.data_as(emu._i8p)
+    args.x = x.ctypes.data_as(c_int8_p)
     hw_c.acc_buffer_bytes = 8
     assert call() != 0 and b"acc_buffer_bytes=8 too small" in lib.accel_last_error()
     hw_c.acc_buffer_bytes = 64
@@ -183,44 +196,38 @@ def test_tile_calls_and_counter_bank():
     x = rng.integers(-128, 128, (1, 6, 5, 5), dtype=np.int8)
     w = rng.integers(-127, 128, (10, 6, 3, 3), dtype=np.int8)
     rq = Requant.from_scale(np.full(10, 0.01, np.float32), "mult_shift", "double")
-    a, b = emu.alloc_counters(1), emu.alloc_counters(2)
-    assert b == a + 1 and emu.read_counters(b + 1)["tiles"] == 0
-    desc, regs = emu.conv2d_descriptor(hw, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
-                                       rq, 0, -128, 127, counter_slot=b)
-    assert dict(zip(emu.DESC_FIELDS, desc.tolist()))["counter_slot"] == b
+    a, b = alloc_counters(1), alloc_counters(2)
+    assert b == a + 1 and read_counters(b + 1)["tiles"] == 0
+    desc, regs = conv2d_descriptor(hw, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                                   rq, 0, -128, 127, counter_slot=b)
+    assert dict(zip(DESC_FIELDS, desc.tolist()))["counter_slot"] == b
     assert regs.shape == (10, 2) and (regs[:, 0] == rq.multiplier).all()
-    lib, y = emu.load(), np.zeros((1, 10, 3, 3), np.int8)
+    lib, y = library.load(), np.zeros((1, 10, 3, 3), np.int8)
 
     def tile(o0):
-        return lib.accel_conv2d_tile(emu._ptr(desc, emu._i32p), emu._ptr(x, emu._i8p),
-                                     emu._ptr(w, emu._i8p), None, emu._ptr(regs, emu._i32p),
-                                     emu._ptr(y, emu._i8p), o0)
+        return lib.accel_conv2d_tile(as_pointer(desc, c_int32_p), as_pointer(x, c_int8_p),
+                                     as_pointer(w, c_int8_p), None, as_pointer(regs, c_int32_p),
+                                     as_pointer(y, c_int8_p), o0)
 
     assert [tile(o0) for o0 in (0, 4, 8)] == [0, 0, 0]
-    want, counts = emu.conv2d(hw, x, 0, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, rq, 0, -128, 127)
+    want, counts = conv2d(hw, x, 0, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, rq, 0, -128, 127)
     np.testing.assert_array_equal(y, want)
-    assert emu.read_counters(b) == counts and emu.read_counters(a)["tiles"] == 0
+    assert read_counters(b) == counts and read_counters(a)["tiles"] == 0
     for o0, why in ((2, b"o0=2: use a multiple of t_oc=4"), (12, b"in [0, O=10)")):
         assert tile(o0) != 0 and why in lib.accel_last_error()
-    emu.clear_counters(b)
-    assert emu.read_counters(b)["cycles"] == 0
+    clear_counters(b)
+    assert read_counters(b)["cycles"] == 0
     with pytest.raises(ValueError, match="counter slot -1"):
-        emu.read_counters(-1)
+        read_counters(-1)
     assert lib.accel_counters_alloc(0) == -1
     hw_small = AccelConfig(t_oc=4, t_ic=4, weight_buffer_bytes=64)
     bad = desc.copy()
-    bad[emu.DESC_FIELDS.index("weight_buffer_bytes")] = 64
-    assert "weight_buffer_bytes=64 too small" in emu.check_layer(bad, regs)
+    bad[DESC_FIELDS.index("weight_buffer_bytes")] = 64
+    assert "weight_buffer_bytes=64 too small" in check_layer(bad, regs)
     with pytest.raises(ValueError, match="needs 216 bytes"):
-        emu.conv2d_descriptor(hw_small, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
-                              rq, 0, -128, 127, counter_slot=b)
+        conv2d_descriptor(hw_small, x.shape, w.shape, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                          rq, 0, -128, 127, counter_slot=b)
 
 
-def test_build_is_cached_and_needs_a_compiler(tmp_path, monkeypatch):
-    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))
-    lib = emu.build()
-    assert lib.is_file() and lib.parent.parent == tmp_path / "accel"
-    assert emu.build() == lib and [p.name for p in lib.parent.iterdir()] == ["libaccel.so"]
-    monkeypatch.setenv("CC", "no-such-cc-for-tvmq")
-    with pytest.raises(RuntimeError, match="no-such-cc-for-tvmq"):
-        emu.build()
+def test_module_example_runs():
+    assert doctest.testmod(int8_unit, extraglobs={"np": np}).failed == 0
