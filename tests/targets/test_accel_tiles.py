@@ -60,3 +60,17 @@ def test_layer_the_emulator_refuses_is_one_chain_on_the_host():
     assert "weight_buffer_bytes=4 too small" in reason
     assert _ops(lowered).count("relax.nn.conv2d") == 1  # not its 2 tiles
     np.testing.assert_array_equal(build(lowered).run(calib[:1]), cm.oracle().run(calib[:1]))
+
+
+def test_layer_left_on_the_host_by_its_shape_is_not_tiled():
+    rng = np.random.default_rng(8)
+    model = make_onnx([helper.make_node("MatMul", ["input", "w"], ["output"])],
+                      {"w": rng.normal(size=(6, 20))}, [1, 4, 6], [1, 4, 20])
+    calib = rng.normal(size=(4, 4, 6)).astype(np.float32)
+    cm = tvmq.compile(model, calib=calib, progress=False, config=tvmq.QuantConfig(sqnr_samples=0))
+    runtime = AccelRuntime(AccelConfig(t_oc=4, t_ic=4))
+    lowered = LowerToAccel(runtime)(cm.quant_mod)
+    assert list(runtime.host_layers.values()) == [
+        "matmul with 4 rows: the accelerator reads one (1, K) row"]
+    assert _ops(lowered).count("relax.matmul") == 1 and "relax.concat" not in _ops(lowered)
+    np.testing.assert_array_equal(build(lowered).run(calib[:1]), cm.oracle().run(calib[:1]))
