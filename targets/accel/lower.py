@@ -1,24 +1,32 @@
 """LowerToAccel: run every realized int8 conv2d / matmul + requant on the C accelerator emulator.
 
-Run after RealizeQuantization (host-side ops stay as they are). Each chain
-`conv2d(x - zp, Wq) [+ bq] -> requant -> int8` becomes one `R.call_tir` to a per-layer PrimFunc
-whose output-channel tile loop calls the emulator (`T.call_extern("accel_conv2d_tile", ...)`, one
-call per t_oc-wide tile). The layer's weights, bias, requant register file and descriptor
-(`int8_unit.conv2d_descriptor`) are constants of the call; the emulator adds each tile's cycle
-counters into the layer's slot of its counter bank, which `AccelRuntime.counters` reads. A matmul
-(1, K) x (K, N) runs as a 1x1 conv with K input channels. No Python runs during inference.
+Run after RealizeQuantization (host-side ops stay as they are). Three steps:
+1. pick the int8 chains `conv2d(x - zp, Wq) [+ bq] -> requant -> int8` the accelerator can take
+   by their types and shapes (the others stay on the host, `AccelRuntime.host_layers` says why:
+   the output is not int8, the input is not int8 - zp, a matmul has more than one row);
+2. TileOutputChannels(hw.t_oc, those layers) cuts each into the t_oc-wide output-channel tiles
+   the PE array computes, each tile with its own weights, bias and requant parameters;
+3. each tiled layer (`TiledLayer.read`) becomes one `R.call_tir` to a per-layer PrimFunc whose
+   loop makes one accelerator call per tile (`T.call_extern("accel_conv2d_tile", ..., o0)`).
+   The tiles' weights, biases and requant registers are laid end to end in the layer's buffers,
+   tile t at channel t * t_oc, which is how the emulator addresses them; with the layer's
+   descriptor (`int8_unit.conv2d_descriptor`) they are constants of the call. One call per layer
+   rather than per tile because the emulator's cycle model follows a layer: a tile pays DMA only
+   for the input channels earlier tiles of the same layer did not load, and every tile writes
+   into the layer's one output buffer (no concat on the host). A layer the emulator's checker
+   refuses (e.g. a weight tile larger than the weight buffer) is put back together as one chain
+   for the host. The emulator adds each tile's cycle counters into the layer's slot of its
+   counter bank, which `AccelRuntime.counters` reads. A matmul (1, K) x (K, N) runs as a 1x1
+   conv with K input channels. No Python runs during inference.
 
-LBFP layers (passes/realize_lbfp.py) lower the same way: the chain `conv2d|matmul kernel ->
-[+ bias] -> encode` becomes a tile loop calling `accel_lbfp_conv2d_tile` with the code words,
-the exponents, e_ref, the bias in accumulator units, the output exponents, the clip and the
-product / threshold tables as constants (the LBFP MAC mode of the emulator).
+LBFP layers (passes/realize_lbfp.py) are lowered from their untiled chain (TileOutputChannels
+has no LBFP form): `conv2d|matmul kernel -> [+ bias] -> encode` becomes a tile loop calling
+`accel_lbfp_conv2d_tile` with the code words, the exponents, e_ref, the bias in accumulator
+units, the output exponents, the clip and the product / threshold tables as constants (the LBFP
+MAC mode of the emulator).
 
 Mixed precision: `operand_bits` gives each layer's (w_bits, a_bits, y_bits); 4-bit weights are
 passed packed two per byte (`int8_unit.pack_weights`), and the descriptor carries the widths.
-
-A chain the accelerator cannot run stays on the host and `AccelRuntime.host_layers` says why:
-its output is not int8, its input is not int8 - zp, a matmul has more than one row, or the
-emulator's checker refuses it (e.g. a weight tile larger than the weight buffer).
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
+from tvmq.passes.tile_output_channels import TiledLayer, TileOutputChannels, tile_bounds
 
 from tvmq.ir import (
+    REQUANT_ATTR,
     RequantChain,
     bindings_of,
     const_value,
@@ -37,6 +47,7 @@ from tvmq.ir import (
     golden_requant,
     lbfp_kernels,
     op_name,
+    requant_call_like,
     shape_of,
 )
 from tvmq.numerics import lbfp
@@ -164,24 +175,57 @@ def _int8_input(expr, bindings) -> tuple[relax.Expr, int] | None:
     return None
 
 
+def _host_reason(chain: RequantChain, out_var, bindings) -> str | None:
+    """Why the accelerator cannot take this chain, from its types and shapes alone, or None.
+    (The emulator's checker has the last word, on the whole layer, after tiling.)"""
+    if dtype_of(out_var) != "int8":
+        return f"output is {dtype_of(out_var)}, not int8"
+    if _int8_input(chain.op.args[0], bindings) is None:
+        return "input is not int8 minus a zero point"
+    if op_name(chain.op) == "relax.matmul":
+        return matmul_rows_reason(shape_of(chain.op.args[0]))
+    return None
+
+
+def _accel_layers(mod, runtime: AccelRuntime) -> set[str]:
+    """The int8 layers of `main` the accelerator may take; the others' reasons go to
+    `runtime.host_layers`."""
+    bindings, layers = bindings_of(mod["main"]), set()
+    for var, value in bindings.items():
+        if not RequantChain.is_requant(value, mod):
+            continue
+        chain, layer = RequantChain(value, bindings, mod), var.name.removesuffix("_q")
+        if not chain.valid:
+            continue
+        reason = _host_reason(chain, var, bindings)
+        if reason is None:
+            layers.add(layer)
+        else:
+            runtime.host_layers[layer] = reason
+    return layers
+
+
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, runtime: AccelRuntime, operand_bits):
+    def __init__(self, mod, runtime: AccelRuntime, operand_bits, layers: set[str]):
         super().__init__(mod)
         self.mod_, self.runtime = mod, runtime
-        self.operand_bits = operand_bits
+        self.operand_bits, self.layers = operand_bits, layers
         self.bindings = bindings_of(mod["main"])
 
     def visit_var_binding_(self, binding):
         value, name = binding.value, binding.var.name
+        layer = name.removesuffix("_q")
         new_value = None
         attrs = _lbfp_attrs(value, self.mod_)
         if attrs is not None and str(attrs["op"]) == "encode" and str(attrs["source"]) == "acc":
-            new_value = self._lower_lbfp(value, attrs, name.removesuffix("_q"), binding.var)
-        elif RequantChain.is_requant(value, self.mod_):
-            chain = RequantChain(value, self.bindings, self.mod_)
-            if chain.valid:
-                new_value = self._lower(chain, name.removesuffix("_q"), binding.var)
+            new_value = self._lower_lbfp(value, attrs, layer, binding.var)
+        elif layer in self.layers:
+            tiled = TiledLayer.read(value, self.bindings, self.mod_)
+            if tiled is not None:
+                new_value = self._lower(tiled, layer, binding.var)
+                if new_value is None:  # the emulator refused it: one chain on the host
+                    new_value = self._untiled(tiled)
         if new_value is None:
             new_value = self.visit_expr(value)
         emit_like(self, binding.var, new_value)
@@ -193,32 +237,26 @@ class _Lowerer(relax.PyExprMutator):
             self.runtime.host_layers[layer] = reason
         return reason is not None
 
-    def _lower(self, chain, layer, out_var):
-        """`R.call_tir` of the layer's tile loop, or None if the layer stays on the host (the
-        reason goes to `runtime.host_layers`)."""
-        source = _int8_input(chain.op.args[0], self.bindings)
-        if dtype_of(out_var) != "int8":
-            self.runtime.host_layers[layer] = f"output is {dtype_of(out_var)}, not int8"
-            return None
-        if source is None:
-            self.runtime.host_layers[layer] = "input is not int8 minus a zero point"
-            return None
-        x, zp = source
-        rq, _, q, _ = golden_requant(chain.prim, [const_value(p) for p in chain.params])
+    def _lower(self, tiled: TiledLayer, layer, out_var):
+        """`R.call_tir` of the layer's tile loop, one accelerator call per tile of `tiled`, or
+        None if the emulator's checker refuses the layer (the reason goes to
+        `runtime.host_layers`)."""
+        x, zp = _int8_input(tiled.x, self.bindings)
+        rq, _, q, _ = golden_requant(tiled.requant, tiled.params)
         w_bits, a_bits, y_bits = self.operand_bits.get(layer, (8, 8, 8))
-        if op_name(chain.op) == "relax.nn.conv2d":
-            a = chain.op.attrs
-            w = chain.weight
+        if tiled.op == "relax.nn.conv2d":
+            a, w = tiled.conv_attrs, tiled.weight
             geometry = dict(strides=[int(s) for s in a.strides],
                             padding=[int(p) for p in a.padding],
-                            dilation=[int(d) for d in a.dilation], groups=int(a.groups))
+                            dilation=[int(d) for d in a.dilation], groups=tiled.groups)
             x_nchw = shape_of(x)
         else:
-            if self._refuse_rows(x, layer):
-                return None
-            (w,), geometry, x_nchw = _matmul_as_conv(chain.weight)
-        o = w.shape[0]
-        bias = np.zeros(o, np.int32) if chain.bias is None else chain.bias.reshape(-1)
+            (w,), geometry, x_nchw = _matmul_as_conv(tiled.weight)
+        o, t_oc = w.shape[0], self.runtime.hw.t_oc
+        if tiled.bounds != tile_bounds(o, t_oc):  # the tile loop calls tile t at t * t_oc
+            raise RuntimeError(f"LowerToAccel: layer {layer!r} has tiles {tiled.bounds}, not "
+                               f"{t_oc}-wide")
+        bias = np.zeros(o, np.int32) if tiled.bias is None else tiled.bias.reshape(-1)
         slot = alloc_counters(1)
         try:
             desc, regs = conv2d_descriptor(
@@ -231,13 +269,30 @@ class _Lowerer(relax.PyExprMutator):
         self.runtime.slots[layer] = slot
         self.runtime.operand_bits[layer] = (w_bits, a_bits, y_bits)
         w_buffer = pack_weights(w, w_bits)
-        prim = tile_loop(shape_of(x), w.shape, regs.shape[0], shape_of(out_var),
-                         self.runtime.hw.t_oc, w_buffer.shape if w_bits != 8 else None)
+        prim = tile_loop(shape_of(x), w.shape, regs.shape[0], shape_of(out_var), t_oc,
+                         w_buffer.shape if w_bits != 8 else None)
         gv = self.builder_.add_func(prim, f"accel_{layer}")
         args = [self.visit_expr(x), *(relax.const(v) for v in (
             w_buffer, bias.astype(np.int32), regs, desc))]
         return relax.call_tir(gv, args, relax.TensorType(shape_of(out_var), "int8"))
 
+    def _untiled(self, tiled: TiledLayer) -> relax.Expr:
+        """The layer as one chain again, for the host: `op(x, W) [+ b] -> requant`."""
+        x, w = self.visit_expr(tiled.x), relax.const(tiled.weight)
+        if tiled.op == "relax.nn.conv2d":
+            a = tiled.conv_attrs
+            acc = relax.op.nn.conv2d(x, w, strides=a.strides, padding=a.padding,
+                                     dilation=a.dilation, groups=tiled.groups,
+                                     out_dtype="int32")
+        else:
+            acc = relax.op.matmul(x, w, out_dtype="int32")
+        acc = self.builder_.emit(acc)
+        if tiled.bias is not None:
+            acc = self.builder_.emit(relax.op.add(acc, relax.const(tiled.bias)))
+        axis = 1 if tiled.op == "relax.nn.conv2d" else len(shape_of(acc)) - 1
+        return requant_call_like(self.builder_, tiled.requant.attrs[REQUANT_ATTR], acc,
+                                 [relax.const(p) for p in tiled.params], shape_of(acc)[axis],
+                                 axis)
 
     def _lower_lbfp(self, encode, enc_attrs, layer, out_var):
         """The LBFP twin of `_lower`: `conv2d|matmul kernel [+ bias] -> encode` as one call."""
@@ -267,7 +322,7 @@ class _Lowerer(relax.PyExprMutator):
         slot = alloc_counters(1)
         try:
             desc = lbfp_conv2d_descriptor(self.runtime.hw, x_nchw, w.shape, fmt,
-                                          counter_slot=slot, **geometry)
+                                                   counter_slot=slot, **geometry)
         except ValueError as err:
             self.runtime.host_layers[layer] = str(err)
             return None
@@ -285,7 +340,7 @@ class _Lowerer(relax.PyExprMutator):
         return relax.call_tir(gv, args, relax.TensorType(shape_of(out_var), "uint8"))
 
 
-@tvm.transform.module_pass(opt_level=0, name="LowerToAccel")
+@tvm.transform.module_pass(opt_level=0, name="tvmq.LowerToAccel")
 class LowerToAccel:
     """Replace realized int8 conv2d/matmul + requant chains by calls into the C emulator.
 
@@ -298,6 +353,8 @@ class LowerToAccel:
 
     def transform_module(self, mod, ctx):
         load()  # build the emulator now, so a missing C compiler fails the compile
-        lowerer = _Lowerer(mod, self.runtime, self.operand_bits)
+        layers = _accel_layers(mod, self.runtime)
+        mod = TileOutputChannels(self.runtime.hw.t_oc, layers)(mod)
+        lowerer = _Lowerer(mod, self.runtime, self.operand_bits, layers)
         lowerer.builder_.update_func(mod.get_global_var("main"), lowerer.visit_expr(mod["main"]))
         return relax.transform.DeadCodeElimination(["main"])(lowerer.builder_.get())

@@ -6,12 +6,12 @@ import pytest
 import tvm
 from onnx import helper
 from tvm import relax
-from tvmq.passes.tile_output_channels import TileOutputChannels, tile_bounds
+from tvmq.passes.tile_output_channels import TiledLayer, TileOutputChannels, tile_bounds
 from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import make_onnx
-from tvmq.ir import requant_prim_func
+from tvmq.ir import RequantChain, bindings_of, const_value, requant_prim_func
 from tvmq.oracle import Oracle
 
 
@@ -69,14 +69,74 @@ def test_depthwise_tiles_slice_input_channels_and_groups():
     np.testing.assert_array_equal(build(tiled).run(calib[:1]), cm.run(calib[:1]))
 
 
-def test_tile_splitting_a_group_is_refused():
+def _grouped_model():
+    """A conv with 2 groups of 4 output channels (input 4 channels, 2 per group)."""
     rng = np.random.default_rng(2)
     model = make_onnx([helper.make_node("Conv", ["input", "w"], ["output"], group=2)],
                       {"w": rng.normal(size=(8, 2, 1, 1))}, [1, 4, 3, 3], [1, 8, 3, 3])
-    cm = tvmq.compile(model, calib=rng.normal(size=(2, 4, 3, 3)).astype(np.float32),
-                      progress=False, config=tvmq.QuantConfig(sqnr_samples=0))
-    with pytest.raises(ValueError, match="would split groups"):
-        TileOutputChannels(3)(cm.quant_mod)
+    calib = rng.normal(size=(4, 4, 3, 3)).astype(np.float32)
+    cm = tvmq.compile(model, calib=calib, progress=False, config=tvmq.QuantConfig(sqnr_samples=0))
+    return cm, calib
+
+
+def test_tile_splitting_groups_is_one_conv_per_group_piece():
+    cm, calib = _grouped_model()
+    tiled = TileOutputChannels(3)(cm.quant_mod)  # [0, 3) in group 0; [3, 6) splits; [6, 8)
+    convs = _convs(tiled)
+    assert [c.args[1].value.numpy().shape[0] for c in convs] == [3, 1, 2, 2]
+    assert [int(c.attrs.groups) for c in convs] == [1, 1, 1, 1]
+    np.testing.assert_array_equal(build(tiled).run(calib[:1]), cm.run(calib[:1]))
+    np.testing.assert_array_equal(Oracle(tiled).run(calib[:2]), cm.run(calib[:2]))
+
+
+def test_only_the_named_layers_are_tiled(compile_digits):
+    cm = compile_digits()
+    tiled = TileOutputChannels(4, layers={"conv2d_1"})(cm.quant_mod)
+    widths = {c.args[1].value.numpy().shape[0] for c in _convs(tiled)}
+    whole = {c.args[1].value.numpy().shape[0] for c in _convs(cm.quant_mod)}
+    assert len(_convs(tiled)) == len(_convs(cm.quant_mod)) - 1 + 16 // 4  # conv2d_1: 16 -> 4x4
+    assert widths == whole | {4}
+
+
+def _layers(mod):
+    """{name: binding value} of the `<name>_q` bindings of main."""
+    return {b.var.name.removesuffix("_q"): b.value for block in mod["main"].body.blocks
+            for b in block.bindings if b.var.name.endswith("_q")}
+
+
+@pytest.mark.parametrize("t_oc", [3, 5, 64])
+def test_tiled_layer_reads_back_the_untiled_chain(compile_digits, t_oc):
+    cm = compile_digits(requant="mult_shift", rounding="double")
+    tiled = TileOutputChannels(t_oc)(cm.quant_mod)
+    before, after = bindings_of(cm.quant_mod["main"]), bindings_of(tiled["main"])
+    read = 0
+    for name, value in _layers(tiled).items():
+        untiled = _layers(cm.quant_mod)[name]
+        layer = TiledLayer.read(value, after, tiled)
+        chain = RequantChain(untiled, before, cm.quant_mod) if RequantChain.is_requant(
+            untiled, cm.quant_mod) else None
+        if chain is None or not chain.valid:
+            assert layer is None, name
+            continue
+        read += 1
+        np.testing.assert_array_equal(layer.weight, chain.weight)
+        np.testing.assert_array_equal(layer.bias, chain.bias)
+        for got, want in zip(layer.params, chain.params, strict=True):
+            np.testing.assert_array_equal(got, const_value(want))
+        is_conv = layer.op == "relax.nn.conv2d"
+        assert layer.groups == (int(chain.op.attrs.groups) if is_conv else 1)
+        assert layer.bounds == tile_bounds(layer.weight.shape[0 if is_conv else 1], t_oc)
+    assert read == 7  # 5 convs, the avg pool as a depthwise conv, the matmul
+
+
+def test_tiled_layer_reads_back_group_pieces():
+    cm, _ = _grouped_model()
+    tiled = TileOutputChannels(3)(cm.quant_mod)
+    (value,) = [v for name, v in _layers(tiled).items() if name.startswith("conv2d")]
+    layer = TiledLayer.read(value, bindings_of(tiled["main"]), tiled)
+    (conv,) = _convs(cm.quant_mod)
+    np.testing.assert_array_equal(layer.weight, conv.args[1].value.numpy())
+    assert layer.groups == 2 and layer.bounds == [(0, 3), (3, 6), (6, 8)]
 
 
 @pytest.mark.parametrize("t_oc", [0, -4, 2.5, "8"])
