@@ -52,7 +52,7 @@ def test_tvmq_module_passes_are_checked(well_formed_passes):
     SimplifyClip()(Double)
     AnnotateQuantizable()(Double)
     checked = well_formed_passes.checked[start:]
-    assert "SimplifyClip" in checked and "AnnotateQuantizable" in checked
+    assert "tvmq.SimplifyClip" in checked and "tvmq.AnnotateQuantizable" in checked
 
 
 def test_passes_inside_tvmq_compile_are_checked(well_formed_passes):
@@ -64,6 +64,6 @@ def test_passes_inside_tvmq_compile_are_checked(well_formed_passes):
                  config=tvmq.QuantConfig(sqnr_samples=0))
     checked = set(well_formed_passes.checked[start:])
     # tvmq's own passes, the host target's, and TVM's build pipeline
-    assert {"FoldBatchNorm", "SimplifyClip", "AnnotateQuantizable", "InsertTaps",
-            "RealizeQuantization", "tvmq.HostLowering", "LegalizeOps", "FuseOps",
-            "VMShapeLower"} <= checked
+    assert {"tvmq.FoldBatchNorm", "tvmq.SimplifyClip", "tvmq.AnnotateQuantizable",
+            "tvmq.InsertTaps", "tvmq.RealizeQuantization", "tvmq.HostLowering", "LegalizeOps",
+            "FuseOps", "VMShapeLower"} <= checked
