@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tvmq.calibration._kl import EPS, entropy_threshold_bins, kl_divergences
+from tvmq.calibration.kl import EPS, entropy_threshold_bins, kl_divergences
 
 
 def reference_kl(counts, levels):

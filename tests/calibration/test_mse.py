@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tvmq.calibration._mse import expected_errors, grid, mse_threshold
+from tvmq.calibration.mse import expected_errors, grid, mse_threshold
 
 
 def fake_quant(x, t, bits, signed):

@@ -10,7 +10,7 @@ and zero point is the quantizer's job (it also widens the range to contain 0).
   charging for the fraction of values clipped.
 - ``mse``: the threshold minimizing the expected squared quantization error.
 
-The last three read a histogram that grows by doubling its range (``_histogram``), so memory is
+The last three read a histogram that grows by doubling its range (``histogram.py``), so memory is
 constant however many values are observed. Every observer also tracks the exact min and max, and
 its range never reaches beyond them (except ``lo = 0`` for data without negatives).
 """
@@ -21,9 +21,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ._histogram import _Histogram
-from ._kl import entropy_threshold_bins
-from ._mse import mse_threshold
+from .histogram import Histogram
+from .kl import entropy_threshold_bins
+from .mse import mse_threshold
 
 OBSERVERS = ("minmax", "percentile", "kl", "mse")
 
@@ -156,18 +156,18 @@ class MinMaxObserver(Observer):
         return self._min, self._max
 
 
-class _HistogramObserver(Observer):
-    """An observer that keeps a growing :class:`_Histogram` of the values."""
+class HistogramObserver(Observer):
+    """An observer that keeps a growing :class:`Histogram` of the values."""
 
     def __init__(self, *, bits: int = 8, num_bins: int = 8192, name: str = "tensor") -> None:
         super().__init__(bits=bits, name=name)
-        self._hist = _Histogram(num_bins)
+        self._hist = Histogram(num_bins)
 
     def _update(self, x: np.ndarray) -> None:
         self._hist.add(x)
 
 
-class PercentileObserver(_HistogramObserver):
+class PercentileObserver(HistogramObserver):
     """Percentile clipping: ``lo`` = the ``100 - p`` percentile, ``hi`` = the ``p`` percentile.
 
     Read from the histogram by linear interpolation within a bin, within about one bin width of
@@ -215,13 +215,13 @@ class PercentileObserver(_HistogramObserver):
         return float(np.clip(lo, self._min, self._max)), float(np.clip(hi, self._min, self._max))
 
 
-class KLObserver(_HistogramObserver):
+class KLObserver(HistogramObserver):
     """TensorRT entropy calibration: the threshold minimizing ``KL(P || Q)`` of ``|x|``, plus a cost
     for the fraction of values clipped.
 
     Over the histogram of ``|x|`` (``num_bins // 2`` bins of width ``w`` over ``[0, R]``), each
     candidate ``i`` keeps bins ``[0, i)`` with the clipped outliers added to the last one (P) and
-    compares it with its quantization into ``L`` levels (Q); see ``_kl`` for the exact
+    compares it with its quantization into ``L`` levels (Q); see ``kl.py`` for the exact
     definition. Unlike TensorRT, the search minimizes ``KL(P || Q) - log(1 - f)``, ``f`` the
     fraction of values clipped: ``KL(P || Q)`` alone is 0 when clipping collapses data away from 0
     (e.g. squeeze-and-excite gates in [0.12, 0.34]) onto its smallest value, while the extra term
@@ -283,7 +283,7 @@ class KLObserver(_HistogramObserver):
         return max(self._min, -t), min(self._max, t)
 
 
-class MSEObserver(_HistogramObserver):
+class MSEObserver(HistogramObserver):
     """The threshold minimizing the expected squared error of clipping plus rounding.
 
     Candidates are ``T_j = A * j / num_candidates``, ``j = 1..num_candidates``, with
@@ -294,7 +294,7 @@ class MSEObserver(_HistogramObserver):
     - otherwise: symmetric ``k * T / (2**(bits-1) - 1)``, ``|k| <= 2**(bits-1) - 1``;
       ``range() = (max(min, -T), min(max, T))``;
 
-    see ``_mse`` for the formula and the bin-center approximation.
+    see ``mse.py`` for the formula and the bin-center approximation.
 
     Parameters
     ----------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import (
+from .checks import (
     INT32_MAX,
     INT32_MIN,
     along_axis,

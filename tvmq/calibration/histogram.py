@@ -25,7 +25,7 @@ import numpy as np
 _CHUNK = 1 << 20  # values binned at a time, to bound the temporaries of a huge batch
 
 
-class _Histogram:
+class Histogram:
     """Counts of ``x`` in ``num_bins`` equal bins over [-R, R], R doubling as data arrives.
 
     Parameters
