@@ -63,8 +63,12 @@ class FakeQuantize:
         return rewrite_functions(mod, _Rewriter, self.requant, self.bits)
 
 
-def weight_param(func: relax.Function, expr: relax.Expr) -> relax.Var | None:
-    """The parameter of `func` a weight operand comes from (itself or permute_dims of it)."""
+def weight_param(func: relax.Function, expr: relax.Expr, lookup=None) -> relax.Var | None:
+    """The parameter of `func` a weight operand comes from (itself or permute_dims of it, also
+    through the variable bound to it: `lookup(var)` gives a variable's bound value)."""
+    if lookup is not None and isinstance(expr, relax.Var) and lookup(expr) is not None:
+        bound = lookup(expr)
+        expr = bound if op_name(bound) == "relax.permute_dims" else expr
     if op_name(expr) == "relax.permute_dims":
         expr = expr.args[0]
     return expr if isinstance(expr, relax.Var) and any(expr.same_as(p) for p in func.params[1:]) \
@@ -86,7 +90,8 @@ class _Rewriter(relax.PyExprMutator):
         kind = op_name(call)
         if kind not in LINEAR_OPS or self.func is None:
             return call
-        if weight_param(self.func, call.args[1]) is None or len(shape_of(call.args[1])) < 2:
+        w = call.args[1]
+        if weight_param(self.func, w, self.lookup_binding) is None or len(shape_of(w)) < 2:
             return call
         if str(call.args[0].ty.dtype) != "float32":
             return call

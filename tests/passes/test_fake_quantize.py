@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import tvm
+from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvmq.passes.fake_quantize import FakeQuantize
@@ -147,13 +148,17 @@ class TransposedWeight:
         return y
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in passes/fake_quantize.py: weight_param looks for a permute_dims *call* as the "
-    "matmul's operand, but in a normalized module the operand is the variable bound to it, so a "
-    "weight that reaches the matmul through permute_dims (documented as fake-quantized) is "
-    "left float"))
 def test_weight_through_permute_dims_is_fake_quantized():
-    assert not tvm.ir.structural_equal(FakeQuantize()(TransposedWeight), TransposedWeight)
+    """The transposed weight (the variable bound to permute_dims) is fake-quantized per output
+    channel (its last axis), like a weight parameter read directly."""
+    after = FakeQuantize()(TransposedWeight)
+    bound = {b.var.name: b.value for block in after["main"].body.blocks for b in block.bindings}
+    packed = [(v.args[0].global_symbol, v.args[1].fields) for v in bound.values()
+              if isinstance(v, relax.Call) and v.op.name == "relax.call_dps_packed"]
+    quantized = {args[0].name: json.loads(args[1].value) for sym, args in packed
+                 if sym == "tvmq.fake_quant"}
+    assert quantized == {"x": {"bits": 8, "axis": None}, "wt": {"bits": 8, "axis": 1}}
+    assert [sym for sym, _ in packed].count("tvmq.fake_quant_requant") == 1
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(requant="single"), "requant"),
