@@ -52,8 +52,7 @@ class QuantizeGradients:
                 raise TypeError(f"{name} must be a GradQuant or None, got {type(q).__name__}")
         self.activations, self.weights = activations, weights
         self.sites = None if sites is None else tuple(sites)
-        if tvm.get_global_func(QUANTIZE_GRADIENT, allow_missing=True) is None:
-            register_gradient_quantizer()
+        register_gradient_quantizer(override=False)
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         if ADJOINT_FUNC not in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -134,9 +133,12 @@ def _site_key(rng, spec: dict, size: int) -> tuple[GradQuant, int, int]:
     return GradQuant(**spec), (seed + site) % (1 << 32), (step * size) % (1 << 32)
 
 
-def register_gradient_quantizer(quantize=fake_quantize_gradient) -> None:
+def register_gradient_quantizer(quantize=fake_quantize_gradient, *, override: bool = True) -> None:
     """Implement the sites' packed function with `quantize(g, q, seed=, offset=)` -> the
-    fake-quantized float32 gradient (default: the golden NumPy function); replaces any earlier."""
+    fake-quantized float32 gradient (default: the golden NumPy function). It replaces an earlier
+    implementation, unless `override=False`, which keeps one already registered (a user's own)."""
+    if not override and tvm.get_global_func(QUANTIZE_GRADIENT, allow_missing=True) is not None:
+        return
 
     def _quantize(g, rng, spec, out):
         a = g.numpy()

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
-from tvmq.passes.quantize_gradients import QuantizeGradients, activation_sites
+from tvmq.passes.quantize_gradients import (
+    QUANTIZE_GRADIENT,
+    QuantizeGradients,
+    activation_sites,
+    register_gradient_quantizer,
+)
 
-from tvmq.numerics.gradq import GradQuant
+from tvmq.numerics.gradq import GradQuant, fake_quantize_gradient
 
 ACT = GradQuant(8, "rtz", "zscore")
 WEIGHT = GradQuant(4, "stochastic", "max", axis=0)
@@ -119,3 +126,25 @@ def test_errors():
     with pytest.raises(ValueError, match="`rng`"):
         QuantizeGradients(weights=WEIGHT)(WithoutRng)
     QuantizeGradients(weights=ACT)(WithoutRng)  # deterministic rounding needs no rng
+
+
+def test_a_registered_gradient_quantizer_is_kept_unless_replaced():
+    """override=False (the pass's default, tvmq.train's C unit) keeps a user's implementation."""
+    def run(g):
+        out = tvm.runtime.tensor(np.zeros_like(g))
+        spec = json.dumps({**dataclasses.asdict(ACT), "site": 0})
+        tvm.get_global_func(QUANTIZE_GRADIENT)(tvm.runtime.tensor(g),
+                                               tvm.runtime.tensor(np.zeros(2, np.int64)),
+                                               spec, out)
+        return out.numpy()
+
+    g = np.linspace(-1, 1, 8, dtype=np.float32)
+    try:
+        register_gradient_quantizer(lambda a, q, seed, offset: np.full_like(a, 7.0))
+        register_gradient_quantizer(override=False)
+        QuantizeGradients(activations=ACT)
+        np.testing.assert_array_equal(run(g), np.full_like(g, 7.0))
+        register_gradient_quantizer()
+        np.testing.assert_array_equal(run(g), fake_quantize_gradient(g, ACT, seed=0, offset=0))
+    finally:
+        register_gradient_quantizer()

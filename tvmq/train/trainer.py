@@ -241,8 +241,9 @@ def training_module(float_mod: tvm.IRModule, config: TrainConfig,
     sites = activation_sites(train_mod[ADJOINT_FUNC])
     if not config.quantize_logits_grad:
         sites = sites[:-1]  # in forward order: the last is the output layer's
-    # The accelerator's C gradient unit: bit-exact with the NumPy definition, and faster.
-    register_gradient_quantizer(accel_gradq.fake_quantize_gradient)
+    # The accelerator's C gradient unit: bit-exact with the NumPy definition, and faster (an
+    # implementation registered before, e.g. a user's tap, is kept).
+    register_gradient_quantizer(accel_gradq.fake_quantize_gradient, override=False)
     return QuantizeGradients(config.activation_grads, config.weight_grads,
                              sites=sites)(train_mod)
 
