@@ -25,11 +25,12 @@ $(TEST_STAMP): $(PACKAGE_STAMP)
 demo: $(PACKAGE_STAMP)
 	$(BIN)/tvmq demo
 
-# tests/conftest.py gives the test session fresh cache folders; the notebooks get theirs here
+# The tests run on pytest-xdist workers, one per core; tests/conftest.py gives each worker's
+# session fresh cache folders; the notebooks get theirs here
 # (tvmq's cache; onnxruntime's, matplotlib's and IPython's files), so a user's cache cannot
 # change a result and nothing is written to the home folder.
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  TVMQ_CACHE_DIR="$$tmp/tvmq" XDG_CACHE_HOME="$$tmp/cache" MPLCONFIGDIR="$$tmp/matplotlib" \
 	  IPYTHONDIR="$$tmp/ipython" $(BIN)/python -m pytest -q --nbmake tutorials
