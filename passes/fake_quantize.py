@@ -66,9 +66,9 @@ class FakeQuantize:
 def weight_param(func: relax.Function, expr: relax.Expr, lookup=None) -> relax.Var | None:
     """The parameter of `func` a weight operand comes from (itself or permute_dims of it, also
     through the variable bound to it: `lookup(var)` gives a variable's bound value)."""
-    if lookup is not None and isinstance(expr, relax.Var) and lookup(expr) is not None:
-        bound = lookup(expr)
-        expr = bound if op_name(bound) == "relax.permute_dims" else expr
+    bound = lookup(expr) if lookup is not None and isinstance(expr, relax.Var) else None
+    if op_name(bound) == "relax.permute_dims":
+        expr = bound
     if op_name(expr) == "relax.permute_dims":
         expr = expr.args[0]
     return expr if isinstance(expr, relax.Var) and any(expr.same_as(p) for p in func.params[1:]) \

@@ -198,13 +198,10 @@ class _Tile:
 
     @staticmethod
     def read(requant_call, bindings, mod) -> _Tile | None:
-        acc, *params = requant_call.args[1].fields
-        value, bias = bindings.get(acc), None
-        if op_name(value) == "relax.add" and const_value(value.args[1]) is not None:
-            bias, value = const_value(value.args[1]), bindings.get(value.args[0])
-        pieces = [value]
-        if op_name(value) == "relax.concat":  # a tile that splits groups: one conv per piece
-            pieces = [bindings.get(p) for p in _fields(value.args[0], bindings)]
+        chain = RequantChain(requant_call, bindings, mod)
+        pieces = [chain.op]
+        if op_name(chain.op) == "relax.concat":  # a tile that splits groups: one conv per piece
+            pieces = [bindings.get(p) for p in _fields(chain.op.args[0], bindings)]
         ops = {op_name(p) for p in pieces}
         if len(ops) != 1 or not ops <= set(LINEAR_OPS):
             return None
@@ -216,5 +213,5 @@ class _Tile:
             x = bindings.get(x).args[0]
         op = ops.pop()
         return _Tile(op, x, pieces[0].attrs if op == "relax.nn.conv2d" else None,
-                     np.concatenate(weights), bias, [const_value(p) for p in params],
-                     mod[requant_call.args[0]])
+                     np.concatenate(weights), chain.bias, [const_value(p) for p in chain.params],
+                     chain.prim)

@@ -17,6 +17,7 @@ import numpy as np
 from .config import DEFAULTS, OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
 from .errors import CompileError
 from .targets.accel import PRESETS
+from .targets.target import names as target_names
 
 EPILOG = """examples:
   tvmq demo
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "report and write the artefacts to --out (only after success).",
                    epilog=COMPILE_EPILOG)
     p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--target", default="host", choices=("host", "accel", "mcu"),
+    p.add_argument("--target", default="host", choices=target_names(),
                    help="host (llvm), accel (conv/matmul on the C accelerator emulator) or mcu "
                         "(a self-contained C project for microcontrollers)")
     p.add_argument("--accel", default="npu-small", choices=tuple(PRESETS),

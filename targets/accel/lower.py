@@ -322,7 +322,7 @@ class _Lowerer(relax.PyExprMutator):
         slot = alloc_counters(1)
         try:
             desc = lbfp_conv2d_descriptor(self.runtime.hw, x_nchw, w.shape, fmt,
-                                                   counter_slot=slot, **geometry)
+                                          counter_slot=slot, **geometry)
         except ValueError as err:
             self.runtime.host_layers[layer] = str(err)
             return None

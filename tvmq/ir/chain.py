@@ -32,6 +32,7 @@ def requant_call_like(builder, attrs, acc: relax.Expr, params: list, channels: i
     return relax.call_tir(gv, [acc, *params],
                           relax.TensorType(shape_of(acc), str(attrs["out_dtype"])))
 
+
 class RequantChain:
     """A realized `op [+ bias] -> requant` chain found through the bindings of `main`."""
 

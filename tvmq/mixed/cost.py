@@ -113,8 +113,6 @@ def measure_cycles(hw: AccelConfig, shape: ConvShape, w_bits: int, a_bits: int,
     return counters
 
 
-
-
 def _sources_hash() -> str:
     h = hashlib.sha256()
     for name in library.SOURCES:
