@@ -178,9 +178,32 @@ def _import_onnx(proto: onnx.ModelProto, inp: ModelInput) -> tvm.IRModule:
     try:
         return from_onnx(proto, shape_dict={inp.name: list(inp.shape)}, keep_params_in_input=False)
     except Exception as err:
-        msg = str(err).strip().splitlines()
-        detail = next((line for line in msg if "not supported" in line), msg[-1] if msg else err)
-        raise CompileError(f"TVM cannot import this ONNX model: {detail}") from err
+        raise CompileError(f"TVM cannot import this ONNX model: {_import_failure(err, proto)}. "
+                           "Fold or replace that node, or report the model.") from err
+
+
+def _import_failure(err: Exception, proto: onnx.ModelProto) -> str:
+    """Which node TVM's importer failed on, and why, in one line.
+
+    An op with no converter: TVM lists the op types, so the first node of each is named. A
+    converter that raised: the node is the one TVM's node loop (`_construct_nodes`) was at."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    why = next((line for line in lines if "not supported" in line), lines[-1] if lines else "")
+    why = why or type(err).__name__
+    if isinstance(err, tvm.error.OpNotImplemented) and ":" in why:
+        missing = [op.strip() for op in why.rsplit(":", 1)[1].split(",")]
+        nodes = [next(n for n in proto.graph.node if n.op_type == op) for op in missing
+                 if any(n.op_type == op for n in proto.graph.node)]
+        names = ", ".join(f"node {n.name!r} (op {n.op_type})" for n in nodes)
+        return f"no converter for {', '.join(missing)}: first at {names}" if names else why
+    tb, node = err.__traceback__, None
+    while tb is not None:  # the innermost frame of the importer's node loop
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            node = tb.tb_frame.f_locals.get("node", node)
+        tb = tb.tb_next
+    if isinstance(node, onnx.NodeProto):
+        return f"node {node.name!r} (op {node.op_type}): {why}"
+    return why
 
 
 def _relax_input(mod: tvm.IRModule) -> ModelInput:
