@@ -39,13 +39,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import tvm
 from _common import add_json_argument, interleaved_median_ms, tvm_pool_threads, write_results
 from models import fetch_model
-from onnx import version_converter
-from onnxruntime import quantization as ortq
+from ort_runner import ort_session, ort_static_int8
 from textlines import CLS_IMAGE_SHAPE, REC_IMAGE_SHAPE, make_cls_dataset, make_rec_dataset
 from tvm import relax
 
@@ -73,34 +70,11 @@ def load(name: str):
     return fetch_model(name), (1, *REC_IMAGE_SHAPE), x_calib
 
 
-class _Reader(ortq.CalibrationDataReader):
-    def __init__(self, input_name: str, xs: np.ndarray):
-        self._it = iter([{input_name: x[None]} for x in xs])
-
-    def get_next(self):
-        return next(self._it, None)
-
-
 def ort_sessions(path: Path, x_calib: np.ndarray, work: Path):
-    """(FP32 session, INT8 QDQ session)."""
-    opts = ort.SessionOptions()
-    fp32 = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = fp32.get_inputs()[0].name
-    model = onnx.load(str(path))
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
-        model = version_converter.convert_version(model, 13)
-    opset13 = work / "opset13.onnx"
-    onnx.save(model, str(opset13))
-    pre = work / "pre.onnx"  # ORT's recommended pre-processing: shapes, BN folding, fusions
-    ortq.quant_pre_process(str(opset13), str(pre), skip_symbolic_shape=True)
-    q = work / "int8.onnx"
-    ortq.quantize_static(str(pre), str(q), _Reader(name, x_calib),
-                         quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                         activation_type=ortq.QuantType.QUInt8,
-                         weight_type=ortq.QuantType.QInt8)
-    int8 = ort.InferenceSession(str(q), opts, providers=["CPUExecutionProvider"])
-    return name, fp32, int8
+    """(input name, FP32 session, INT8 QDQ session)."""
+    fp32 = ort_session(path)
+    int8 = ort_session(ort_static_int8(path, x_calib, work))
+    return fp32.get_inputs()[0].name, fp32, int8
 
 
 def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool) -> dict:
