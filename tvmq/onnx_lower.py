@@ -237,13 +237,11 @@ def _dequantize_integer_layer(graph: _Graph, index: int) -> None:
     is_conv = node.op_type == "ConvInteger"
     axis = 0 if is_conv else w_q.ndim - 1  # output channels: OIHW rows, [K, N] columns
     weight = _dequantize(w_q, w_zp, w_scale, axis)
-    if weight is None:
+    if weight is None or (bias is not None and (not is_conv or bias.shape != (w_q.shape[0],))):
         return
     stem = mul.output[0]
     inputs = [x, graph.add_initializer(f"{stem}_weight", weight)]
     if bias is not None:
-        if bias.shape != (weight.shape[0],) or not is_conv:
-            return
         inputs.append(graph.add_initializer(f"{stem}_bias", bias.astype(np.float32)))
     name = node.name or stem
     if is_conv:
