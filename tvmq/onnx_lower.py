@@ -68,7 +68,7 @@ def lower_for_tvm(proto: onnx.ModelProto) -> onnx.ModelProto:
         elif node.domain == "com.microsoft" and node.op_type == "DynamicQuantizeLSTM":
             _dequantize_lstm(graph, index)
     graph.commit()
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     for index, node in enumerate(proto.graph.node):
         if node.domain in ("", "ai.onnx") and node.op_type == "LSTM":
             graph.replace(index, _unroll_lstm(graph, node, shapes, opset))
