@@ -85,9 +85,12 @@ def _check_linear(ctx) -> bool:
 
 
 def _check_add(ctx) -> bool:
+    """Two float32 activations of one shape; an add of a constant (YOLO's anchor grid) is not a
+    residual add and stays float."""
     root = ctx.annotated_expr["root"]
     a, b = root.args
-    return _is_float32(a) and _is_float32(b) and shape_of(a) == shape_of(b)
+    return (all(_is_float32(t) and const_value(t) is None for t in (a, b))
+            and shape_of(a) == shape_of(b))
 
 
 def _check_pool(ctx) -> bool:

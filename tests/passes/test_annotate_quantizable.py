@@ -204,15 +204,16 @@ class NotTakenBefore:
     def main(x: R.Tensor((1, 2, 4, 4), "float32"), i: R.Tensor((1, 3), "int32")):
         with R.dataflow():
             a = R.add(i, i)  # integer add: not a float tensor tvmq quantizes
+            g = R.add(x, R.const(np.ones((1, 2, 4, 4), "float32")))  # a constant: not residual
             p = R.nn.avg_pool2d(x, pool_size=[3, 3], padding=[1, 1, 1, 1],
                                 count_include_pad=False)  # divisor varies at the border
             c = R.nn.conv2d(x, R.const(W_CONV), data_layout="NCHW", kernel_layout="OIHW",
                             out_layout="NHWC")
-            R.output(a, p, c)
-        return (a, p, c)
+            R.output(a, g, p, c)
+        return (a, g, p, c)
 
 
 def test_patterns_it_must_not_take_stay_float():
     after = AnnotateQuantizable()(NotTakenBefore)
     tvm.ir.assert_structural_equal(after, NotTakenBefore)
-    assert _names(after) == ["add_0", "avg_pool2d_1", "conv2d_2"]
+    assert _names(after) == ["add_0", "add_1", "avg_pool2d_2", "conv2d_3"]
