@@ -1,7 +1,8 @@
 """Frontend: an ONNX model (path or ModelProto) or a Relax IRModule in, a normalized IRModule out.
 
 Normalization binds every weight as a constant, fixes the input shape (folding the ONNX shape
-arithmetic that depends on it, see onnx_static), folds BatchNorm and other
+arithmetic that depends on it, see onnx_static), rewrites the ONNX ops TVM's importer lacks
+(LSTM, dynamic quantization: see onnx_lower), folds BatchNorm and other
 per-channel scale/shift constants into the preceding conv2d/matmul, and turns the importer's clip
 lowering back into `R.clip`, so later passes see `conv2d(x, W) + b -> relu/clip` chains.
 """
@@ -19,6 +20,7 @@ from tvm import relax
 
 from .errors import CompileError
 from .ir import returned_fields
+from .onnx_lower import lower_for_tvm
 from .onnx_static import make_static
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.simplify_clip import SimplifyClip
@@ -99,7 +101,7 @@ def import_model(
         proto = _read_onnx(model)
         inp = _onnx_input(proto, input_shape)
         _check_finite_initializers(proto)
-        mod = _import_onnx(make_static(proto, inp.name, inp.shape), inp)
+        mod = _import_onnx(lower_for_tvm(make_static(proto, inp.name, inp.shape)), inp)
         names = [o.name for o in proto.graph.output]
     _check_finite_weights(mod)
     mod = normalize_pipeline()(mod)
