@@ -4,10 +4,11 @@ rapidocr's preprocessing, a simple DB post-processing and the box metrics.
 A page is 320x320 px, the detector's input as benchmarked (fixed so tvmq compiles one shape;
 rapidocr would resize a page to a multiple of 32 with its short side at least 736, which at
 batch 1 costs 5x the compute on this slow machine and changes nothing in what is compared). It
-holds 3 to 8 lines of ``textlines``' texts and fonts (14 to 26 px), dark on a light background,
-with seeded noise and blur. A line's box spans its ink horizontally and the font's line height
-(ascent + descent) vertically, as text-detection labels do (a line of digits gets the same
-height as one with descenders).
+holds 3 to 12 lines of ``textlines``' texts and fonts (10 to 26 px; the smallest and the
+closest lines are where the detector misses or merges some), dark or grey (ink 0 to 150) on a
+light background, with seeded noise and blur. A line's box spans its ink horizontally and the
+font's line height (ascent + descent) vertically, as text-detection labels do (a line of digits
+gets the same height as one with descenders).
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ def _render_page(rng: np.random.Generator) -> tuple[Image.Image, tuple[Box, ...]
     draw = ImageDraw.Draw(page)
     boxes: list[Box] = []
     top = int(rng.integers(4, 40))
-    for _ in range(int(rng.integers(3, 9))):
-        font = _font(int(rng.integers(len(_fonts()))), int(rng.integers(14, 27)))
+    for _ in range(int(rng.integers(3, 13))):
+        font = _font(int(rng.integers(len(_fonts()))), int(rng.integers(10, 27)))
         ascent, descent = font.getmetrics()
         if top + ascent + descent > PAGE_SIZE - 4:
             break
@@ -194,11 +195,11 @@ def _render_page(rng: np.random.Generator) -> tuple[Image.Image, tuple[Box, ...]
                 break
         else:
             continue
-        ink = int(rng.integers(0, 90))
+        ink = int(rng.integers(0, 150))
         fg_rgb = tuple(int(np.clip(ink + t, 0, 255)) for t in rng.integers(-20, 21, size=3))
         draw.text((x, top), text, font=font, fill=fg_rgb)
         boxes.append((x0, top, x1, top + ascent + descent))
-        top += ascent + descent + int(rng.integers(2, 20))
+        top += ascent + descent + int(rng.integers(0, 16))
     if rng.random() < 0.5:
         page = page.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.8))))
     pixels = np.asarray(page, dtype=np.float32)
