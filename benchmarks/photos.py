@@ -66,8 +66,8 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 """(wheel member, SHA-256) of the photos used, from the scikit-image 0.26.0 wheel (the same
 files in every platform's wheel)."""
 
-Detection = tuple[int, float, float, float, float]
-"""``(class, x0, y0, x1, y1)`` in input pixels (320x320)."""
+Detection = tuple[int, int, int, int, int]
+"""``(class, x0, y0, x1, y1)`` in whole input pixels (320x320)."""
 
 
 def fetch_photos(cache_dir: Path | None = None) -> list[Path]:
@@ -153,11 +153,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float = NMS_SCOR
 
 
 def yolo_detections(out: np.ndarray) -> list[tuple[Detection, ...]]:
-    """``[N, 4 + C, A]`` outputs -> each sample's detections after NMS, highest score first."""
+    """``[N, 4 + C, A]`` outputs -> each sample's detections after NMS, highest score first,
+    corners rounded to whole pixels (NudeNet reports whole pixels too), so two runs whose boxes
+    differ by a fraction of a pixel give equal predictions."""
     result = []
     for sample in out:
         boxes, scores, classes = yolo_decode(sample)
-        result.append(tuple((int(classes[k]), *(float(v) for v in boxes[k]))
+        result.append(tuple((int(classes[k]), *(int(v) for v in np.rint(boxes[k])))
                             for k in nms(boxes, scores)))
     return result
 

@@ -149,16 +149,29 @@ def test_nms_ties_keep_the_lower_index():
     assert photos.nms(found, np.array([0.5, 0.5])).tolist() == [0]
 
 
+def test_yolo_detections_are_per_sample_after_nms_in_whole_pixels():
+    sample = _yolo_output([
+        (50.4, 40, 20, 10, 0.1, 0.7, 0.3),
+        (50, 40, 20, 10, 0.9, 0.0, 0.0),  # same box, higher score, other class: wins
+        (200, 200, 10, 10, 0.0, 0.0, 0.3),
+    ])
+    empty = np.zeros_like(sample)
+    assert photos.yolo_detections(np.stack([sample, empty])) == [
+        ((0, 40, 35, 60, 45), (2, 195, 195, 205, 205)),
+        (),
+    ]
+
+
 def test_match_detections_needs_the_same_class():
-    fp32 = [(1, 0.0, 0.0, 10.0, 10.0), (2, 20.0, 20.0, 30.0, 30.0)]
-    found = [(1, 1.0, 0.0, 10.0, 10.0), (3, 20.0, 20.0, 30.0, 30.0)]
+    fp32 = [(1, 0, 0, 10, 10), (2, 20, 20, 30, 30)]
+    found = [(1, 1, 0, 10, 10), (3, 20, 20, 30, 30)]
     assert photos.match_detections(found, fp32) == 1
     assert photos.match_detections([], fp32) == 0
 
 
 def test_agreement_metric_pools_the_samples():
-    fp32 = [[(0, 0.0, 0.0, 10.0, 10.0)], [], [(1, 0.0, 0.0, 4.0, 4.0)]]
-    found = [[(0, 0.0, 0.0, 10.0, 10.0)], [(0, 5.0, 5.0, 6.0, 6.0)], []]
+    fp32 = [[(0, 0, 0, 10, 10)], [], [(1, 0, 0, 4, 4)]]
+    found = [[(0, 0, 0, 10, 10)], [(0, 5, 5, 6, 6)], []]
     # 1 matched, 2 found, 2 expected.
     assert photos.agreement_metric(found, fp32) == (50.0, {"recall %": 50.0,
                                                           "precision %": 50.0})
