@@ -98,6 +98,12 @@ def test_page_metric_scores_boxes_and_the_map_against_fp32():
     assert hmean == pytest.approx(200 / 3, rel=0, abs=1e-12)
 
 
+def test_page_detections_are_equal_when_their_boxes_are():
+    assert pages.PageDetection(((0, 0, 4, 4),), b"\x01") == pages.PageDetection(((0, 0, 4, 4),),
+                                                                               b"\x02")
+    assert pages.PageDetection(((0, 0, 4, 4),), b"\x01") != pages.PageDetection((), b"\x01")
+
+
 def test_page_detections_binarizes_at_the_threshold():
     out = np.full((1, 1, 4, 4), 0.3, np.float32)
     out[0, 0, 0, 0] = 0.31
