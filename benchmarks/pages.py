@@ -20,7 +20,7 @@ import numpy as np
 from boxes import box_iou, count_matches, detection_scores
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
-from textlines import _font, _fonts, _random_text
+from textlines import fonts, load_font, random_text
 
 __all__ = [
     "DB_BOX_THRESHOLD",
@@ -185,13 +185,13 @@ def _render_page(rng: np.random.Generator) -> tuple[Image.Image, tuple[Box, ...]
     boxes: list[Box] = []
     top = int(rng.integers(4, 40))
     for _ in range(int(rng.integers(3, 13))):
-        font = _font(int(rng.integers(len(_fonts()))), int(rng.integers(10, 27)))
+        font = load_font(int(rng.integers(len(fonts()))), int(rng.integers(10, 27)))
         ascent, descent = font.getmetrics()
         if top + ascent + descent > PAGE_SIZE - 4:
             break
         x = int(rng.integers(4, 60))
         for _attempt in range(_TEXT_ATTEMPTS):  # a text too wide for the page is redrawn
-            text = _random_text(rng)
+            text = random_text(rng)
             x0, _, x1, _ = draw.textbbox((x, top), text, font=font)
             if x1 <= PAGE_SIZE - 4:
                 break

@@ -17,7 +17,7 @@ import numpy as np
 from boxes import box_iou, count_matches, detection_scores
 from models import fetch_wheel_members
 from PIL import Image
-from textlines import _resize_bilinear_like_cv2
+from textlines import resize_bilinear_like_cv2
 
 __all__ = [
     "PHOTOS",
@@ -120,7 +120,7 @@ def preprocess_photo(img: Image.Image) -> np.ndarray:
     side = max(rgb.shape[:2])
     square = np.zeros((side, side, 3), dtype=np.uint8)
     square[: rgb.shape[0], : rgb.shape[1]] = rgb
-    resized = _resize_bilinear_like_cv2(square, YOLO_INPUT_SIZE, YOLO_INPUT_SIZE)
+    resized = resize_bilinear_like_cv2(square, YOLO_INPUT_SIZE, YOLO_INPUT_SIZE)
     return (resized.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)
 
 

@@ -210,7 +210,7 @@ def make_rec_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     x = np.zeros((n, *REC_IMAGE_SHAPE), dtype=np.float32)
     texts: list[str] = []
     while len(texts) < n:
-        text = _random_text(rng)
+        text = random_text(rng)
         img = _render_line(rng, rotate=False, text=text)
         if math.ceil(out_h * img.width / float(img.height)) > out_w:
             continue
@@ -225,7 +225,7 @@ def _resize_norm_pad(img: Image.Image, shape: tuple[int, int, int]) -> np.ndarra
     bgr = np.asarray(img.convert("RGB"))[:, :, ::-1]
     h, w = bgr.shape[:2]
     resized_w = min(out_w, math.ceil(out_h * w / float(h)))
-    resized = _resize_bilinear_like_cv2(bgr, resized_w, out_h).astype(np.float32)
+    resized = resize_bilinear_like_cv2(bgr, resized_w, out_h).astype(np.float32)
     resized = resized.transpose(2, 0, 1) / 255
     resized = (resized - 0.5) / 0.5
     out = np.zeros((c, out_h, out_w), dtype=np.float32)
@@ -233,7 +233,7 @@ def _resize_norm_pad(img: Image.Image, shape: tuple[int, int, int]) -> np.ndarra
     return out
 
 
-def _resize_bilinear_like_cv2(img: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_bilinear_like_cv2(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize a ``[H, W, C]`` uint8 array bit-exactly as ``cv2.resize(img, (width, height))``.
 
     OpenCV's ``INTER_LINEAR`` for uint8: pixel centres aligned, no antialiasing, 11-bit
@@ -271,7 +271,7 @@ def _linear_taps(
     return np.clip(i0, 0, src_size - 1), np.clip(i0 + 1, 0, src_size - 1), w0, w1
 
 
-def _random_text(rng: np.random.Generator) -> str:
+def random_text(rng: np.random.Generator) -> str:
     """A short sentence, a phrase with numbers, or a code/date/amount."""
     kind = rng.random()
     if kind < 0.55:
@@ -293,11 +293,11 @@ def _random_text(rng: np.random.Generator) -> str:
 
 
 def _render_line(rng: np.random.Generator, rotate: bool, text: str | None = None) -> Image.Image:
-    """Draw one line of ``text`` (default: ``_random_text(rng)``); rotate it by 180 degrees if
+    """Draw one line of ``text`` (default: ``random_text(rng)``); rotate it by 180 degrees if
     ``rotate``."""
     if text is None:
-        text = _random_text(rng)
-    font = _font(int(rng.integers(len(_fonts()))), int(rng.integers(20, 35)))
+        text = random_text(rng)
+    font = load_font(int(rng.integers(len(fonts()))), int(rng.integers(20, 35)))
     ascent, descent = font.getmetrics()
     left, _, right, _ = font.getbbox(text)
     pad_x = int(rng.integers(2, 12))
@@ -324,7 +324,7 @@ def _render_line(rng: np.random.Generator, rotate: bool, text: str | None = None
 
 
 @functools.cache
-def _fonts() -> tuple[Path | None, ...]:
+def fonts() -> tuple[Path | None, ...]:
     """Font files to draw with; ``(None,)`` means Pillow's bundled default font."""
     dirs = list(_SYSTEM_DEJAVU_DIRS)
     spec = importlib.util.find_spec("matplotlib")
@@ -338,9 +338,9 @@ def _fonts() -> tuple[Path | None, ...]:
 
 
 @functools.cache
-def _font(index: int, size: int) -> ImageFont.FreeTypeFont:
-    """Font number ``index`` of ``_fonts()`` at ``size`` pixels."""
-    path = _fonts()[index]
+def load_font(index: int, size: int) -> ImageFont.FreeTypeFont:
+    """Font number ``index`` of ``fonts()`` at ``size`` pixels."""
+    path = fonts()[index]
     if path is None:
         font = ImageFont.load_default(size=size)
         if not isinstance(font, ImageFont.FreeTypeFont):
