@@ -141,9 +141,19 @@ def _conv_transpose(rng):
     return _model(nodes, inits, (1, 3, 4, 5), (1, 2, 8, 10))
 
 
+def _add_self(rng):
+    """Conv, x + x (YOLOv8's head: a quantized add whose composite has one parameter), conv."""
+    inits: dict = {}
+    nodes = [_conv(rng, "c0", "input", "a", 3, 4, inits=inits),
+             helper.make_node("Add", ["a", "a"], ["b"]),
+             _conv(rng, "c1", "b", "output", 4, 2, inits=inits)]
+    return _model(nodes, inits, (1, 3, 4, 5), (1, 2, 4, 5))
+
+
 MODELS = {"pad_gelu": _pad_gelu, "layer_norms": _layer_norms,
           "softmax_tanh_hardswish": _softmax_tanh_hardswish, "resize": _resize,
-          "split_slice_transpose": _split_slice_transpose, "conv_transpose": _conv_transpose}
+          "split_slice_transpose": _split_slice_transpose, "conv_transpose": _conv_transpose,
+          "add_self": _add_self}
 
 
 # Scheme "mixed" prices layers on the accelerator, which takes matmuls of one row only: a model
