@@ -136,3 +136,35 @@ def test_version_and_help_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default host)" in text and "(default mult_shift)" in text
     assert "replaced only with --force" in text and "examples:" in text
+
+
+def test_compile_verify_prints_the_table_and_exits_0_when_exact(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--out",
+                 str(tmp_path / "build"), "--verify", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "3/3" in out and "compiled model vs oracle: bit-exact on 3 samples" in out
+
+
+def test_compile_verify_exits_1_when_not_exact(tmp_path, capsys, digits, monkeypatch):
+    from tvmq import compiled_model
+
+    class Off(compiled_model.Oracle):  # one float32 step above the real oracle
+        def run(self, x, keep=False):
+            return np.nextafter(super().run(x), np.float32(np.inf))
+
+    monkeypatch.setattr(compiled_model, "Oracle", Off)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--out",
+                 str(tmp_path / "build"), "--verify", "2", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "0/2" in out and "NOT bit-exact on 2 samples" in out
+    assert (tmp_path / "build" / "model.so").is_file()  # written before the check
+
+
+def test_verify_needs_a_count(tmp_path, capsys):
+    assert main(["compile", "m.onnx", "--calib", "c.npz", "--out", str(tmp_path / "o"),
+                 "--verify", "-1"]) == 2
+    assert "--verify -1" in capsys.readouterr().err

@@ -156,14 +156,36 @@ def test_topi_maximum_minimum_call_tir():
         np.testing.assert_array_equal(host.run(x), Oracle(mod).run(x))
 
 
-@pytest.mark.parametrize("body, name", [
-    (lambda bb, x: bb.emit_te(topi.add, x, x), "call_tir to add"),
-    (lambda bb, x: bb.emit_te(topi.exp, x), "call_tir to exp"),
-    (lambda bb, x: bb.emit_te(  # a maximum, but transposed: not a broadcast
+FLOAT_BODIES = {
+    "topi.add": lambda bb, x: bb.emit_te(topi.add, x, x),
+    "topi.exp": lambda bb, x: bb.emit_te(topi.exp, x),
+    "transposed_max": lambda bb, x: bb.emit_te(  # a maximum, but transposed: not a broadcast
         lambda t: te.compute((1, 4, 6, 5), lambda n, c, i, j: te.max(t[n, c, j, i], 0.0),
-                             name="maximum"), x), "call_tir to"),
-    (lambda bb, x: bb.emit(relax.op.nn.gelu(x)), "relax.nn.gelu"),
-], ids=["topi.add", "topi.exp", "transposed_max", "gelu"])
-def test_unknown_ops_raise(body, name):
+                             name="maximum"), x),
+    "gelu": lambda bb, x: bb.emit(relax.op.nn.gelu(x)),
+}
+
+
+@pytest.mark.parametrize("body", FLOAT_BODIES.values(), ids=FLOAT_BODIES.keys())
+def test_other_float_ops_and_prim_funcs_run_on_the_float_reference(body):
+    """Float call_tirs that are not TOPI broadcast max/min, and float ops without a NumPy
+    mirror, are TVM's lowering of the op alone: equal to the host build."""
+    mod = _float_module(body)
+    x = np.random.default_rng(3).normal(0, 2, (1, 4, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(build(mod).run(x), Oracle(mod).run(x))
+
+
+def _int8_module(body):
+    return _float_module(lambda bb, x: body(bb, bb.emit(relax.op.astype(x, "int8"))))
+
+
+@pytest.mark.parametrize("body, name", [
+    (lambda bb, q: bb.emit_te(topi.add, q, q), "call_tir to add on int8"),
+    (lambda bb, q: bb.emit(relax.op.nn.pad(q, [0, 0, 0, 0, 1, 1, 1, 1])), "relax.nn.pad on int8"),
+    (lambda bb, q: bb.emit(relax.op.maximum(q, q)), "relax.maximum on int8"),
+], ids=["topi.add", "pad", "maximum"])
+def test_integer_ops_without_golden_numpy_raise(body, name):
+    """Integer arithmetic is never delegated to TVM: an integer op the golden numerics do not
+    define is refused, naming the op and its dtypes."""
     with pytest.raises(NotImplementedError, match=name):
-        Oracle(_float_module(body)).run(np.zeros((1, 4, 5, 6), np.float32))
+        Oracle(_int8_module(body)).run(np.zeros((1, 4, 5, 6), np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import re
 import signal
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "only with --force; a folder holding other files is refused")
     p.add_argument("--force", action="store_true",
                    help="replace the tvmq export already in --out (never other files)")
+    p.add_argument("--verify", type=int, default=0, metavar="N",
+                   help="after compiling, check the compiled model against the oracle bit for "
+                   "bit on the first N calibration samples, print the table, and exit 1 (after "
+                   "writing --out) when they differ (default 0: no check)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
@@ -215,6 +220,8 @@ def cmd_compile(args) -> int:
     from .targets.mcu import McuConfig
 
     config = _config(args)  # usage errors first
+    if args.verify < 0:
+        raise CompileError(f"--verify {args.verify}: give a number of samples (0: no check).")
     check_output_folder(args.out, args.force)  # before any work
     mcu = None
     if args.target == "mcu":
@@ -225,7 +232,19 @@ def cmd_compile(args) -> int:
     print(cm.report())
     out = cm.export(args.out, overwrite=args.force)
     print(f"wrote {args.out.rstrip('/')}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
-    return 0
+    if not args.verify:
+        return 0
+    result = cm.verify(_first_samples(args.calib, cm.input, args.verify), n=args.verify)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def _first_samples(calib, inp, n: int) -> np.ndarray:
+    """The first `n` calibration samples, stacked (N, *shape[1:]) for a batch-1 model."""
+    from .calibrate import iter_samples
+
+    samples = list(itertools.islice(iter_samples(calib, inp), n))
+    return np.concatenate(samples) if inp.shape[0] == 1 else samples[0]
 
 
 def cmd_tune(args) -> int:

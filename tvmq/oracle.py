@@ -1,20 +1,21 @@
-"""The NumPy oracle: an interpreter of a realized (integer) Relax module built on tvmq.numerics.
+"""The oracle: an interpreter of a realized (integer) Relax module built on tvmq.numerics.
 
 It walks `main`'s bindings and evaluates each op with plain NumPy integer arithmetic (int64
 accumulation, then the binding's dtype); requantization `call_tir`s are evaluated by reading their
-`tvmq.requant` attribute and calling `tvmq.numerics.requantize`. It shares no code with TVM's
-execution, so `host output == oracle output` bit for bit is the test every backend reuses.
+`tvmq.requant` attribute and calling `tvmq.numerics.requantize`, LBFP kernels (attribute
+`tvmq.lbfp`) by the golden tvmq.numerics.lbfp functions. None of the integer arithmetic shares
+code with TVM's execution, so `host output == oracle output` bit for bit is the test every
+backend reuses (`CompiledModel.verify`).
 
-Float ops left between dequantize and quantize (hard-swish, hard-sigmoid, softmax, ...) mirror the
-float32 arithmetic of TVM's llvm build: elementwise add/subtract/multiply/divide/clip, and the
-`call_tir`s to TOPI broadcast maximum/minimum that the ONNX importer emits for Clip, are exact.
-`exp` (softmax, sigmoid) is C `expf` in TVM; the oracle evaluates it in float64 and rounds once,
-which differs from glibc's expf by 1 ulp on 0.004% of all finite float32 inputs (NumPy's float32
-exp: 4.9%, up to 3 ulp).
-Float mean and avg_pool2d sum in order and divide, like TOPI. Float conv2d/matmul are not
-bit-exact. LBFP kernels (attribute `tvmq.lbfp`) run the golden tvmq.numerics.lbfp functions,
-and calls to float composite functions left in an LBFP graph are evaluated op by op. Unknown
-ops and PrimFuncs raise NotImplementedError naming them.
+Float ops left between dequantize and quantize (hard-swish, softmax, layer norm, GELU, resize,
+...) are not quantization: their reference is TVM's float32 arithmetic. Where NumPy computes
+exactly the same float32 values (IEEE elementwise ops with one rounding each, data movement,
+max, TOPI's in-order sums) it is a NumPy mirror; every other float op, and every float
+call_tir to a PrimFunc that is not a tvmq kernel, is TVM's default lowering of that one op,
+compiled alone for the host's llvm target (tvmq/float_reference.py). `Oracle`'s docstring
+lists which op is which. Calls to float composite functions left in an LBFP graph are
+evaluated op by op. An integer op without a golden implementation raises NotImplementedError
+naming it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from tvm import relax, s_tir, tirx
 
 from . import numerics
 from .batch import check_input, run_stacked
+from .float_reference import FloatReference, is_tensor_arg
 from .ir import REQUANT_ATTR, golden_requant, lbfp_kernels, op_name
 from .numerics import lbfp
 from .numerics.windows import pad_nchw, windows
+from .targets.host.build import host_target
 
 
 def _ints(v) -> list[int]:
@@ -98,30 +101,6 @@ def _wide(x: np.ndarray) -> np.ndarray:
     return x.astype(np.int64 if x.dtype.kind in "iu" else np.float64)
 
 
-def _expf(x: np.ndarray) -> np.ndarray:
-    """float32 exp as C's expf computes it: in float64, rounded once to float32."""
-    with np.errstate(over="ignore", under="ignore"):
-        return np.exp(np.asarray(x, np.float32).astype(np.float64)).astype(np.float32)
-
-
-def _sigmoid(call, x):
-    """TVM's sigmoid: 1 / (1 + expf(0 - x)) in float32."""
-    x = np.asarray(x, np.float32)
-    one = np.float32(1)
-    return one / (one + _expf(np.float32(0) - x))
-
-
-def _softmax(call, x):
-    """TOPI softmax in float32: m = max, e = expf(x - m), s = e summed in order, e / s."""
-    x = np.asarray(x, np.float32)
-    axis = int(_attr(call, "axis")) % x.ndim
-    e = _expf(x - x.max(axis=axis, keepdims=True))
-    total = np.zeros_like(e.take([0], axis=axis))
-    for k in range(x.shape[axis]):  # sequential, like TVM's reduction loop (not pairwise)
-        total = total + e.take([k], axis=axis)
-    return e / total
-
-
 def _strided_slice(call, x):
     """x[begin:end:stride] along `axes`; the bounds are tuples of PrimValues in the call args."""
     axes, begin, end = ([int(v.value) for v in t.fields] for t in call.args[1:4])
@@ -152,27 +131,28 @@ def _dequantize(call, q, scale, zp):
     return numerics.dequantize(q, _qparams_of(scale, zp, _attr(call, "axis"), str(q.dtype)))
 
 
-_OPS: dict[str, Callable] = {
+def _sum(call, x):
+    axis = _attr(call, "axis")
+    return np.sum(_wide(x), axis=None if axis is None else tuple(_ints(axis)),
+                  keepdims=bool(_attr(call, "keepdims")))
+
+
+# Golden NumPy: every op with an integer tensor among its arguments or results (int64
+# accumulation, then the binding's dtype), and the quantize / dequantize boundaries.
+_GOLDEN: dict[str, Callable] = {
     "relax.quantize": _quantize,
     "relax.dequantize": _dequantize,
     "relax.astype": lambda call, x: x,  # every result is cast to its binding's dtype afterwards
     "relax.add": lambda call, a, b: a + b,
     "relax.subtract": lambda call, a, b: a - b,
     "relax.multiply": lambda call, a, b: a * b,
-    "relax.divide": lambda call, a, b: a / b,
     "relax.left_shift": lambda call, a, b: a.astype(np.int64) << b,
     "relax.clip": lambda call, x: np.clip(x, float(call.args[1].value),
                                           float(call.args[2].value)),
     "relax.nn.relu": lambda call, x: np.maximum(x, 0),
-    "relax.sigmoid": _sigmoid,
-    "relax.nn.softmax": _softmax,
     "relax.matmul": lambda call, a, b: np.matmul(_wide(a), _wide(b)),
-    "relax.sum": lambda call, x: np.sum(
-        _wide(x),
-        axis=None if _attr(call, "axis") is None else tuple(_ints(_attr(call, "axis"))),
-        keepdims=bool(_attr(call, "keepdims"))),
+    "relax.sum": _sum,
     "relax.mean": _mean,
-    "relax.nn.avg_pool2d": _avg_pool2d,
     "relax.strided_slice": _strided_slice,
     "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(_attr(call, "axis"))),
     "relax.reshape": lambda call, x: x,  # the binding's static shape is applied afterwards
@@ -184,6 +164,19 @@ _OPS: dict[str, Callable] = {
     "relax.nn.max_pool2d": lambda call, x: max_pool2d(
         x, _attr(call, "pool_size"), _attr(call, "strides"), _attr(call, "padding"),
         _attr(call, "dilation")),
+}
+
+# Float ops whose NumPy form is exactly TVM's float32 arithmetic: IEEE elementwise ops (one
+# rounding each, no FMA on the host), data movement, max, and TOPI's in-order float sums.
+# Every other float op is evaluated by TVM's own lowering of it alone (float_reference.py).
+_FLOAT_EXACT: dict[str, Callable] = {
+    name: _GOLDEN[name] for name in (
+        "relax.astype", "relax.add", "relax.subtract", "relax.multiply", "relax.clip",
+        "relax.nn.relu", "relax.mean", "relax.strided_slice", "relax.concat", "relax.reshape",
+        "relax.permute_dims", "relax.nn.max_pool2d")
+} | {
+    "relax.divide": lambda call, a, b: a / b,
+    "relax.nn.avg_pool2d": _avg_pool2d,
 }
 # ops whose args after the first are not tensors
 _SHAPE_ARGS = {"relax.reshape", "relax.clip", "relax.strided_slice"}
@@ -321,18 +314,46 @@ def tir_broadcast_binary(prim: tvm.tirx.PrimFunc) -> Callable | None:
     return run
 
 
+def _dtypes(call: relax.Call) -> list[str]:
+    """Dtypes of a call's tensor arguments (tuple fields too) and results."""
+    types = [a.ty for a in call.args if is_tensor_arg(a)] + [call.ty]
+    flat = [f for t in types for f in (t.fields if isinstance(t, relax.TupleType) else [t])]
+    return [str(t.dtype) for t in flat if isinstance(t, relax.TensorType)]
+
+
+def _is_float(call: relax.Call) -> bool:
+    return all(np.dtype(d).kind == "f" for d in _dtypes(call))
+
+
 class Oracle:
     """Run a realized IRModule's `main` with NumPy: `Oracle(mod).run(x)` gives its output, a
     tuple of arrays when `main` returns a tuple (a model with several outputs).
 
     `x` is one input of `main`'s shape or, like `CompiledModel.run`, a stack of them.
     `run(x, keep=True)` (one input) also returns every intermediate value by binding name.
+
+    Each binding is evaluated by one of three references:
+
+    - golden NumPy (tvmq.numerics): quantize, dequantize, the tvmq requant and LBFP kernels,
+      and every op with an integer tensor among its arguments or results (conv2d, matmul, add,
+      sum, pooling, concat, ...: int64 accumulation). An integer op without one raises
+      NotImplementedError; integer arithmetic is never delegated to TVM.
+    - a NumPy mirror, for float ops whose float32 arithmetic NumPy reproduces exactly:
+      add, subtract, multiply, divide, clip, relu, astype, max_pool2d, data movement
+      (reshape, permute_dims, concat, strided_slice), TOPI's in-order float sums (mean,
+      avg_pool2d) and the importer's TOPI broadcast maximum/minimum call_tirs (Clip).
+    - TVM's default lowering of the op alone (tvmq.float_reference), for every other float
+      op and float call_tir: transcendental functions (exp, erf, tanh, sigmoid, softmax,
+      power, sqrt; libm and TVM's own expansions are not NumPy's), float conv2d / matmul / sum
+      (TOPI's reduction order), resize, pad, split, layer norm, ... `target` is the llvm
+      target it is built for (default: the host build's).
     """
 
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target | None = None):
         self.mod = mod
         self.func = mod["main"]
         self.input_shape = tuple(int(d) for d in self.func.params[0].ty.shape)
+        self.reference = shared_reference(target or host_target())
         self._prims: dict[str, Callable] = {}
 
     def run(self, x: np.ndarray, keep: bool = False):
@@ -375,15 +396,26 @@ class Oracle:
         name = op_name(expr)
         if name == "relax.call_tir":
             args = [self._eval(a, env) for a in expr.args[1].fields]
-            return self._prim(expr.args[0])(*args)
-        if name not in _OPS:
-            raise NotImplementedError(f"oracle: no NumPy implementation of {name or expr}")
-        n_tensor_args = 1 if name in _SHAPE_ARGS else len(expr.args)
-        args = [self._eval(a, env) for a in expr.args[:n_tensor_args]]
-        return _OPS[name](expr, *args)
+            prim = self._prim(expr)
+            if prim is not None:
+                return prim(*args)
+            return self.reference.run(expr, [None, args] + [None] * (len(expr.args) - 2), self.mod)
+        is_float = _is_float(expr)
+        impl = (_FLOAT_EXACT if is_float else _GOLDEN).get(name)
+        if impl is not None:
+            n_tensor_args = 1 if name in _SHAPE_ARGS else len(expr.args)
+            return impl(expr, *[self._eval(a, env) for a in expr.args[:n_tensor_args]])
+        if not is_float:
+            raise NotImplementedError(
+                f"oracle: no golden NumPy implementation of {name or expr} on "
+                f"{', '.join(_dtypes(expr))} (integer ops are never evaluated by TVM)")
+        args = [self._eval(a, env) if is_tensor_arg(a) else None for a in expr.args]
+        return self.reference.run(expr, args, self.mod)
 
-    def _prim(self, gv) -> Callable:
-        """NumPy implementation of the PrimFunc a call_tir calls (cached per function)."""
+    def _prim(self, call: relax.Call) -> Callable | None:
+        """NumPy implementation of the PrimFunc a call_tir calls (cached per function), or None
+        for a float PrimFunc the float reference runs."""
+        gv = call.args[0]
         if gv.name_hint not in self._prims:
             prim = self.mod[gv]
             if REQUANT_ATTR in (prim.attrs or {}):
@@ -392,9 +424,17 @@ class Oracle:
                 impl = lbfp_call(prim)
             else:
                 impl = tir_broadcast_binary(prim)
-            if impl is None:
+            if impl is None and not _is_float(call):
                 raise NotImplementedError(
-                    f"oracle: call_tir to {gv.name_hint}, which is neither a tvmq requant or "
-                    "LBFP kernel nor a TOPI broadcast maximum/minimum")
+                    f"oracle: call_tir to {gv.name_hint} on {', '.join(_dtypes(call))}: not a "
+                    "tvmq requant or LBFP kernel, and integer PrimFuncs are never evaluated by "
+                    "TVM")
             self._prims[gv.name_hint] = impl
         return self._prims[gv.name_hint]
+
+
+@functools.cache
+def shared_reference(target: tvm.target.Target) -> FloatReference:
+    """One FloatReference per target for every Oracle of this process: its kernels depend only
+    on the op's structural signature, so oracles of different models share them."""
+    return FloatReference(target)
