@@ -18,7 +18,9 @@ input shape, a calibration set, an evaluation set and the task's metric). Rows p
   double rounding, minmax);
 - ``tvmq lbfp8``: ``QuantConfig(scheme="lbfp8")``;
 - ``tvmq mixed``: ``QuantConfig(scheme="mixed", latency_budget=0.75)``: 4/8-bit layers priced
-  on the npu-small accelerator's measured cycles, 75% of INT8's.
+  on the npu-small accelerator's measured cycles, 75% of INT8's;
+- ``tvmq int8-accel``: the default INT8 with ``target="accel"``: conv/matmul layers on the
+  npu-small accelerator's C emulator, the rest on the host (no latency: emulated).
 
 Columns: the task's metric and its change from FP32 in points; ``agree %``, the share of
 samples whose prediction equals FP32's; ``SQNR dB`` of the first output against FP32 over the
@@ -68,12 +70,15 @@ import tvmq
 from tvmq.onnx_lower import lower_for_tvm
 from tvmq.onnx_static import make_static
 
-CONFIGS: dict[str, tvmq.QuantConfig] = {
-    "int8": tvmq.QuantConfig(),
-    "lbfp8": tvmq.QuantConfig(scheme="lbfp8"),
-    "mixed": tvmq.QuantConfig(scheme="mixed", latency_budget=0.75, sensitivity_samples=4),
+CONFIGS: dict[str, tuple[str, tvmq.QuantConfig]] = {
+    "int8": ("host", tvmq.QuantConfig()),
+    "lbfp8": ("host", tvmq.QuantConfig(scheme="lbfp8")),
+    "mixed": ("host", tvmq.QuantConfig(scheme="mixed", latency_budget=0.75,
+                                       sensitivity_samples=4)),
+    "int8-accel": ("accel", tvmq.QuantConfig()),
 }
-"""``--configs`` choices: the defaults of each scheme (mixed: 4 sensitivity samples)."""
+"""``--configs`` choices -> (target, config): the defaults of each scheme (mixed: 4 sensitivity
+samples) on the host, and INT8 on the accelerator emulator (npu-small)."""
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Row:
 
     model: str
     config: str
+    metric: str = ""  # the task's metric, e.g. "exact % (CER %)"
     score: float = math.nan
     extras: dict[str, float] = field(default_factory=dict)
     agree: float = math.nan
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {skip}", flush=True)
             skipped[name] = str(skip)
             continue
-        model_rows = score_model(task, [CONFIGS[c] for c in args.configs], args, failures)
+        model_rows = score_model(task, args.configs, args, failures)
         print()
         print(_title(task))
         print(format_table(*_cells(model_rows, task)), flush=True)
@@ -134,19 +140,20 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[Row],
     return path
 
 
-def score_model(task: Task, configs: list[tvmq.QuantConfig], args: argparse.Namespace,
+def score_model(task: Task, configs: list[str], args: argparse.Namespace,
                 failures: list[str]) -> list[Row]:
     """Every row of one model: metrics, then latencies measured in interleaved turns."""
     ref_out, _ = run_onnxruntime(task.reference, task.x_test)
     ref_pred = task.predict(ref_out)
     score, extras = task.metric(ref_pred, task.y_test)
     fp32_session = ort_session(task.reference)
-    fp32 = Row(task.name, "fp32 ort", score, extras, agree=100.0,
+    fp32 = Row(task.name, "fp32 ort", _metric_name(task), score, extras, agree=100.0,
                run=_ort_runner(fp32_session))
     rows = [fp32]
     with tempfile.TemporaryDirectory(prefix="tvmq-zoo-") as tmp:
         steps = [("int8 ort", lambda: _ort_int8(task, Path(tmp)))]
-        steps += [(f"tvmq {c.scheme}", lambda c=c: _tvmq(task, c, args.verify)) for c in configs]
+        steps += [(f"tvmq {name}", lambda name=name: _tvmq(task, *CONFIGS[name], args.verify))
+                  for name in configs]
         bar = tqdm(steps, desc=task.name, unit="row", leave=False, file=sys.stderr)
         for label, make in bar:
             bar.set_postfix_str(label)
@@ -155,10 +162,10 @@ def score_model(task: Task, configs: list[tvmq.QuantConfig], args: argparse.Name
             except Exception as err:
                 lines = str(err).strip().splitlines()
                 reason = f"{type(err).__name__}: {lines[-1] if lines else ''}"
-                rows.append(Row(task.name, label, error=reason))
+                rows.append(Row(task.name, label, _metric_name(task), error=reason))
                 failures.append(f"{task.name} [{label}] failed:\n{traceback.format_exc()}")
                 continue
-            row.model, row.config = task.name, label
+            row.model, row.config, row.metric = task.name, label, _metric_name(task)
             pred = task.predict(out)
             row.score, row.extras = task.metric(pred, task.y_test)
             row.agree = 100.0 * float(np.mean([p == r for p, r in zip(pred, ref_pred)]))
@@ -205,16 +212,18 @@ def _float_source(task: Task, work: Path) -> Path:
     return path
 
 
-def _tvmq(task: Task, config: tvmq.QuantConfig, n_verify: int) -> tuple[Row, np.ndarray]:
-    cm = tvmq.compile(task.model, target="host", config=config, calib=task.x_calib,
+def _tvmq(task: Task, target: str, config: tvmq.QuantConfig, n_verify: int
+          ) -> tuple[Row, np.ndarray]:
+    cm = tvmq.compile(task.model, target=target, config=config, calib=task.x_calib,
                       input_shape=task.input_shape, progress=False)
     outs = [cm.run(x[None]) for x in task.x_test]
     out = np.concatenate([o[0] if isinstance(o, tuple) else o for o in outs])
     check = cm.verify(task.x_test, n=n_verify)
     exact = f"{min(o.exact for o in check.outputs)}/{check.outputs[0].samples}"
     report = cm.report()
+    timed = cm.run if target == "host" else None  # the emulator's wall time means nothing
     return Row("", "", exact=exact, float_ops=len(report.float_ops),
-               compile_s=report.compile_seconds, run=cm.run), out
+               compile_s=report.compile_seconds, run=timed), out
 
 
 def _title(task: Task) -> str:
@@ -228,7 +237,9 @@ HEAD = ("model", "config", "metric", "Δ pts", "agree %", "SQNR dB", "exact", "f
 
 
 def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], list[list[str]]]:
-    """The table's header and cells: one line per row, a failed row's reason in the metric."""
+    """The table's header and cells: one line per row, a failed row's reason in the metric.
+    With `task` the metric's name heads its column; without (several models), each cell
+    names it."""
     fp32 = {r.model: r for r in rows if r.config == "fp32 ort"}
     ort8 = {r.model: r.ms for r in rows if r.config == "int8 ort"}
     cells = []
@@ -237,7 +248,7 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
             cells.append([r.model, r.config, f"failed: {r.error}"] + [""] * (len(HEAD) - 3))
             continue
         ref = fp32[r.model]
-        metric = f"{r.score:.2f}"
+        metric = f"{r.score:.2f}" if task is not None else f"{r.metric}: {r.score:.2f}"
         if r.extras:
             metric += " (" + ", ".join(f"{k} {v:.2f}" for k, v in r.extras.items()) + ")"
         cells.append([
@@ -248,7 +259,7 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
             r.exact,
             "" if r.float_ops is None else str(r.float_ops),
             "" if math.isnan(r.compile_s) else f"{r.compile_s:.1f}",
-            f"{r.ms:.2f}",
+            "" if math.isnan(r.ms) else f"{r.ms:.3g}",
             f"{r.ms / ort8[r.model]:.2f}x" if r.model in ort8 and not math.isnan(r.ms) else "",
         ])
     head = HEAD if task is None else (*HEAD[:2], _metric_name(task), *HEAD[3:])
