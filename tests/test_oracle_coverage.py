@@ -156,14 +156,7 @@ MODELS = {"pad_gelu": _pad_gelu, "layer_norms": _layer_norms,
           "add_self": _add_self}
 
 
-# Scheme "mixed" prices layers on the accelerator, which takes matmuls of one row only: a model
-# whose layers are all (T, K) matmuls has no accelerator cycles, and the latency budget becomes
-# 0 cycles, which tvmq.mixed.ilp refuses (a bug outside the oracle).
-NO_ACCEL_LAYERS = pytest.mark.xfail(raises=ValueError, strict=True,
-                                    reason="mixed: a model without accelerator cycles")
-CASES = [pytest.param(build, scheme, id=f"{name}-{scheme}",
-                      marks=NO_ACCEL_LAYERS if scheme == "mixed" and name in
-                      ("layer_norms", "softmax_tanh_hardswish") else ())
+CASES = [pytest.param(build, scheme, id=f"{name}-{scheme}")
          for name, build in MODELS.items() for scheme in SCHEMES]
 
 

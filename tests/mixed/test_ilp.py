@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tvmq.mixed import ilp
+from tvmq.mixed.assign import AssignBitwidths
 
 CHOICES = ((8, 8), (4, 8), (8, 4), (4, 4))
 
@@ -150,3 +151,10 @@ def test_150_layers_solve_in_well_under_a_second():
     for group in ties:
         assert len({a.choice[n][1] for n in group}) == 1
     assert "total" in a.table()
+
+
+def test_a_latency_budget_without_accelerator_cycles_constrains_nothing():
+    """No layer on the accelerator: every choice costs 0 cycles, and 75% of 0 holds for all."""
+    p = _problem([[0.0, 1.0], [0.0, 2.0]], np.zeros((2, 2)))
+    assignment = AssignBitwidths(latency_budget=0.75)(p)
+    assert [p.choices[k] for k in assignment.index] == [(8, 8), (8, 8)]

@@ -81,7 +81,8 @@ class AssignBitwidths:
                                      (weight bytes, BOPs likewise when given), ties, one k per l
 
     `__call__(problem)` returns the ilp.Assignment; an infeasible budget raises CompileError with
-    the smallest feasible fraction."""
+    the smallest feasible fraction. A budget whose INT8 total is 0 (no layer on the accelerator)
+    holds for every assignment and is dropped."""
 
     def __init__(self, latency_budget: float = 0.75, weight_budget: float | None = None,
                  bops_budget: float | None = None):
@@ -94,8 +95,9 @@ class AssignBitwidths:
         k8 = problem.choices.index(INT8)
         absolute = {}
         for name, fraction in self.budgets.items():
-            if fraction is not None:
-                absolute[name] = fraction * float(totals[name][:, k8].sum())
+            int8 = None if fraction is None else float(totals[name][:, k8].sum())
+            if int8:  # a zero total (no layer runs on the accelerator) constrains nothing
+                absolute[name] = fraction * int8
         try:
             return ilp.solve(problem, cycles_budget=absolute.get("latency_budget"),
                              weight_bytes_budget=absolute.get("weight_budget"),
