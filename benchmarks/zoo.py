@@ -32,7 +32,8 @@ each turn after a pause and warm-up calls; the median), and ``/ORT int8``, that 
 ORT INT8's (this machine is shared: compare the ratios of one run). A row that fails prints
 ``failed: <reason>`` (its traceback goes to stderr) and the run goes on.
 
-``--quick`` runs one model (``digits`` unless ``--models`` says) with the tasks' quick sizes.
+``--quick`` runs one model (``digits`` unless ``--models`` says) with the tasks' quick sizes;
+``--render JSON`` only rewrites the markdown table of an earlier run's result file.
 The rows and the run's environment go to ``benchmarks/results/zoo.json`` (``--json``) and a
 markdown table to ``benchmarks/results/zoo.md`` (``--markdown``), which the README shows.
 """
@@ -40,6 +41,7 @@ markdown table to ``benchmarks/results/zoo.md`` (``--markdown``), which the READ
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -87,7 +89,7 @@ class Row:
 
     model: str
     config: str
-    metric: str = ""  # the task's metric, e.g. "exact % (CER %)"
+    metric: str = ""  # the task's primary metric, e.g. "exact %"
     score: float = math.nan
     extras: dict[str, float] = field(default_factory=dict)
     agree: float = math.nan
@@ -102,6 +104,11 @@ class Row:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.render is not None:
+        rows, skipped = read_rows(args.render)
+        args.markdown.write_text(markdown(rows, skipped) + "\n")
+        print(f"wrote {args.markdown} from {args.render}")
+        return 0
     start = time.perf_counter()
     rows: list[Row] = []
     skipped: dict[str, str] = {}
@@ -147,7 +154,7 @@ def score_model(task: Task, configs: list[str], args: argparse.Namespace,
     ref_pred = task.predict(ref_out)
     score, extras = task.metric(ref_pred, task.y_test)
     fp32_session = ort_session(task.reference)
-    fp32 = Row(task.name, "fp32 ort", _metric_name(task), score, extras, agree=100.0,
+    fp32 = Row(task.name, "fp32 ort", task.primary, score, extras, agree=100.0,
                run=_ort_runner(fp32_session))
     rows = [fp32]
     with tempfile.TemporaryDirectory(prefix="tvmq-zoo-") as tmp:
@@ -162,10 +169,10 @@ def score_model(task: Task, configs: list[str], args: argparse.Namespace,
             except Exception as err:
                 lines = str(err).strip().splitlines()
                 reason = f"{type(err).__name__}: {lines[-1] if lines else ''}"
-                rows.append(Row(task.name, label, _metric_name(task), error=reason))
+                rows.append(Row(task.name, label, task.primary, error=reason))
                 failures.append(f"{task.name} [{label}] failed:\n{traceback.format_exc()}")
                 continue
-            row.model, row.config, row.metric = task.name, label, _metric_name(task)
+            row.model, row.config, row.metric = task.name, label, task.primary
             pred = task.predict(out)
             row.score, row.extras = task.metric(pred, task.y_test)
             row.agree = 100.0 * float(np.mean([p == r for p, r in zip(pred, ref_pred)]))
@@ -250,7 +257,7 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
         ref = fp32[r.model]
         metric = f"{r.score:.2f}" if task is not None else f"{r.metric}: {r.score:.2f}"
         if r.extras:
-            metric += " (" + ", ".join(f"{k} {v:.2f}" for k, v in r.extras.items()) + ")"
+            metric += "".join(f", {k.removesuffix(' %')} {v:.2f}" for k, v in r.extras.items())
         cells.append([
             r.model, r.config, metric,
             "" if r is ref else f"{r.score - ref.score:+.2f}",
@@ -259,7 +266,7 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
             r.exact,
             "" if r.float_ops is None else str(r.float_ops),
             "" if math.isnan(r.compile_s) else f"{r.compile_s:.1f}",
-            "" if math.isnan(r.ms) else f"{r.ms:.3g}",
+            _ms(r.ms),
             f"{r.ms / ort8[r.model]:.2f}x" if r.model in ort8 and not math.isnan(r.ms) else "",
         ])
     head = HEAD if task is None else (*HEAD[:2], _metric_name(task), *HEAD[3:])
@@ -267,7 +274,14 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
 
 
 def _metric_name(task: Task) -> str:
-    return task.primary + "".join(f" ({e})" for e in task.extras)
+    return task.primary + "".join(f", {e.removesuffix(' %')}" for e in task.extras)
+
+
+def _ms(ms: float) -> str:
+    """Three significant digits, never in exponent form."""
+    if math.isnan(ms):
+        return ""
+    return f"{ms:.{max(0, 2 - math.floor(math.log10(ms)))}f}" if ms > 0 else "0"
 
 
 def markdown(rows: list[Row], skipped: dict[str, str]) -> str:
@@ -281,6 +295,19 @@ def markdown(rows: list[Row], skipped: dict[str, str]) -> str:
 
 def _record(r: Row) -> dict:
     return {k: v for k, v in vars(r).items() if k != "run"}
+
+
+def read_rows(path: Path) -> tuple[list[Row], dict[str, str]]:
+    """The rows and skipped models of a zoo result file (JSON null back to NaN)."""
+    results = json.loads(Path(path).read_text())["results"]
+    rows = []
+    for record in results["rows"]:
+        row = Row(**record)
+        for name in ("score", "agree", "sqnr_db", "compile_s", "ms"):
+            if getattr(row, name) is None:
+                setattr(row, name, math.nan)
+        rows.append(row)
+    return rows, results["skipped"]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -299,6 +326,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=positive_int, default=3, help="turns per row")
     parser.add_argument("--markdown", type=Path, default=RESULTS_DIR / "zoo.md",
                         help="where to write the markdown table")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="write the markdown table of an earlier run's result file; no run")
     add_json_argument(parser, "zoo")
     args = parser.parse_args(argv)
     if args.models is None:

@@ -6,7 +6,7 @@ Input shapes are small, so each compile takes seconds, not minutes: the graph is
 one, only its spatial size differs. benchmarks/zoo.py scores the same models at full size.
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,8 @@ import pytest
 
 import tvmq
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_models", REPO / "benchmarks" / "models.py")
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import models  # benchmarks/models.py: the zoo's table and fetcher
 
 SMALL_SHAPES = {
     "ppocr_cls": (1, 3, 48, 192),
