@@ -33,7 +33,7 @@ ORT INT8's (this machine is shared: compare the ratios of one run). A row that f
 ``failed: <reason>`` (its traceback goes to stderr) and the run goes on.
 
 ``--quick`` runs one model (``digits`` unless ``--models`` says) with the tasks' quick sizes;
-``--render JSON`` only rewrites the markdown table of an earlier run's result file.
+``--render JSON [JSON ...]`` only writes the markdown table of earlier runs' result files.
 The rows and the run's environment go to ``benchmarks/results/zoo.json`` (``--json``) and a
 markdown table to ``benchmarks/results/zoo.md`` (``--markdown``), which the README shows.
 """
@@ -104,10 +104,16 @@ class Row:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.render is not None:
-        rows, skipped = read_rows(args.render)
+    if args.render:
+        rows, skipped = [], {}
+        for path in args.render:  # several runs: the models each one scored
+            more, more_skipped = read_rows(path)
+            rows += more
+            skipped.update(more_skipped)
+        scored = {r.model for r in rows}
+        skipped = {k: v for k, v in skipped.items() if k not in scored}
         args.markdown.write_text(markdown(rows, skipped) + "\n")
-        print(f"wrote {args.markdown} from {args.render}")
+        print(f"wrote {args.markdown} from {', '.join(map(str, args.render))}")
         return 0
     start = time.perf_counter()
     rows: list[Row] = []
@@ -326,8 +332,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=positive_int, default=3, help="turns per row")
     parser.add_argument("--markdown", type=Path, default=RESULTS_DIR / "zoo.md",
                         help="where to write the markdown table")
-    parser.add_argument("--render", type=Path, metavar="JSON",
-                        help="write the markdown table of an earlier run's result file; no run")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="write the markdown table of earlier runs' result files (a model "
+                        "one run skipped and another scored counts as scored); no run")
     add_json_argument(parser, "zoo")
     args = parser.parse_args(argv)
     if args.models is None:

@@ -40,3 +40,16 @@ def test_result_file_round_trip(tmp_path):
                                  argv=[], threads={})
     rows, skipped = zoo.read_rows(path)
     assert zoo.markdown(rows, skipped) == zoo.markdown(_rows(), {})
+
+
+def test_render_joins_runs_and_drops_a_skip_another_run_scored(tmp_path):
+    first, second = _rows()[:2], _rows()[2:]
+    for name, rows, skipped in (("a", first, {"rec": "later", "yolo": "no network"}),
+                                ("b", second, {})):
+        _common.write_results(tmp_path / f"{name}.json", "zoo",
+                              {"rows": [zoo._record(r) for r in rows], "skipped": skipped},
+                              argv=[], threads={})
+    out = tmp_path / "zoo.md"
+    assert zoo.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                     "--markdown", str(out)]) == 0
+    assert out.read_text() == zoo.markdown(_rows(), {"yolo": "no network"}) + "\n"
