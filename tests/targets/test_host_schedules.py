@@ -373,6 +373,7 @@ def test_matmul_columns_without_vector_divisor_are_padded():
     _, cm, calib = _compiled("matmul_rows_37")
     tasks = tasks_of(host_build.fuse(cm.quant_mod))
     matmuls = [t.info for t in tasks if t.info.kind == "matmul"]
-    assert [info.out_shape for info in matmuls] == [(1, 6, 48)]
+    # ORT's basic optimizer (import) makes the (1, 6, 24) matmul + bias a Gemm on (6, 24)
+    assert [info.out_shape for info in matmuls] == [(6, 48)]
     assert schedules.default_params(matmuls[0]).vec == 16
     np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
