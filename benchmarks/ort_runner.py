@@ -32,9 +32,11 @@ def run_onnxruntime(model: Path | onnx.ModelProto, x: np.ndarray) -> tuple[np.nd
 
 
 def ort_session(model: Path | onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU-provider session of ``model`` with ORT's default options."""
+    """A CPU-provider session of ``model`` with ORT's default options (warnings not logged)."""
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors: ddddocr's declared [1, -1] output warns every run
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class _Reader(ortq.CalibrationDataReader):
