@@ -3,6 +3,7 @@ Runtime computes on the original (float) model, and TVM's importer takes the res
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,16 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from tvmq import CompileError
 from tvmq.onnx_lower import lower_for_tvm
+from tvmq.onnx_static import make_static
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import models  # benchmarks/models.py: the zoo's table and fetcher
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 T, B, IN, H = 5, 2, 3, 4  # steps, batch, input size, hidden size
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}  # float reassociation only
-REAL_MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / ".models" / "common_old.onnx"
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -321,23 +325,18 @@ def test_dynamic_quantize_lstm_becomes_float(tmp_path, per_channel):
     from_onnx(lowered)
 
 
-@pytest.mark.skipif(not REAL_MODEL.exists(), reason=f"{REAL_MODEL} not fetched")
-def test_ddddocr_dynamic_model_imports_and_keeps_its_argmax(tmp_path):
+def test_ddddocr_dynamic_model_imports_and_keeps_its_argmax():
     """ddddocr 1.6.1's common_old.onnx (quantize_dynamic: ConvInteger, DynamicQuantizeLSTM,
     MatMulInteger) at [1, 1, 64, 160], shapes fixed by ORT's basic optimizer: the lowered
     float model, built by TVM, picks the same class per step as ORT on the shipped file."""
-    model = onnx.load(REAL_MODEL)
-    for dim, size in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 1, 64, 160)):
-        dim.Clear()
-        dim.dim_value = size
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(tmp_path / "static.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    lowered = lower_for_tvm(onnx.load(tmp_path / "static.onnx"))
+    try:
+        path = models.fetch_model("captcha_ocr")
+    except RuntimeError as err:  # no network, or PyPI unreachable
+        pytest.skip(f"captcha_ocr cannot be fetched here: {str(err).splitlines()[0]}")
+    lowered = lower_for_tvm(make_static(onnx.load(path), "input1", (1, 1, 64, 160)))
     vm = relax.VirtualMachine(tvm.compile(from_onnx(lowered),
                                           target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
-    shipped = ort.InferenceSession(str(REAL_MODEL), providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = rng.random((1, 1, 64, 160), dtype=np.float32)
