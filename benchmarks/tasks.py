@@ -115,14 +115,20 @@ def _ppocr_cls_task(n_calib: int, n_test: int) -> Task:
 
 
 def _ppocr_rec_task(n_calib: int, n_test: int) -> Task:
+    return _recognizer_task("ppocr_rec", ctc_classes, n_calib, n_test)
+
+
+def _recognizer_task(name: str, classes_of: Callable[[Path], list[str]], n_calib: int,
+                     n_test: int) -> Task:
+    """A CTC text recognizer on rendered lines; `classes_of(model path)` gives its classes."""
     try:
-        path = fetch_model("ppocr_rec")
-        classes = ctc_classes(path)
+        path = fetch_model(name)
+        classes = classes_of(path)
         x_calib, _ = make_rec_dataset(n_calib, seed=1)
         x_test, texts = make_rec_dataset(n_test, seed=0)
     except RuntimeError as e:
         raise Skip(str(e).replace("\n", " | ")) from e
-    return Task("ppocr_rec", path, path, _PPOCR_REC_INPUT_SHAPE, x_calib, x_test, texts,
+    return Task(name, path, path, _PPOCR_REC_INPUT_SHAPE, x_calib, x_test, texts,
                 predict=lambda out: ctc_greedy_decode(out, classes), metric=text_metric,
                 primary="exact %", extras=("CER %",))
 
@@ -142,18 +148,12 @@ def _ppocr_det_task(n_calib: int, n_test: int) -> Task:
 
 
 def _ppocr_v5_rec_task(n_calib: int, n_test: int) -> Task:
-    try:
-        path = fetch_model("ppocr_v5_rec")
+    def classes_of(path: Path) -> list[str]:
         n_out = onnx.load(str(path), load_external_data=False).graph.output[0] \
             .type.tensor_type.shape.dim[-1].dim_value
-        classes = ctc_classes_from_dict(fetch_extra("ppocr_v5_rec", _V5_DICT), n_out)
-        x_calib, _ = make_rec_dataset(n_calib, seed=1)
-        x_test, texts = make_rec_dataset(n_test, seed=0)
-    except RuntimeError as e:
-        raise Skip(str(e).replace("\n", " | ")) from e
-    return Task("ppocr_v5_rec", path, path, _PPOCR_REC_INPUT_SHAPE, x_calib, x_test, texts,
-                predict=lambda out: ctc_greedy_decode(out, classes), metric=text_metric,
-                primary="exact %", extras=("CER %",))
+        return ctc_classes_from_dict(fetch_extra("ppocr_v5_rec", _V5_DICT), n_out)
+
+    return _recognizer_task("ppocr_v5_rec", classes_of, n_calib, n_test)
 
 
 def _yolov8n_task(n_calib: int, n_test: int) -> Task:
