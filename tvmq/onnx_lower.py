@@ -10,7 +10,7 @@ shape), before `tvm.relax.frontend.onnx.from_onnx`:
   bias of older exports, `floor(b / (x_scale * w_scale))`, goes back to its float `b`.
 - `com.microsoft` `DynamicQuantizeLSTM` becomes an `LSTM` with dequantized `W` and `R`.
 - `LSTM` is unrolled over its static sequence length into MatMul, Add, Mul, Sigmoid, Tanh,
-  Gather, Reshape and Concat.
+  Split, Reshape and Concat.
 
 The result is the float model the dynamic one was made from, up to weight rounding; tvmq then
 quantizes it statically. Patterns that do not match are left alone: TVM's importer then names the
