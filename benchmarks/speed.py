@@ -22,8 +22,7 @@ pause and a warm-up (so one runtime's spinning thread pool does not slow the nex
 row's figure is the median over all its calls (this machine is shared and noisy: the ratios of
 one run are the figures to compare). The table shows ms per inference and the two goals:
 tuned / ORT INT8 (goal <= 1.5) and TVM FP32 / tvmq default (goal >= 5). Exactness: the tuned
-and the default build against the NumPy oracle (or, where the oracle lacks a float op, against
-the same quantized model built with TVM's loops). ``--quick``: 30 s tuning, 3 rounds of 10
+and the default build against the oracle. ``--quick``: 30 s tuning, 3 rounds of 10
 calls (flags given explicitly win). The rows (ms per variant, ratios, the tuning table) and the
 run's environment go to ``benchmarks/results/speed.json`` (``--json PATH``).
 """
@@ -94,10 +93,7 @@ def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool
         cache = tune_mod.TuningCache(work / "tuning.json")
         result = tune_mod.tune_model(cm.quant_mod, budget, cache=cache, progress=progress)
         tuned = host_build.build(cm.quant_mod, cache=cache)
-        try:
-            want, exact_vs = cm.oracle().run(x), "oracle"
-        except NotImplementedError:  # a float op the oracle lacks (PP-OCRv4's layer norms)
-            want, exact_vs = tvmq_unscheduled(cm).run(x), "TVM loops"
+        want = cm.oracle().run(x)
         exact = np.array_equal(tuned.run(x), want) and np.array_equal(cm.run(x), want)
         arg = {input_name: x}
         fns = {
@@ -110,7 +106,7 @@ def bench_model(name: str, budget: float, runs: int, rounds: int, progress: bool
         }
         ms = interleaved_median_ms(fns, runs, rounds)
     return {"name": name, "ms": ms, "tune": result, "compile_s": compile_s,
-            "exact": f"{'yes' if exact else 'NO'} ({exact_vs})"}
+            "exact": f"{'yes' if exact else 'NO'} (oracle)"}
 
 
 def generic_llvm_build(mod) -> host_build.HostModule:
@@ -119,11 +115,6 @@ def generic_llvm_build(mod) -> host_build.HostModule:
     mod = relax.transform.InlinePrivateFunctions()(mod)
     return host_build.HostModule(tvm.compile(mod, target=target,
                                              relax_pipeline=relax.get_default_pipeline(target)))
-
-
-def tvmq_unscheduled(cm) -> host_build.HostModule:
-    """The quantized model with TVM's own loops (the reference where the oracle lacks an op)."""
-    return host_build.build(cm.quant_mod, use_schedules=False)
 
 
 COLUMNS = ("ORT FP32", "ORT INT8", "TVM FP32", "TVM FP32 CPU", "tvmq INT8 default",
