@@ -27,6 +27,7 @@ from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 from tvmq.ir import const_value, emit_like, op_name, shape_of
 
 MAX_CONCAT_INPUTS = 8
+KEEP_FLOAT_ATTR = "tvmq.keep_float"  # on a composite left in float (passes/keep_float.py): why
 
 
 def _epilogues(core):
@@ -112,12 +113,27 @@ def _check_avg_pool(ctx) -> bool:
 
 
 def composite_kind(mod: tvm.IRModule, call: relax.Expr) -> str | None:
-    """`"conv2d"` for a call to a `tvmq.conv2d` composite in `mod`, else None."""
+    """`"conv2d"` for a call to a `tvmq.conv2d` composite in `mod`, else None (also for one
+    KeepFloat left in float)."""
     if not (isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar)):
         return None
     func = mod[call.op]
-    name = (func.attrs or {}).get("Composite") if isinstance(func, relax.Function) else None
-    return str(name)[len("tvmq."):] if name is not None and str(name).startswith("tvmq.") else None
+    attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
+    name = attrs.get("Composite")
+    if name is None or not str(name).startswith("tvmq.") or KEEP_FLOAT_ATTR in attrs:
+        return None
+    return str(name)[len("tvmq."):]
+
+
+def kept_float(mod: tvm.IRModule, call: relax.Expr) -> tuple[str, str] | None:
+    """(kind, reason) for a call to a `tvmq.*` composite KeepFloat left in float, else None."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar)):
+        return None
+    func = mod[call.op]
+    attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
+    if KEEP_FLOAT_ATTR not in attrs:
+        return None
+    return str(attrs["Composite"])[len("tvmq."):], str(attrs[KEEP_FLOAT_ATTR])
 
 
 @relax.expr_functor.mutator

@@ -84,7 +84,7 @@ NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="
                    per_channel_weights=False, symmetric_activations=True, sqnr_samples=0,
                    lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
-                   sensitivity_samples=4)
+                   sensitivity_samples=4, keep_float=("conv2d_0",))
 NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
                 if s not in schemes]
 APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]

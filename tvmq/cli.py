@@ -29,6 +29,7 @@ EPILOG = """examples:
   tvmq compile model.onnx --calib calib.npz --target mcu --ram-bytes 65536 --out build/mcu
   tvmq tune model.onnx --calib calib.npz --budget 300
   tvmq report build/model
+  tvmq debug rec.onnx --input-shape 1,3,48,320 --calib lines.npz --eval test.npz --top 20
   tvmq hw-report
   tvmq hw-report cls.onnx --input-shape 1,3,48,192 --calib lines.npz --eval test.npz
 """
@@ -65,6 +66,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="int8, mixed: one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
                    help="int8, mixed: activation zero point 0 (default: asymmetric)")
+    g.add_argument("--keep-float", type=_names, default=(), metavar="NAME,PATTERN",
+                   help="layers to leave in float: report names or patterns, e.g. "
+                   "conv2d_12,mean_*")
 
 
 def _config(args) -> QuantConfig:
@@ -73,7 +77,12 @@ def _config(args) -> QuantConfig:
                        symmetric_activations=args.symmetric_activations,
                        lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
                        bits=args.bits, latency_budget=args.latency_budget,
-                       weight_budget=args.weight_budget, bops_budget=args.bops_budget)
+                       weight_budget=args.weight_budget, bops_budget=args.bops_budget,
+                       keep_float=args.keep_float)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -188,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub_parser("demo", help="quantize the bundled digits CNN and compare with float",
                    description="Quantize the bundled handwritten-digits CNN (no network "
                    "needed), compare INT8 with FP32 and check host == NumPy oracle.")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quant_args(p)
+
+    p = sub_parser("debug", help="rank the layers by their quantization error",
+                   description="Quantize MODEL as `tvmq compile` does (host), then measure each "
+                   "layer's SQNR against float with the whole model quantized (cumulative) and "
+                   "with only that layer quantized (isolated), its range against the values it "
+                   "saw (clipped share, outliers), and print the layers worst first.")
+    p.add_argument("model", help="float ONNX model file")
+    p.add_argument("--calib", required=True, metavar="DATA.npz",
+                   help="calibration inputs, as for tvmq compile")
+    p.add_argument("--eval", metavar="DATA.npz", help="inputs to measure on: array 'x' "
+                   "(default: the first calibration samples)")
+    p.add_argument("-n", "--samples", type=int, default=4, metavar="N",
+                   help="samples to measure on (default 4; seconds each on a recognizer)")
+    p.add_argument("--top", type=int, default=20, metavar="K",
+                   help="rows to print, worst first (default 20)")
+    p.add_argument("--json", metavar="PATH", help="also write every layer's figures as JSON")
+    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
+                   help="static input shape for models with symbolic dimensions (default: the "
+                   "model's own)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
@@ -326,6 +356,23 @@ def cmd_demo(args) -> int:
     return 0 if exact == 50 else 1
 
 
+def cmd_debug(args) -> int:
+    from .compiler import compile
+
+    config = _config(args)
+    if args.samples < 1 or args.top < 1:
+        raise CompileError("-n and --top take a positive number.")
+    cm = compile(args.model, config=config, calib=args.calib, input_shape=args.input_shape,
+                 progress=not args.quiet)
+    x = (_eval_data(args.eval)[0] if args.eval else
+         _first_samples(args.calib, cm.input, args.samples))
+    found = cm.debug(x, n=args.samples)
+    print(found.table(args.top))
+    if args.json:
+        Path(args.json).write_text(json.dumps(found.to_dict(), indent=2, default=float))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import Report
 
@@ -367,7 +414,7 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 # Config fields set by a CLI flag of the same name (--latency-budget sets latency_budget).
 FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "lbfp_block_size",
                "bits", "latency_budget", "weight_budget", "bops_budget", "symmetric_activations",
-               "ram_bytes", "flash_bytes", "allow_float")
+               "ram_bytes", "flash_bytes", "allow_float", "keep_float")
 # Config values set by an on/off flag.
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
                  "symmetric_activations=True": "--symmetric-activations"}
@@ -401,7 +448,8 @@ def cli_words(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"compile": cmd_compile, "tune": cmd_tune, "demo": cmd_demo,
-               "report": cmd_report, "hw-report": cmd_hw_report}[args.command]
+               "report": cmd_report, "hw-report": cmd_hw_report,
+               "debug": cmd_debug}[args.command]
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"tvmq {args.command}: warning: {cli_words(str(message))}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from .output_folder import write_folder
 from .report import Report
 from .targets.host.benchmark import Benchmark, benchmark
 from .targets.target import names as target_names
+
+if TYPE_CHECKING:
+    from .debug import DebugReport
 
 
 class CompiledModel:
@@ -31,14 +35,18 @@ class CompiledModel:
     `cm.<target name>` is what that target built, e.g. `cm.accel` (the accelerator's config and
     layer counters) or `cm.mcu` (kernels, memory plan); None for the other targets' names.
     `plan` is scheme "mixed"'s tvmq.mixed.assign.MixedPlan (choice, program, costs).
+    `layers` are the quantized layers (tvmq.layers.Layer) in graph order; `debug(x)` measures
+    each one's error (tvmq.debug).
     """
 
     def __init__(self, *, name, target, config, inp, outputs, float_mod, quant_mod, host, report,
-                 act_qparams, plan=None):
+                 act_qparams, layers=(), decoders=None, encoders=None, plan=None):
         self.name, self.config, self.input, self.outputs = name, config, inp, outputs
         self.target = target.name
         self.float_mod, self.quant_mod, self.host = float_mod, quant_mod, host
         self._target, self._report, self.act_qparams, self.plan = target, report, act_qparams, plan
+        self.layers = tuple(layers)
+        self.decoders, self.encoders = dict(decoders or {}), dict(encoders or {})
 
     def __getattr__(self, name: str):
         if name in target_names():  # cm.accel, cm.mcu, ...
@@ -100,6 +108,16 @@ class CompiledModel:
         return Verification(tuple(
             OutputCheck.of(out.name, [(got[i], want[i]) for got, want in pairs])
             for i, out in enumerate(self.outputs)))
+
+    def debug(self, x: np.ndarray, n: int = 4) -> DebugReport:
+        """Where the quantization error comes from: per layer, the SQNR of its output against
+        float with the whole model quantized (cumulative) and with only that layer quantized
+        (isolated), and its range against the values it saw (clipped share, outliers); ranked
+        worst first. Runs the first `n` samples of `x` through a float build, the compiled
+        model and the oracle (slow: seconds per sample on a recognizer). See tvmq.debug."""
+        from .debug import debug  # builds the float model: only when asked
+
+        return debug(self, x, n)
 
     def export(self, out_dir: str | os.PathLike, samples: np.ndarray | None = None, *,
                overwrite: bool = False) -> Path:

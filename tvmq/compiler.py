@@ -27,6 +27,7 @@ from .frontend import import_model
 from .layers import Layer, find_layers, tensor_names
 from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
+from .passes.keep_float import KeepFloat
 from .passes.realize_lbfp import MAC_KINDS
 from .realize import Realized, qparams_by_bits, realize_int8, realize_lbfp
 from .report import Report, sqnr_db
@@ -140,11 +141,12 @@ class _Pipeline:
         return CompiledModel(name=report.model, target=self.target, config=self.config,
                              inp=inp, outputs=outputs, float_mod=annotated,
                              quant_mod=realized.module, host=host, report=report,
-                             act_qparams=realized.act_qparams, plan=plan)
+                             act_qparams=realized.act_qparams, layers=layers,
+                             decoders=realized.decoders, encoders=realized.encoders, plan=plan)
 
     def annotate(self, float_mod: tvm.IRModule):
         """(annotated module, the layers the scheme quantizes, the ops left in float)."""
-        annotated = AnnotateQuantizable()(float_mod)
+        annotated = KeepFloat(self.config.keep_float)(AnnotateQuantizable()(float_mod))
         layers, float_ops = find_layers(annotated)
         if not layers:
             raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, "

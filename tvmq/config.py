@@ -37,6 +37,7 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "bops_budget": ("mixed",),
     "layer_bits": ("mixed",),
     "sensitivity_samples": ("mixed",),
+    "keep_float": SCHEMES,
 }
 
 
@@ -128,6 +129,11 @@ class QuantConfig:
         search. Layers not named take (8, 8). Stored as an immutable `LayerBits` mapping.
     sensitivity_samples : int
         mixed: calibration samples the sensitivity of each layer is measured on (default 8).
+    keep_float : tuple of str
+        Layers to leave in float: report names or fnmatch patterns ("conv2d_12", "mean_*"),
+        like NNCF's ignored scope. Besides these, ops other than conv2d/matmul whose inputs
+        all come from float ops, or whose output only float ops read, always stay float (a
+        rounding that buys no integer work; passes/keep_float.py); the report says why.
 
     Notes
     -----
@@ -159,6 +165,7 @@ class QuantConfig:
     bops_budget: float | None = None
     layer_bits: Mapping[str, tuple[int, int]] | None = None
     sensitivity_samples: int = 8
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -184,6 +191,15 @@ class QuantConfig:
             raise ValueError(
                 f"QuantConfig.sqnr_samples={self.sqnr_samples!r}; use an integer >= 0.")
         self._check_mixed()
+        self._check_keep_float()
+
+    def _check_keep_float(self) -> None:
+        patterns = (self.keep_float,) if isinstance(self.keep_float, str) else self.keep_float
+        if not isinstance(patterns, list | tuple) or not all(
+                isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"QuantConfig.keep_float={self.keep_float!r}: use a list of layer "
+                             "names or patterns, e.g. ['conv2d_12', 'mean_*'].")
+        object.__setattr__(self, "keep_float", tuple(patterns))
 
     def _check_fields_apply(self) -> None:
         """Raise on the first field set away from its default that `scheme` does not use."""
@@ -274,6 +290,7 @@ class QuantConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.layer_bits is not None:
             out["layer_bits"] = {name: list(pair) for name, pair in self.layer_bits.items()}
+        out["keep_float"] = list(self.keep_float)
         return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .passes.annotate_quantizable import composite_kind
+from .passes.annotate_quantizable import composite_kind, kept_float
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,18 @@ class Layer:
 
 
 def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
-    """The `tvmq.*` composite calls of `main` in order, and the float ops left outside them."""
+    """The `tvmq.*` composite calls of `main` in order, and the float ops left outside them
+    (composites KeepFloat left in float among them, as "name (kind: reason)")."""
     layers, float_ops = [], []
     for block in annotated["main"].body.blocks:
         for binding in block.bindings:
             value, name = binding.value, binding.var.name
             kind = composite_kind(annotated, value)
             if kind is None:
-                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                kept = kept_float(annotated, value)
+                if kept is not None:
+                    float_ops.append(f"{name} ({kept[0]}: {kept[1]})")
+                elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
                     float_ops.append(f"{name} ({value.op.name.removeprefix('relax.')})")
                 continue
             weight = None

@@ -331,6 +331,10 @@ class Oracle:
 
     `x` is one input of `main`'s shape or, like `CompiledModel.run`, a stack of them.
     `run(x, keep=True)` (one input) also returns every intermediate value by binding name.
+    `run(x, keep=True, substitute={name: value})` passes `value` on to the consumers of the
+    binding `name` instead of what it computed (which is still in the kept values): with every
+    layer's input replaced by its float value, each layer runs on exact inputs (the debugger's
+    isolated error, tvmq.debug).
 
     Each binding is evaluated by one of three references:
 
@@ -356,19 +360,23 @@ class Oracle:
         self.reference = shared_reference(target or host_target())
         self._prims: dict[str, Callable] = {}
 
-    def run(self, x: np.ndarray, keep: bool = False):
+    def run(self, x: np.ndarray, keep: bool = False, substitute: dict | None = None):
         if not keep:
+            if substitute:
+                raise ValueError("substitute= needs keep=True (one input).")
             return run_stacked(self._run_one, x, self.input_shape)
         named: dict[str, np.ndarray] = {}
         if np.shape(x) != self.input_shape:
             raise ValueError(f"keep=True runs one input of shape {self.input_shape}; got "
                              f"{np.shape(x)}.")
-        return self._run_one(check_input(x, self.input_shape), named), named
+        out = self._call(self.func, [check_input(x, self.input_shape)], named, substitute or {})
+        return out, named
 
-    def _run_one(self, x: np.ndarray, named: dict | None = None):
-        return self._call(self.func, [x], named)
+    def _run_one(self, x: np.ndarray):
+        return self._call(self.func, [x])
 
-    def _call(self, func: relax.Function, args: list, named: dict | None = None):
+    def _call(self, func: relax.Function, args: list, named: dict | None = None,
+              substitute: dict | None = None):
         """Evaluate a Relax function (main, or a float composite left in the graph)."""
         env: dict = dict(zip(func.params, args))
         for block in func.body.blocks:
@@ -377,9 +385,12 @@ class Oracle:
                 ty = binding.var.ty
                 if isinstance(ty, relax.TensorType) and isinstance(value, np.ndarray):
                     value = value.reshape([int(d) for d in ty.shape]).astype(str(ty.dtype))
-                env[binding.var] = value
+                name = binding.var.name
                 if named is not None:
-                    named[binding.var.name] = value
+                    named[name] = value
+                if substitute and name in substitute:
+                    value = _substituted(name, value, substitute[name])
+                env[binding.var] = value
         return self._eval(func.body.body, env)
 
     def _eval(self, expr, env):
@@ -431,6 +442,14 @@ class Oracle:
                     "TVM")
             self._prims[gv.name_hint] = impl
         return self._prims[gv.name_hint]
+
+
+def _substituted(name: str, computed: np.ndarray, given) -> np.ndarray:
+    given = np.asarray(given)
+    if given.shape != computed.shape or given.dtype != computed.dtype:
+        raise ValueError(f"substitute[{name!r}] is {given.dtype}{list(given.shape)}; the binding "
+                         f"is {computed.dtype}{list(computed.shape)}.")
+    return given
 
 
 @functools.cache

@@ -3,7 +3,9 @@
 `realize_int8` (schemes int8 and mixed) chooses each tensor's QParams and runs
 RealizeQuantization; `realize_lbfp` runs RealizeLBFP on per-channel block exponents. Both return
 what the rest of compile needs: the module, the calibrated parameters by tensor, a decoder per
-layer (integer output -> float32, for the report's SQNR) and the report rows.
+layer (integer output -> float32, for the report's SQNR), its inverse, an encoder per layer
+(float32 -> the integer output the layer would write; the debugger's isolated runs), and the
+report rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tvm import relax
 from .config import QuantConfig
 from .ir import returned_fields
 from .layers import Layer
-from .numerics import QParams, choose_qparams, dequantize, lbfp
+from .numerics import QParams, choose_qparams, dequantize, lbfp, quantize
 from .numerics.weights import quantize_weight
 from .passes.realize_lbfp import RealizeLBFP
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
@@ -32,6 +34,7 @@ class Realized:
     module: tvm.IRModule
     act_qparams: dict  # tensor name -> QParams (int8, mixed) or per-channel exponents (LBFP)
     decoders: dict[str, Callable[[np.ndarray], np.ndarray]]  # layer name -> dequantizer
+    encoders: dict[str, Callable[[np.ndarray], np.ndarray]]  # layer name -> quantizer
     rows: list[LayerRow]
 
 
@@ -64,7 +67,8 @@ def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig,
                                   config.per_channel_weights, weight_bits)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
-    return Realized(realize(annotated), qparams, decoders,
+    encoders = {name: functools.partial(_quantize, qp) for name, qp in out_qparams.items()}
+    return Realized(realize(annotated), qparams, decoders, encoders,
                     _layer_rows(layers, qparams, out_qparams, config, weight_bits))
 
 
@@ -76,26 +80,47 @@ def realize_lbfp(annotated, layers: list[Layer], observers, config: QuantConfig)
     module = realize(annotated)
     decoders = {layer.name: _lbfp_decoder(exponents[layer.name], layer.shape, fmt)
                 for layer in layers}
+    encoders = {layer.name: _lbfp_encoder(exponents[layer.name], layer.shape, fmt)
+                for layer in layers}
     rows = [LayerRow(layer.name, layer.kind, layer.shape, fmt.bits,
                      out_exponents=(int(exponents[layer.name].min()),
                                     int(exponents[layer.name].max())),
                      weight_exponents=realize.weight_ranges[layer.name]) for layer in layers]
-    return Realized(module, exponents, decoders, rows)
+    return Realized(module, exponents, decoders, encoders, rows)
 
 
 def _dequantize(qparams: QParams, q: np.ndarray) -> np.ndarray:
     return dequantize(q, qparams)
 
 
-def _lbfp_decoder(exponents, shape, fmt):
-    """Float32 values of a layer's LBFP words (per-channel exponents)."""
+def _quantize(qparams: QParams, x: np.ndarray) -> np.ndarray:
+    return quantize(x, qparams)
+
+
+def _lbfp_channels(exponents, shape, fmt):
+    """(per-channel exponents broadcast over a tensor of `shape`, the format with one exponent
+    per channel)."""
     axis = lbfp.activation_axis(len(shape))
     channel_fmt = dataclasses.replace(fmt, block_size=1, block_axis=axis)
-    per_channel = lbfp.per_channel(exponents, len(shape), axis)
+    return lbfp.per_channel(exponents, len(shape), axis), channel_fmt
+
+
+def _lbfp_decoder(exponents, shape, fmt):
+    """Float32 values of a layer's LBFP words (per-channel exponents)."""
+    per_channel, channel_fmt = _lbfp_channels(exponents, shape, fmt)
 
     def decode(words):
         return lbfp.decode(words, per_channel, channel_fmt).astype(np.float32)
     return decode
+
+
+def _lbfp_encoder(exponents, shape, fmt):
+    """The LBFP words a layer writes for float values (per-channel exponents)."""
+    per_channel, channel_fmt = _lbfp_channels(exponents, shape, fmt)
+
+    def encode(x):
+        return lbfp.encode(x, per_channel, channel_fmt)
+    return encode
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
