@@ -7,6 +7,8 @@ Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points s
 Narrower integers (int4, int2: `QParams` with a smaller [qmin, qmax], `weight_bits` per layer)
 use the same forms, held in int8 containers:
     conv2d / matmul  acc = op(x - zx, Wq) + bq (int32);  y = requant(acc, sx*sw[c]/sy) + zy
+                     (a depthwise conv reading a float tensor: x quantized per channel, zero
+                     point 0, sx[c] per channel in the same requant)
     add              a' = requant((a - za) << 20, sa/2m);  b' likewise;
                      y = requant(a' + b', 2m / (2^20 sy))
                      with m = max(sa, sb)  (TFLite's scheme)
@@ -64,10 +66,12 @@ def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[in
 
 @relax.expr_functor.mutator
 class _Realizer(relax.PyExprMutator):
-    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits):
+    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits,
+                 channel_qparams):
         super().__init__(mod)
         self.mod_ = mod
         self.act_qparams = act_qparams
+        self.channel_qparams = channel_qparams
         self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
         self.weight_bits = weight_bits
         self.layer = ""  # the binding being realized
@@ -92,9 +96,21 @@ class _Realizer(relax.PyExprMutator):
             self.q[name] = (x, qp)
         return self.q[name]
 
+    def _int_input_channels(self, arg: relax.Var) -> tuple[relax.Expr, QParams]:
+        """A float tensor quantized per channel (axis 1, zero point 0) for a depthwise conv."""
+        key = (arg.name, "channels")
+        if key not in self.q:
+            qp = self.channel_qparams[arg.name]
+            x = relax.op.quantize(self.visit_expr(arg), relax.const(qp.scale),
+                                  relax.const(qp.zero_point), axis=1, out_dtype=qp.dtype)
+            if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):
+                x = relax.op.clip(self.builder_.emit(x), qp.qmin, qp.qmax)
+            self.q[key] = (self.builder_.emit(x, f"{arg.name}_qc"), qp)
+        return self.q[key]
+
     def _centered(self, x: relax.Expr, qp: QParams, dtype: str = "int16") -> relax.Expr:
         """x - zero_point, widened to `dtype` (skipped for int8 with zero point 0)."""
-        zp = int(qp.zero_point)
+        zp = 0 if qp.axis is not None else int(qp.zero_point)  # per-channel: symmetric
         if zp == 0 and dtype == "int16":
             return x
         x = self.builder_.emit(relax.op.astype(x, dtype))
@@ -143,12 +159,17 @@ class _Realizer(relax.PyExprMutator):
         out_axis = 1 if is_conv else len(shape_of(root)) - 1
         channels = shape_of(root)[out_axis]
         w_scale = np.broadcast_to(wqp.scale.astype(np.float64), (channels,))
+        # input scale per output channel: a depthwise conv's output channel o reads input
+        # channel o // multiplier
+        x_scale = xqp.scale.astype(np.float64)
+        if xqp.axis is not None:
+            x_scale = np.repeat(x_scale, channels // x_scale.size)
         bias = comp.bias()
         if bias is not None:
-            bq = quantize_bias(bias.reshape(-1), float(xqp.scale), w_scale)
+            bq = quantize_bias(bias.reshape(-1), x_scale, w_scale)
             bshape = (1, channels, 1, 1) if is_conv else (channels,)
             acc = self.builder_.emit(relax.op.add(acc, relax.const(bq.reshape(bshape))))
-        real = float(xqp.scale) * w_scale / float(out_qp.scale)
+        real = x_scale * w_scale / float(out_qp.scale)
         return self._requant_to(acc, real, out_axis, out_qp, *comp.activation())
 
     def _add(self, comp, inputs, out_qp):
@@ -226,7 +247,8 @@ class _Realizer(relax.PyExprMutator):
             return
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
-        inputs = [self._int_input(arg) for arg in binding.value.args]
+        inputs = [self._int_input_channels(arg) if kind == "conv2d" and arg.name in
+                  self.channel_qparams else self._int_input(arg) for arg in binding.value.args]
         out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's
         result = self._HANDLERS[kind](self, comp, inputs, out_qp)
         y, qp = result if isinstance(result, tuple) else (result, out_qp)
@@ -251,11 +273,16 @@ class RealizeQuantization:
     weight_bits : dict[str, int], optional
         Weight width of conv2d/matmul layers by binding name (default 8; 2..8, held in int8).
         Activation widths come with `act_qparams` (their qmin/qmax).
+    channel_qparams : dict[str, QParams], optional
+        Per-channel (axis 1, zero point 0) qparams of float tensors that depthwise convs read:
+        such a conv quantizes its input per channel (`<name>_qc`), each channel's scale folded
+        into its output channel's requant, so it costs no integer op.
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",
-                 per_channel_weights=True, weight_bits=None):
+                 per_channel_weights=True, weight_bits=None, channel_qparams=None):
         self.act_qparams = dict(act_qparams)
+        self.channel_qparams = dict(channel_qparams or {})
         self.weight_bits = dict(weight_bits or {})
         bad = {n: b for n, b in self.weight_bits.items() if b not in range(2, 9)}
         if bad:
@@ -267,7 +294,7 @@ class RealizeQuantization:
 
     def transform_module(self, mod, ctx):
         realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel,
-                             self.weight_bits)
+                             self.weight_bits, self.channel_qparams)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
         mod = realizer.builder_.get()

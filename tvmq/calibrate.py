@@ -98,13 +98,16 @@ class Calibration:
     inputs: list[np.ndarray] = field(default_factory=list)
     values: dict[str, list] = field(default_factory=dict)
     held_back: bool = True
+    channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
-              observer: str = "minmax", hold_back: int = 0,
+              observer: str = "minmax", hold_back: int = 0, channel_names=(),
               progress: bool = True) -> Calibration:
     """Observe tensors `names` of the annotated float `mod` over the calibration data, except
-    every HOLD_BACK_EVERY-th sample up to `hold_back` of them, which is held back.
+    every HOLD_BACK_EVERY-th sample up to `hold_back` of them, which is held back. For the
+    tensors in `channel_names` (NCHW) also the min and max of each channel (axis 1):
+    `channel_ranges[name] = (lo[C], hi[C])`.
 
     `observer` is an observer name (tvmq.calibration.OBSERVERS) or a factory name -> observer.
     Warns (CalibrationWarning) when the data is constant, every sample is the same, or a
@@ -116,6 +119,7 @@ def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
     held = Calibration(observers, values={n: [] for n in ["output", *names]})
     first = Calibration(observers, values={n: [] for n in ["output", *names]}, held_back=False)
     constant = _ConstantTensors([inp.name, *names])
+    channels = _ChannelRanges(channel_names)
     samples = tqdm(iter_samples(data, inp), desc="calibrate", unit="sample", leave=False,
                    disable=not progress)
     for i, x in enumerate(samples):
@@ -125,11 +129,31 @@ def calibrate(mod: tvm.IRModule, names: list[str], data, inp: ModelInput, *,
             continue
         for name, value in zip(names, taps):
             observers[name].observe(value)
+            channels.observe(name, value)
         constant.update([x, *taps])
         if len(first.inputs) < hold_back and not held.inputs:
             _record(first, x, out, names, taps)
     constant.warn(inp.name)
-    return held if held.inputs or not first.inputs else first
+    result = held if held.inputs or not first.inputs else first
+    result.channel_ranges = channels.ranges
+    return result
+
+
+class _ChannelRanges:
+    """Running per-channel (axis 1) min and max of chosen tensors."""
+
+    def __init__(self, names):
+        self.names = set(names)
+        self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def observe(self, name: str, value: np.ndarray) -> None:
+        if name not in self.names:
+            return
+        axes = tuple(a for a in range(value.ndim) if a != 1)
+        lo, hi = value.min(axis=axes), value.max(axis=axes)
+        if name in self.ranges:
+            lo, hi = np.minimum(lo, self.ranges[name][0]), np.maximum(hi, self.ranges[name][1])
+        self.ranges[name] = (lo, hi)
 
 
 def _record(calib: Calibration, x, out, names, taps) -> None:

@@ -24,7 +24,7 @@ from .compiled_model import CompiledModel
 from .config import QuantConfig
 from .errors import CompileError
 from .frontend import import_model
-from .layers import Layer, find_layers, tensor_names
+from .layers import Layer, depthwise_float_inputs, find_layers, tensor_names
 from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
 from .passes.keep_float import KeepFloat
@@ -168,8 +168,10 @@ class _Pipeline:
                 return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
         hold_back = max(config.sqnr_samples,
                         config.sensitivity_samples if config.is_mixed else 0)
+        channel_names = () if config.is_lbfp else depthwise_float_inputs(layers)
         return calibrate(annotated, tensor_names(layers), calib, inp, observer=observer,
-                         hold_back=hold_back, progress=self.progress)
+                         hold_back=hold_back, channel_names=channel_names,
+                         progress=self.progress)
 
     def assign_bits(self, annotated, layers, calibrated: Calibration, inp):
         from .mixed.assign import plan_bitwidths
@@ -182,7 +184,8 @@ class _Pipeline:
     def realize(self, annotated, layers, calibrated: Calibration, inp, plan) -> Realized:
         if self.config.is_lbfp:
             return realize_lbfp(annotated, layers, calibrated.observers, self.config)
-        return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan)
+        return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan,
+                            calibrated.channel_ranges)
 
 
 def measure_sqnr(report: Report, layers, realized: Realized, calibrated: Calibration,

@@ -56,3 +56,13 @@ def tensor_names(layers: list[Layer]) -> list[str]:
             if n not in names:
                 names.append(n)
     return names
+
+
+def depthwise_float_inputs(layers: list[Layer]) -> list[str]:
+    """Tensors a depthwise conv2d layer (one input channel per group) reads that no layer
+    writes: they are quantized where the conv reads them, so per channel at no integer cost
+    (RealizeQuantization's `channel_qparams`)."""
+    written = {layer.name for layer in layers}
+    return list(dict.fromkeys(
+        layer.inputs[0] for layer in layers if layer.kind == "conv2d"
+        and layer.weight.shape[1] == 1 and layer.inputs[0] not in written))

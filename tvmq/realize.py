@@ -57,19 +57,35 @@ def qparams_by_bits(annotated, observers, config, inp):
 
 
 def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
-                 plan=None) -> Realized:
+                 plan=None, channel_ranges=None) -> Realized:
     """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
-    width; default 8)."""
+    width; default 8). `channel_ranges` ({tensor: (lo[C], hi[C])}, float tensors depthwise
+    convs read) make those convs quantize their input per channel."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
     weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
+    channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
+                       for n, lo_hi in (channel_ranges or {}).items()}
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
-                                  config.per_channel_weights, weight_bits)
+                                  config.per_channel_weights, weight_bits, channel_qparams)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     encoders = {name: functools.partial(_quantize, qp) for name, qp in out_qparams.items()}
     return Realized(realize(annotated), qparams, decoders, encoders,
                     _layer_rows(layers, qparams, out_qparams, config, weight_bits))
+
+
+def channel_qparams_of(lo: np.ndarray, hi: np.ndarray, tensor_range: tuple[float, float],
+                       bits: int) -> QParams:
+    """Symmetric per-channel qparams (axis 1, zero point 0): channel c covers
+    max(-lo'[c], hi'[c]) with [lo', hi'] its observed range clipped to the tensor's chosen one.
+
+    Symmetric because a zero point per channel would need a per-channel subtract before the
+    conv, which the accelerator's input path does not have (DESIGN.md, "Accuracy")."""
+    t_lo, t_hi = tensor_range
+    lo, hi = np.maximum(lo, t_lo), np.minimum(hi, t_hi)
+    amax = np.maximum(np.maximum(-lo, hi), 0.0).astype(np.float64)
+    return choose_qparams(-amax, amax, bits=bits, symmetric=True, axis=1)
 
 
 def realize_lbfp(annotated, layers: list[Layer], observers, config: QuantConfig) -> Realized:
