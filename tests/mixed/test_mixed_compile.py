@@ -106,6 +106,8 @@ def test_budget_is_met_and_both_targets_are_bit_exact(digits_mixed, digits):
     mixed = host.report().mixed
     assert mixed["predicted_cycles"] <= 0.75 * mixed["uniform_int8_cycles"] * (1 + 1e-9)
     assert any(r.w_bits == 4 or r.a_bits == 4 for r in host.report().layers)
+    rounds = mixed["rounds"]  # the program's choice was measured, and one round accepted
+    assert sum(r["accepted"] for r in rounds) == 1 and all(r["measured"] > 0 for r in rounds)
     # the same plan on both targets, and the uniform INT8 cost is the INT8 model's cycles
     assert accel.report().mixed["choice"] == mixed["choice"]
     x = digits[1][:4]

@@ -28,11 +28,14 @@ def digits_setup(digits):
     return annotated, layers, qparams, samples
 
 
-def _measure(setup, cache_dir=None, bits=(4, 8)):
+def _probe(setup, bits=(4, 8)):
     annotated, layers, qparams, samples = setup
-    return sensitivity.measure(annotated, [x.name for x in layers],
-                               [x.inputs[0] for x in layers], qparams, samples, bits,
-                               cache_dir=cache_dir, progress=False)
+    return sensitivity.Probe(annotated, [x.name for x in layers], [x.inputs[0] for x in layers],
+                             qparams, samples, bits)
+
+
+def _measure(setup, cache_dir=None, bits=(4, 8)):
+    return sensitivity.measure(_probe(setup, bits), cache_dir=cache_dir, progress=False)
 
 
 def test_probe_with_every_mask_off_is_the_float_model(digits_setup):
@@ -92,18 +95,72 @@ def test_results_are_cached_on_disk(digits_setup, tmp_path, monkeypatch):
         _measure(digits_setup, tmp_path, bits=(8,))  # another key
 
 
-def test_output_distance():
-    logits = np.array([[2.0, 0.5, -1.0]])
-    assert sensitivity.output_distance(logits, logits) == 0.0
-    assert sensitivity.output_distance(logits, logits[:, ::-1]) > 0.1
-    probs = np.array([[0.7, 0.2, 0.1]])
-    near = np.array([[0.69, 0.21, 0.1]])
-    kl = float(np.sum(probs * np.log(probs / near)))
-    assert sensitivity.output_distance(probs, near) == pytest.approx(kl, rel=1e-6)
-    two = np.array([[0.3, 0.7]], np.float32)  # float32 probabilities: rounding never < 0
-    assert sensitivity.output_distance(two, two * np.float32(1 + 1e-7)) >= 0.0
-    col = np.array([[2.0], [4.0]])
-    assert sensitivity.output_distance(col, col + 1) == pytest.approx(1 / 10)
+def test_output_noise_is_noise_over_signal_power():
+    y = [np.array([[3.0, -4.0]]), np.array([[0.0, 0.0]])]
+    assert sensitivity.output_noise(y, y) == 0.0
+    got = [np.array([[3.0, -3.0]]), np.array([[0.0, 1.0]])]
+    assert sensitivity.output_noise(y, got) == pytest.approx(2 / 25)  # (1 + 1) / (9 + 16)
+
+
+def test_output_noise_of_a_distribution_is_taken_on_its_centered_logits():
+    """A softmax output is compared as log p - mean(log p): the logits up to their shift."""
+    logits = np.array([[9.0, 0.0, -3.0], [1.0, 0.5, -0.5]])
+    noisy = logits + np.array([[0.0, 1.0, -1.0], [0.1, 0.0, 0.0]])
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def centered(x):
+        return x - x.mean(-1, keepdims=True)
+
+    want = np.sum((centered(noisy) - centered(logits)) ** 2) / np.sum(centered(logits) ** 2)
+    got = sensitivity.output_noise([softmax(logits)], [softmax(noisy)])
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got > 0.01  # the confident row's logit noise counts although p barely moves
+
+
+def _kl(reference, approx):
+    """The first version's score: mean KL(p || q) of distributions along the last axis."""
+    p, q = np.asarray(reference, np.float64), np.asarray(approx, np.float64)
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)))
+
+
+def _blank_dominated_model():
+    """Two matmuls side by side, their logits stacked and softmaxed: matmul_0 (heavy-tailed
+    weights, coarse at 4 bits) feeds a row whose first class wins by ~20 (a CTC blank),
+    matmul_1 (small weights) a near-uniform row."""
+    from onnx import helper
+
+    from tests.conftest import make_onnx
+
+    rng = np.random.default_rng(0)
+    classes = 12
+    w0 = (0.3 * rng.standard_t(2, size=(16, classes))).astype(np.float32)
+    w1 = (0.2 * rng.normal(size=(16, classes))).astype(np.float32)
+    blank = np.zeros(classes, np.float32)
+    blank[0] = 25.0
+    nodes = [helper.make_node("MatMul", ["input", "w0"], ["m0"]),
+             helper.make_node("Add", ["m0", "blank"], ["l0"]),
+             helper.make_node("MatMul", ["input", "w1"], ["l1"]),
+             helper.make_node("Concat", ["l0", "l1"], ["logits"], axis=0),
+             helper.make_node("Softmax", ["logits"], ["output"], axis=-1)]
+    return make_onnx(nodes, {"w0": w0, "w1": w1, "blank": blank}, (1, 16), (2, classes))
+
+
+def test_noise_ranks_a_layer_high_that_kl_on_a_dominating_class_ranks_low():
+    model = _blank_dominated_model()
+    annotated = AnnotateQuantizable()(load_model(model)[0])
+    layers = [x for x in find_layers(annotated)[0] if x.kind == "matmul"]
+    x = np.random.default_rng(1).normal(size=(8, 1, 16)).astype(np.float32)
+    setup = (annotated, layers, lambda name, bits: choose_qparams(-4.0, 4.0, bits=bits), list(x))
+    probe = _probe(setup, bits=(4,))
+    s = sensitivity.measure(probe, progress=False)
+    reference = probe.run({})
+    kl = [np.mean([_kl(r[0], o[0]) for r, o in zip(reference, probe.run({x.name: (4, None)}))])
+          for x in layers]
+    assert kl[0] < kl[1]  # the blank-dominated row hides matmul_0's weight noise
+    assert s.weight[0, 0] > 10 * s.weight[1, 0]  # its logits move much more
 
 
 def test_probe_refuses_a_non_mac_layer(digits_setup):

@@ -8,11 +8,15 @@
 - the tie groups: layers whose inputs share one activation quantizer (one tensor, also through
   relu / max_pool2d / reshape / permute_dims, which keep their input's qparams) take one a_bits,
 and solves the integer linear program (`AssignBitwidths`, tvmq.mixed.ilp) with budgets given as
-fractions of uniform INT8.
+fractions of uniform INT8. `verify_and_cut` then checks the choice: it measures the whole
+assignment at once on the probe and, while that is worse than the additive estimate by more than
+`CUT_FACTOR`, forbids the narrow operand whose return to 8 bits removes the most noise and
+solves again (at most `MAX_ROUNDS` programs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -33,6 +37,24 @@ from . import cost, ilp, sensitivity
 
 MAC_KINDS = ("conv2d", "matmul")
 INT8 = (8, 8)
+CUT_FACTOR = 2.0  # measured noise > 2x the additive estimate (3 dB) cuts and re-solves
+MAX_ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class Round:
+    """One program of `verify_and_cut`: its choice's estimated (sum of sensitivities) and
+    measured output noise, and the operand it forbade next ("conv2d_3 a4"), if any."""
+
+    predicted: float
+    measured: float
+    narrow: int
+    cut: str | None = None
+    accepted: bool = False
+
+    def to_dict(self) -> dict:
+        return {"predicted": self.predicted, "measured": self.measured, "narrow": self.narrow,
+                "cut": self.cut, "accepted": self.accepted}
 
 
 @dataclass
@@ -53,6 +75,7 @@ class MixedPlan:
     host_layers: dict[str, str] = field(default_factory=dict)
     sensitivity: sensitivity.Sensitivity | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    rounds: list[Round] = field(default_factory=list)
 
     def bits_of(self, tensor: str) -> int:
         """Activation width of a tensor (8 unless a 4-bit layer reads its quantizer)."""
@@ -71,6 +94,8 @@ class MixedPlan:
         if self.assignment is not None:
             out["sensitivity"] = self.assignment.sensitivity
             out["solve_seconds"] = self.assignment.solve_seconds
+        if self.rounds:
+            out["rounds"] = [r.to_dict() for r in self.rounds]
         return out
 
 
@@ -116,6 +141,60 @@ class AssignBitwidths:
         return (f"QuantConfig.{name}={self.budgets[name]:g} cannot be met: the smallest "
                 f"feasible is {smallest:.4f} of uniform INT8 ({err.smallest:,.0f} of "
                 f"{int8:,.0f}). Raise it to at least {np.ceil(smallest * 1e4) / 1e4:g}.")
+
+
+def verify_and_cut(problem: ilp.BitwidthProblem,
+                   solve: Callable[[ilp.BitwidthProblem], ilp.Assignment],
+                   measure: Callable[[dict[str, tuple[int, int]]], float], *,
+                   factor: float = CUT_FACTOR,
+                   max_rounds: int = MAX_ROUNDS) -> tuple[ilp.Assignment, list[Round]]:
+    """Solve, measure the whole choice (`measure(choice)`, the output noise of all layers at
+    their widths at once) and accept it when
+
+        measured <= factor * predicted,   predicted = sum_l s[l, k_l] (the program's objective)
+
+    else forbid the narrow operand (a layer's weight or input below 8 bits) whose return to
+    8 bits lowers the measured noise most, and solve again. Returns the accepted assignment
+    (the first within the factor, else the best measured of `max_rounds` programs, or of those
+    before a cut left the budgets infeasible) and the rounds."""
+    if max_rounds < 1:
+        raise ValueError(f"verify_and_cut: max_rounds={max_rounds!r}; use an integer >= 1.")
+    allowed = problem.allowed.copy()
+    rounds: list[Round] = []
+    tried: list[tuple[float, ilp.Assignment]] = []
+    for _ in range(max_rounds):
+        try:
+            assignment = solve(dataclasses.replace(problem, allowed=allowed))
+        except CompileError:
+            if not tried:
+                raise
+            break  # the last cut left no feasible assignment
+        choice = dict(assignment.choice)
+        measured, predicted = float(measure(choice)), float(assignment.sensitivity)
+        narrow = [(name, side) for name, (w, a) in choice.items()
+                  for side, bits in (("w", w), ("a", a)) if bits < 8]
+        tried.append((measured, assignment))
+        if measured <= factor * predicted or not narrow:
+            rounds.append(Round(predicted, measured, len(narrow), accepted=True))
+            return assignment, rounds
+        gain = {(name, side): measured - measure({**choice, name: _widened(choice[name], side)})
+                for name, side in narrow}
+        name, side = max(gain, key=gain.get)
+        bits = choice[name][0 if side == "w" else 1]
+        rounds.append(Round(predicted, measured, len(narrow), f"{name} {side}{bits}"))
+        row = problem.layers.index(name)
+        for k, (w, a) in enumerate(problem.choices):
+            if (w if side == "w" else a) < 8:
+                allowed[row, k] = False
+        if not allowed[row].any():
+            break
+    best = min(range(len(tried)), key=lambda i: tried[i][0])
+    rounds[best] = dataclasses.replace(rounds[best], accepted=True)
+    return tried[best][1], rounds
+
+
+def _widened(pair: tuple[int, int], side: str) -> tuple[int, int]:
+    return (8, pair[1]) if side == "w" else (pair[0], 8)
 
 
 def quantizer_roots(layers) -> dict[str, str]:
@@ -201,10 +280,10 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
                 table[i] = row
     seconds["cost"] = time.perf_counter() - start
     start = time.perf_counter()
-    sens = sensitivity.measure(
-        annotated, [layer.name for layer in macs], [roots[layer.inputs[0]] for layer in macs],
-        act_qparams, samples, config.bits, per_channel=config.per_channel_weights,
-        cache_dir=cache_root() / "sensitivity", progress=progress)
+    probe = sensitivity.Probe(annotated, [layer.name for layer in macs],
+                              [roots[layer.inputs[0]] for layer in macs], act_qparams, samples,
+                              config.bits, per_channel=config.per_channel_weights)
+    sens = sensitivity.measure(probe, cache_dir=cache_root() / "sensitivity", progress=progress)
     seconds["sensitivity"] = time.perf_counter() - start
     s = np.stack([sens.pair(w, a) for w, a in choices], axis=1)
     params = np.array([layer.weight.size for layer in macs], np.float64)
@@ -218,15 +297,18 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
         weight_bytes=np.outer(params, [w / 8 for w, _ in choices]),
         bops=np.outer(mac_count, [w * a for w, a in choices]),
         ties=tuple(tuple(g) for g in groups.values() if len(g) > 1))
-    assignment = AssignBitwidths(config.latency_budget, config.weight_budget,
-                                 config.bops_budget)(problem)
+    start = time.perf_counter()
+    assignment, rounds = verify_and_cut(
+        problem, AssignBitwidths(config.latency_budget, config.weight_budget,
+                                 config.bops_budget), probe.noise)
     seconds["solve"] = assignment.solve_seconds
+    seconds["verify"] = time.perf_counter() - start
     choice = dict(assignment.choice)
     k8 = choices.index(INT8)
     return MixedPlan(choice, _tensor_bits(macs, choice, roots), roots, problem, assignment,
                      uniform_cycles=float(table[:, k8].sum()),
                      predicted_cycles=float(assignment.cycles), host_layers=host,
-                     sensitivity=sens, seconds=seconds)
+                     sensitivity=sens, seconds=seconds, rounds=rounds)
 
 
 def _macs(layer) -> int:
