@@ -55,13 +55,23 @@ def _dtype_range(dtype: str) -> tuple[int, int]:
 
 
 def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[int, int]:
-    """Integer clamp bounds of an output whose float values are limited to [lo, hi]."""
+    """Integer clamp bounds of an output whose float values are limited to [lo, hi] (one pair
+    for every channel of a per-channel output: its bounds must quantize alike, as 0 does)."""
     qlo, qhi = qp.qmin, qp.qmax
     if lo > -math.inf:
-        qlo = max(qlo, int(quantize(np.float32(lo), qp)))
+        qlo = max(qlo, _one_integer(lo, qp))
     if hi < math.inf:
-        qhi = min(qhi, int(quantize(np.float32(hi), qp)))
+        qhi = min(qhi, _one_integer(hi, qp))
     return qlo, qhi
+
+
+def _one_integer(value: float, qp: QParams) -> int:
+    shape = () if qp.axis is None else (1,) * qp.axis + np.shape(qp.scale)
+    q = np.unique(quantize(np.full(shape, value, np.float32), qp))
+    if q.size != 1:
+        raise ValueError(f"RealizeQuantization: clamp at {value} differs across the channels of "
+                         "a per-channel output")
+    return int(q[0])
 
 
 @relax.expr_functor.mutator
@@ -137,7 +147,8 @@ class _Realizer(relax.PyExprMutator):
 
     def _requant_to(self, acc, real_scale, axis, qp: QParams, lo=-math.inf, hi=math.inf):
         qlo, qhi = _clamp(qp, lo, hi)
-        return self._requant(acc, real_scale, axis, qp.zero_point, qlo, qhi, qp.dtype, emit=False)
+        zero_point = qp.zero_point if qp.axis is None else 0  # per-channel: symmetric
+        return self._requant(acc, real_scale, axis, zero_point, qlo, qhi, qp.dtype, emit=False)
 
     # -- composites ------------------------------------------------------------------------
     def _linear(self, comp, inputs, out_qp):
@@ -169,7 +180,7 @@ class _Realizer(relax.PyExprMutator):
             bq = quantize_bias(bias.reshape(-1), x_scale, w_scale)
             bshape = (1, channels, 1, 1) if is_conv else (channels,)
             acc = self.builder_.emit(relax.op.add(acc, relax.const(bq.reshape(bshape))))
-        real = x_scale * w_scale / float(out_qp.scale)
+        real = x_scale * w_scale / out_qp.scale.astype(np.float64)  # per channel: its own
         return self._requant_to(acc, real, out_axis, out_qp, *comp.activation())
 
     def _add(self, comp, inputs, out_qp):
@@ -254,7 +265,8 @@ class _Realizer(relax.PyExprMutator):
         y, qp = result if isinstance(result, tuple) else (result, out_qp)
         y = self.builder_.emit(y, f"{name}_q")
         self.q[name] = (y, qp)
-        deq = relax.op.dequantize(y, relax.const(qp.scale), relax.const(qp.zero_point), axis=-1)
+        deq = relax.op.dequantize(y, relax.const(qp.scale), relax.const(qp.zero_point),
+                                  axis=-1 if qp.axis is None else qp.axis)
         emit_like(self, binding.var, deq)
 
 
@@ -276,7 +288,9 @@ class RealizeQuantization:
     channel_qparams : dict[str, QParams], optional
         Per-channel (axis 1, zero point 0) qparams of float tensors that depthwise convs read:
         such a conv quantizes its input per channel (`<name>_qc`), each channel's scale folded
-        into its output channel's requant, so it costs no integer op.
+        into its output channel's requant, so it costs no integer op. (A conv2d whose output
+        only depthwise convs read may be given per-channel qparams in `act_qparams`: its
+        requant writes each channel at its own scale.)
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",

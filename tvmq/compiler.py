@@ -10,6 +10,7 @@ Targets are looked up by name in the registry (tvmq.targets.target); this module
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,13 @@ from .compiled_model import CompiledModel
 from .config import QuantConfig
 from .errors import CompileError
 from .frontend import import_model
-from .layers import Layer, depthwise_float_inputs, find_layers, tensor_names
+from .layers import (
+    Layer,
+    depthwise_float_inputs,
+    depthwise_only_outputs,
+    find_layers,
+    tensor_names,
+)
 from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
 from .passes.keep_float import KeepFloat
@@ -42,7 +49,7 @@ STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
 
 def compile(model, target: str = "host", config: QuantConfig | None = None, calib=None, *,
             input_shape: tuple[int, ...] | None = None, accel=None, progress: bool = True,
-            **target_options) -> CompiledModel:
+            eval_fn=None, max_drop: float | None = None, **target_options) -> CompiledModel:
     """Quantize and compile a float model for a target.
 
     Parameters
@@ -58,6 +65,14 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
         cycles scheme "mixed" budgets (default "npu-small"; a preset takes the config's
         requant/rounding, an explicit AccelConfig must match them)
     progress : show progress bars
+    eval_fn : callable, optional
+        With `max_drop`: `eval_fn(run) -> float` scores a model given as `run(x) -> outputs`
+        (higher is better), e.g. accuracy on your validation set.
+    max_drop : float, optional
+        Accuracy-aware fallback (tvmq.fallback): keep the layers with the worst isolated error
+        in float, as few as possible, until `eval_fn` is within `max_drop` of the float
+        model's (without eval_fn: output fidelity in percent on held-back calibration
+        samples). The report's `fallback` entry lists what was raised and its cost.
     **target_options : a target's own settings, e.g. `mcu=McuConfig(...)` for target="mcu":
         RAM/flash limits, float kernels allowed or not
 
@@ -74,10 +89,24 @@ def compile(model, target: str = "host", config: QuantConfig | None = None, cali
     >>> cm.run(x_test[:2]).shape
     (2, 10)
     """
-    start = time.perf_counter()
     config = config or QuantConfig()
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a tvmq.QuantConfig, got {type(config).__name__}")
+    if max_drop is not None:
+        from .fallback import compile_within
+
+        def compile_with(float_layers):
+            keep = dataclasses.replace(config, keep_float=config.keep_float + float_layers)
+            if config.layer_bits is not None:  # a layer in float takes no widths
+                keep = dataclasses.replace(keep, layer_bits={
+                    n: b for n, b in config.layer_bits.items() if n not in float_layers})
+            return compile(model, target, keep, calib, input_shape=input_shape, accel=accel,
+                           progress=progress, **target_options)
+        return compile_within(compile_with, max_drop, eval_fn, calib, progress)
+    if eval_fn is not None:
+        raise ValueError("eval_fn is used with max_drop (the accuracy-aware fallback); give "
+                         "max_drop=<the largest drop you accept> or drop eval_fn.")
+    start = time.perf_counter()
     unknown = sorted(set(target_options) - set(options()))
     if unknown:
         raise TypeError(f"compile() got an unexpected keyword argument {unknown[0]!r}")
@@ -168,7 +197,8 @@ class _Pipeline:
                 return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
         hold_back = max(config.sqnr_samples,
                         config.sensitivity_samples if config.is_mixed else 0)
-        channel_names = () if config.is_lbfp else depthwise_float_inputs(layers)
+        channel_names = () if config.is_lbfp else (
+            depthwise_float_inputs(layers) + depthwise_only_outputs(annotated, layers))
         return calibrate(annotated, tensor_names(layers), calib, inp, observer=observer,
                          hold_back=hold_back, channel_names=channel_names,
                          progress=self.progress)

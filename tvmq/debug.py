@@ -162,8 +162,11 @@ def _range(cm, layer) -> tuple[float, float] | None:
     qp = cm.act_qparams.get(layer.name)
     if not hasattr(qp, "qmin"):  # LBFP: per-channel exponents
         return None
-    ends = decode(np.array([qp.qmin, qp.qmax], qp.dtype))
-    return float(ends[0]), float(ends[1])
+    if qp.axis is None:
+        ends = decode(np.array([qp.qmin, qp.qmax], qp.dtype))
+        return float(ends[0]), float(ends[1])
+    ends = (np.array([qp.qmin, qp.qmax])[:, None] - qp.zero_point) * qp.scale  # per channel
+    return float(ends[0].min()), float(ends[1].max())
 
 
 def _row(index, layer, values, isolated, cumulative, rng) -> LayerError:

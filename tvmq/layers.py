@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from .passes.annotate_quantizable import composite_kind, kept_float
+from .ir import returned_fields
+from .passes.annotate_quantizable import Composite, composite_kind, kept_float
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,33 @@ def tensor_names(layers: list[Layer]) -> list[str]:
     return names
 
 
+def is_depthwise(layer: Layer) -> bool:
+    """A conv2d with one input channel per group."""
+    return layer.kind == "conv2d" and layer.weight.shape[1] == 1
+
+
 def depthwise_float_inputs(layers: list[Layer]) -> list[str]:
     """Tensors a depthwise conv2d layer (one input channel per group) reads that no layer
     writes: they are quantized where the conv reads them, so per channel at no integer cost
     (RealizeQuantization's `channel_qparams`)."""
     written = {layer.name for layer in layers}
-    return list(dict.fromkeys(
-        layer.inputs[0] for layer in layers if layer.kind == "conv2d"
-        and layer.weight.shape[1] == 1 and layer.inputs[0] not in written))
+    return list(dict.fromkeys(layer.inputs[0] for layer in layers
+                              if is_depthwise(layer) and layer.inputs[0] not in written))
+
+
+def depthwise_only_outputs(annotated: tvm.IRModule, layers: list[Layer]) -> list[str]:
+    """conv2d layers whose output every reading layer is a depthwise conv (float ops may read it
+    too) and whose epilogue bounds are none or ReLU's: their requant can write each channel at
+    its own scale (zero point 0), which the depthwise conv folds into its own requant. Not
+    main's outputs."""
+    outputs = {f.name for f in returned_fields(annotated["main"]) if isinstance(f, relax.Var)}
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers.setdefault(name, []).append(layer)
+    calls = {b.var.name: b.value for block in annotated["main"].body.blocks
+             for b in block.bindings}
+    return [layer.name for layer in layers
+            if layer.kind == "conv2d" and layer.name not in outputs
+            and readers.get(layer.name) and all(is_depthwise(r) for r in readers[layer.name])
+            and Composite(annotated[calls[layer.name].op]).activation()[1] == math.inf]

@@ -60,12 +60,16 @@ def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig,
                  plan=None, channel_ranges=None) -> Realized:
     """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
     width; default 8). `channel_ranges` ({tensor: (lo[C], hi[C])}, float tensors depthwise
-    convs read) make those convs quantize their input per channel."""
+    convs read) make those convs quantize their input per channel; given for a layer's
+    output (a conv only depthwise convs read), that layer writes it per channel."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
     weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
     channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
                        for n, lo_hi in (channel_ranges or {}).items()}
+    for layer in layers:  # a conv whose output only depthwise convs read: per channel
+        if layer.name in channel_qparams:
+            qparams[layer.name] = channel_qparams.pop(layer.name)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
                                   config.per_channel_weights, weight_bits, channel_qparams)
     out_qparams = _output_qparams(layers, qparams)
@@ -154,6 +158,11 @@ def _output_qparams(layers, act_qparams) -> dict[str, QParams]:
     return out
 
 
+def _largest(scale) -> float:
+    """A tensor's scale, the largest channel's for a per-channel one."""
+    return float(np.max(scale))
+
+
 def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[LayerRow]:
     rows = []
     for layer in layers:
@@ -167,7 +176,8 @@ def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[L
                                      per_channel=config.per_channel_weights)
             wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
         rows.append(LayerRow(layer.name, layer.kind, layer.shape, qp_out.bits,
-                             float(qp_in.scale), float(qp_out.scale), int(qp_out.zero_point),
+                             _largest(qp_in.scale), _largest(qp_out.scale),
+                             int(np.max(qp_out.zero_point)),
                              wscale, w_bits=w_bits if config.is_mixed else None,
                              a_bits=qp_in.bits if config.is_mixed else None))
     return rows

@@ -55,6 +55,7 @@ class Report:
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
     mcu: dict | None = None  # target "mcu": tvmq.targets.mcu.McuBuild.summary()
+    fallback: dict | None = None  # compile(max_drop=...): tvmq.fallback.Fallback.summary()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +115,17 @@ class Report:
             lines += [f"  output {name}: {_fmt_db(db)} dB"
                       for name, db in self.outputs_sqnr_db.items()]
         lines.append("float ops (not quantized): " + (", ".join(self.float_ops) or "none"))
+        if self.fallback is not None:
+            f = self.fallback
+            verdict = "met" if f["met"] else "NOT met"
+            lines.append(
+                f"fallback: {f['metric']} {f['final']:.4g} (float {f['float_value']:.4g}, "
+                f"plain {f['start']:.4g}, allowed drop {f['max_drop']:g}: {verdict}); "
+                f"{len(f['raised'])} layer(s) raised to float"
+                + (f": {', '.join(f['raised'])} ({f['macs']} MACs, {f['weight_bytes']} weight "
+                   "bytes in float32" + ("" if f["accel_cycles"] is None else
+                                          f", {f['accel_cycles']} accelerator cycles") + ")"
+                   if f["raised"] else ""))
         if self.accel is not None:
             hw = self.accel["config"]
             pes = f"{hw['t_oc']}x{hw['t_ic']} PEs"
