@@ -53,15 +53,39 @@ def qparams_by_bits(annotated, observers, config, inp):
     return qparams
 
 
-def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
-                 plan=None) -> Realized:
-    """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
-    width; default 8)."""
+def int8_qparams(annotated, observers, config: QuantConfig, inp, plan=None) -> dict:
+    """{tensor name: QParams} of every calibrated tensor, as realize_int8 chooses them."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
-    qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
-    weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
+    return {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
+
+
+def input_qparams(layers: list[Layer], act_qparams) -> dict[str, QParams]:
+    """{layer name: QParams of its first input as the integer model holds it} (relu,
+    max_pool2d, reshape, permute_dims pass their input's on)."""
+    out_qparams = _output_qparams(layers, act_qparams)
+    return {layer.name: out_qparams.get(layer.inputs[0], act_qparams[layer.inputs[0]])
+            for layer in layers}
+
+
+def weight_bits_of(layers: list[Layer], config: QuantConfig, plan=None) -> dict[str, int]:
+    """{conv2d/matmul layer name: weight width} other than 8: the plan's (mixed) or
+    config.weight_bits for every layer (int8)."""
+    if plan is not None:
+        return {n: w for n, (w, _) in plan.choice.items()}
+    if config.weight_bits == 8:
+        return {}
+    return {layer.name: config.weight_bits for layer in layers if layer.weight is not None}
+
+
+def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
+                 plan=None, weights=None) -> Realized:
+    """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
+    width; default 8). `weights`: {layer name: (integer weights, QParams)} used instead of
+    nearest rounding (RealizeQuantization)."""
+    qparams = int8_qparams(annotated, observers, config, inp, plan)
+    weight_bits = weight_bits_of(layers, config, plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
-                                  config.per_channel_weights, weight_bits)
+                                  config.per_channel_weights, weight_bits, weights)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     return Realized(realize(annotated), qparams, decoders,
@@ -114,6 +138,7 @@ def _output_qparams(layers, act_qparams) -> dict[str, QParams]:
 
 
 def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[LayerRow]:
+    widths = config.is_mixed or config.weight_bits != 8  # the rows show w<bits>a<bits>
     rows = []
     for layer in layers:
         wscale, w_bits = None, None
@@ -127,6 +152,6 @@ def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[L
             wscale = (float(wqp.scale.min()), float(wqp.scale.max()))
         rows.append(LayerRow(layer.name, layer.kind, layer.shape, qp_out.bits,
                              float(qp_in.scale), float(qp_out.scale), int(qp_out.zero_point),
-                             wscale, w_bits=w_bits if config.is_mixed else None,
-                             a_bits=qp_in.bits if config.is_mixed else None))
+                             wscale, w_bits=w_bits if widths else None,
+                             a_bits=qp_in.bits if widths else None))
     return rows
