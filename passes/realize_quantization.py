@@ -76,14 +76,14 @@ def _one_integer(value: float, qp: QParams) -> int:
 
 @relax.expr_functor.mutator
 class _Realizer(relax.PyExprMutator):
-    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits,
+    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits, weights,
                  channel_qparams):
         super().__init__(mod)
         self.mod_ = mod
         self.act_qparams = act_qparams
         self.channel_qparams = channel_qparams
         self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
-        self.weight_bits = weight_bits
+        self.weight_bits, self.weights = weight_bits, weights
         self.layer = ""  # the binding being realized
         self.q: dict[str, tuple[relax.Expr, QParams]] = {}
 
@@ -157,8 +157,14 @@ class _Realizer(relax.PyExprMutator):
         is_conv = op_name(root) == "relax.nn.conv2d"
         w = const_value(root.args[1])
         axis = 0 if is_conv else 1
-        wq, wqp = quantize_weight(w, axis=axis, per_channel=self.per_channel,
-                                  bits=self.weight_bits.get(self.layer, 8))
+        if self.layer in self.weights:
+            wq, wqp = self.weights[self.layer]
+            if wq.shape != w.shape:
+                raise ValueError(f"RealizeQuantization: weights[{self.layer!r}] has shape "
+                                 f"{wq.shape}, the layer's weight {w.shape}")
+        else:
+            wq, wqp = quantize_weight(w, axis=axis, per_channel=self.per_channel,
+                                      bits=self.weight_bits.get(self.layer, 8))
         xc = self._centered(x, xqp)
         if is_conv:
             a = root.attrs
@@ -285,6 +291,10 @@ class RealizeQuantization:
     weight_bits : dict[str, int], optional
         Weight width of conv2d/matmul layers by binding name (default 8; 2..8, held in int8).
         Activation widths come with `act_qparams` (their qmin/qmax).
+    weights : dict[str, tuple[numpy.ndarray, QParams]], optional
+        Integer weights of conv2d/matmul layers by binding name, with their QParams (symmetric,
+        zero point 0, the layer's weight width), used instead of `quantize_weight`'s (e.g.
+        learned rounding, tvmq.boosters.adaround); the bias is quantized at their scale.
     channel_qparams : dict[str, QParams], optional
         Per-channel (axis 1, zero point 0) qparams of float tensors that depthwise convs read:
         such a conv quantizes its input per channel (`<name>_qc`), each channel's scale folded
@@ -294,7 +304,8 @@ class RealizeQuantization:
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",
-                 per_channel_weights=True, weight_bits=None, channel_qparams=None):
+                 per_channel_weights=True, weight_bits=None, weights=None,
+                 channel_qparams=None):
         self.act_qparams = dict(act_qparams)
         self.channel_qparams = dict(channel_qparams or {})
         self.weight_bits = dict(weight_bits or {})
@@ -302,15 +313,32 @@ class RealizeQuantization:
         if bad:
             raise ValueError(f"RealizeQuantization: weight_bits {bad} outside 2..8 (int8 "
                              "containers hold at most 8 bits).")
+        self.weights = {name: _checked_weight(name, wq, qp, self.weight_bits.get(name, 8))
+                        for name, (wq, qp) in (weights or {}).items()}
         self.requant = requant
         self.rounding = None if requant == "fp32" else rounding
         self.per_channel = per_channel_weights
 
     def transform_module(self, mod, ctx):
         realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel,
-                             self.weight_bits, self.channel_qparams)
+                             self.weight_bits, self.weights, self.channel_qparams)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
         mod = realizer.builder_.get()
         mod = relax.transform.DeadCodeElimination(["main"])(mod)
         return mod
+
+
+def _checked_weight(name: str, wq, qp: QParams, bits: int) -> tuple[np.ndarray, QParams]:
+    """A given layer weight as its QParams' dtype, after checking it fits them and `bits`."""
+    wq = np.asarray(wq)
+    if wq.dtype.kind not in "iu":
+        raise ValueError(f"RealizeQuantization: weights[{name!r}] has dtype {wq.dtype}; give "
+                         "integers")
+    if np.any(qp.zero_point != 0) or qp.bits != bits:
+        raise ValueError(f"RealizeQuantization: weights[{name!r}] needs symmetric {bits}-bit "
+                         f"QParams (zero point 0), got [{qp.qmin}, {qp.qmax}]")
+    if wq.size and (wq.min() < qp.qmin or wq.max() > qp.qmax):
+        raise ValueError(f"RealizeQuantization: weights[{name!r}] holds values in "
+                         f"[{int(wq.min())}, {int(wq.max())}], outside [{qp.qmin}, {qp.qmax}]")
+    return wq.astype(qp.dtype), qp

@@ -90,6 +90,18 @@ def test_compile_for_mcu_writes_the_c_project_or_refuses_with_the_numbers(tmp_pa
     assert not (tmp_path / "x").exists()
 
 
+def test_compile_w4a8_with_adaround_is_exact(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "build"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib),
+                 "--weight-bits", "4", "--weight-rounding", "adaround", "--verify", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "w4a8" in text and "vs oracle: bit-exact on 2 samples" in text
+    assert (out / "model.so").is_file()
+
+
 def test_a_flag_for_another_scheme_is_a_usage_error(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "nope.onnx"), "--calib", "c.npz", "--out",
                  str(tmp_path / "o"), "--latency-budget", "0.5"]) == 2
@@ -122,6 +134,9 @@ def test_flags_left_out_never_trip_the_scheme_check(tmp_path, capsys, scheme):
     ("Pass mcu=McuConfig(allow_float=True) to accept", "Pass --allow-float to accept"),
     ("pass overwrite=True (CLI: --force) to replace", "pass --force to replace"),
     ("QuantConfig.sqnr_samples=-1; use", "QuantConfig.sqnr_samples=-1; use"),  # no flag
+    ("QuantConfig.weight_bits=4 applies to scheme 'int8' only",
+     "--weight-bits 4 applies to scheme 'int8' only"),
+    ("QuantConfig.weight_rounding='adaround' applies", "--weight-rounding adaround applies"),
 ])
 def test_errors_speak_in_flags(python, cli):
     assert cli_words(python) == cli

@@ -9,10 +9,23 @@ from tvmq.config import DEFAULTS, FIELD_SCHEMES, SCHEMES
 
 
 @pytest.mark.parametrize("field,value", [("scheme", "int3"), ("requant", "float"),
-                                         ("rounding", "up"), ("observer", "entropy")])
+                                         ("rounding", "up"), ("observer", "entropy"),
+                                         ("weight_rounding", "stochastic")])
 def test_unknown_names_are_rejected_with_the_allowed_ones(field, value):
     with pytest.raises(ValueError, match=rf"QuantConfig.{field}='{value}'.*use one of"):
         QuantConfig(**{field: value})
+
+
+@pytest.mark.parametrize("bits", [1, 9, 4.0, True])
+def test_weight_bits_must_be_an_int_from_2_to_8(bits):
+    with pytest.raises(ValueError, match=rf"QuantConfig.weight_bits={bits!r}: use an integer"):
+        QuantConfig(weight_bits=bits)
+
+
+def test_weight_width_and_rounding_show_in_the_label():
+    assert QuantConfig(weight_bits=4).label == "int8 w4 mult_shift/double minmax"
+    assert QuantConfig(scheme="mixed", weight_rounding="adaround").label == \
+        "mixed w,a 4/8 75% cycles mult_shift/double minmax adaround"
 
 
 def test_sqnr_samples_must_be_non_negative_int():
@@ -84,7 +97,8 @@ NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="
                    per_channel_weights=False, symmetric_activations=True, sqnr_samples=0,
                    lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
-                   sensitivity_samples=4, keep_float=("conv2d_0",))
+                   sensitivity_samples=4, weight_rounding="adaround", weight_bits=4,
+                   keep_float=("conv2d_0",))
 NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
                 if s not in schemes]
 APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]

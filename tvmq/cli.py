@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULTS, OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, QuantConfig
+from .config import DEFAULTS, OBSERVERS, REQUANTS, ROUNDINGS, SCHEMES, WEIGHT_ROUNDINGS, QuantConfig
 from .errors import CompileError
 from .targets.accel import PRESETS
 from .targets.target import names as target_names
@@ -66,6 +66,12 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="int8, mixed: one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
                    help="int8, mixed: activation zero point 0 (default: asymmetric)")
+    g.add_argument("--weight-rounding", default=DEFAULTS["weight_rounding"],
+                   choices=WEIGHT_ROUNDINGS,
+                   help="int8, mixed: conv/matmul weights rounded to nearest, or up or down as "
+                   "AdaRound learns on the calibration data")
+    g.add_argument("--weight-bits", type=int, default=DEFAULTS["weight_bits"], metavar="N",
+                   help="int8: weight width of every conv/matmul layer, 2..8 (4: W4A8)")
     g.add_argument("--keep-float", type=_names, default=(), metavar="NAME,PATTERN",
                    help="layers to leave in float: report names or patterns, e.g. "
                    "conv2d_12,mean_*")
@@ -78,6 +84,7 @@ def _config(args) -> QuantConfig:
                        lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
                        bits=args.bits, latency_budget=args.latency_budget,
                        weight_budget=args.weight_budget, bops_budget=args.bops_budget,
+                       weight_rounding=args.weight_rounding, weight_bits=args.weight_bits,
                        keep_float=args.keep_float)
 
 
@@ -414,7 +421,8 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 # Config fields set by a CLI flag of the same name (--latency-budget sets latency_budget).
 FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "lbfp_block_size",
                "bits", "latency_budget", "weight_budget", "bops_budget", "symmetric_activations",
-               "ram_bytes", "flash_bytes", "allow_float", "keep_float")
+               "weight_rounding", "weight_bits", "ram_bytes", "flash_bytes", "allow_float",
+               "keep_float")
 # Config values set by an on/off flag.
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
                  "symmetric_activations=True": "--symmetric-activations"}

@@ -2,8 +2,8 @@
 
 The pipeline (DESIGN.md, "Architecture"), one function per phase:
 
-    import -> annotate -> calibrate -> assign bits (mixed) -> realize -> target.lower
-           -> host build -> report
+    import -> annotate -> calibrate -> assign bits (mixed) -> [AdaRound] -> realize
+           -> target.lower -> host build -> report
 
 Targets are looked up by name in the registry (tvmq.targets.target); this module knows none.
 """
@@ -11,6 +11,7 @@ Targets are looked up by name in the registry (tvmq.targets.target); this module
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import tvm
 from tqdm import tqdm
 
-from .calibrate import Calibration, calibrate
+from .calibrate import HOLD_BACK_EVERY, Calibration, calibrate, iter_samples
 from .calibration.lbfp_observer import LBFPObserver
 from .compiled_model import CompiledModel
 from .config import QuantConfig
@@ -36,7 +37,15 @@ from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
 from .passes.keep_float import KeepFloat
 from .passes.realize_lbfp import MAC_KINDS
-from .realize import Realized, qparams_by_bits, realize_int8, realize_lbfp
+from .realize import (
+    Realized,
+    input_qparams,
+    int8_qparams,
+    qparams_by_bits,
+    realize_int8,
+    realize_lbfp,
+    weight_bits_of,
+)
 from .report import Report, sqnr_db
 from .targets.host import HostModule, build
 from .targets.target import LowerInfo, Target, get, options
@@ -140,16 +149,22 @@ class _Pipeline:
         float_mod, inp, outputs = import_model(model, input_shape)
         annotated, layers, float_ops = self.annotate(float_mod)
         self.stage("calibrate")
+        rounding_samples: list[np.ndarray] = []
+        if self.config.weight_rounding == "adaround":
+            rounding_samples, calib = self.observed_samples(calib, inp)
         calibrated = self.calibrate(annotated, layers, calib, inp)
         plan = None
         if self.config.is_mixed:
             self.stage("bits")
             plan = self.assign_bits(annotated, layers, calibrated, inp)
         self.stage("quantize")
-        realized = self.realize(annotated, layers, calibrated, inp, plan)
+        weights = None
+        if rounding_samples:
+            weights = self.adaround(annotated, layers, calibrated, inp, plan, rounding_samples)
+        realized = self.realize(annotated, layers, calibrated, inp, plan, weights)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
-                         None if plan is None else plan.operand_bits())
+                         self.operand_bits(layers, plan))
         lowered = self.target.lower(realized.module, info)
         # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
         taps = [f"{layer.name}_q" for layer in layers]
@@ -189,19 +204,59 @@ class _Pipeline:
                                    "layers and this model has none.")
         return annotated, layers, float_ops
 
+    def hold_back(self) -> int:
+        """Calibration samples held back from the ranges (SQNR, mixed sensitivity)."""
+        return max(self.config.sqnr_samples,
+                   self.config.sensitivity_samples if self.config.is_mixed else 0)
+
     def calibrate(self, annotated, layers, calib, inp) -> Calibration:
         config = self.config
         observer = config.observer
         if config.is_lbfp:
             def observer(name):
                 return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
-        hold_back = max(config.sqnr_samples,
-                        config.sensitivity_samples if config.is_mixed else 0)
         channel_names = () if config.is_lbfp else (
             depthwise_float_inputs(layers) + depthwise_only_outputs(annotated, layers))
         return calibrate(annotated, tensor_names(layers), calib, inp, observer=observer,
-                         hold_back=hold_back, channel_names=channel_names,
+                         hold_back=self.hold_back(), channel_names=channel_names,
                          progress=self.progress)
+
+    def observed_samples(self, calib, inp) -> tuple[list[np.ndarray], object]:
+        """(the first adaround.SAMPLES samples calibration observes, i.e. does not hold back;
+        the calibration data, unchanged, to calibrate on)."""
+        from .boosters.adaround import SAMPLES
+
+        stream = iter_samples(calib, inp)
+        first, observed, held = [], [], 0
+        for i, x in enumerate(stream):
+            first.append(x)
+            if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1 and held < self.hold_back():
+                held += 1  # as calibrate() holds them back
+            else:
+                observed.append(x)
+            if len(observed) == SAMPLES:
+                break
+        return observed, itertools.chain(first, stream)
+
+    def adaround(self, annotated, layers, calibrated: Calibration, inp, plan, samples):
+        """AdaRound weights {layer: (int weights, QParams)} at each layer's weight width,
+        fitted to the inputs as the integer model will quantize them."""
+        from .boosters.adaround import adaround
+
+        qparams, channel_qparams = int8_qparams(annotated, calibrated.observers, self.config,
+                                                inp, plan, calibrated.channel_ranges)
+        return adaround(annotated, layers, input_qparams(layers, qparams, channel_qparams),
+                        weight_bits_of(layers, self.config, plan), samples,
+                        per_channel=self.config.per_channel_weights, progress=self.progress)
+
+    def operand_bits(self, layers, plan) -> dict[str, tuple[int, int, int]] | None:
+        """(w_bits, a_bits, y_bits) per layer for the target: the plan's (mixed), or 4-bit
+        weights under int8 weight_bits=4 (other widths run as int8 values: they fit)."""
+        if plan is not None:
+            return plan.operand_bits()
+        if self.config.weight_bits != 4:
+            return None
+        return {name: (4, 8, 8) for name in weight_bits_of(layers, self.config)}
 
     def assign_bits(self, annotated, layers, calibrated: Calibration, inp):
         from .mixed.assign import plan_bitwidths
@@ -211,11 +266,12 @@ class _Pipeline:
                               calibrated.inputs[:self.config.sensitivity_samples], self.config,
                               self.hw, progress=self.progress)
 
-    def realize(self, annotated, layers, calibrated: Calibration, inp, plan) -> Realized:
+    def realize(self, annotated, layers, calibrated: Calibration, inp, plan,
+                weights=None) -> Realized:
         if self.config.is_lbfp:
             return realize_lbfp(annotated, layers, calibrated.observers, self.config)
         return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan,
-                            calibrated.channel_ranges)
+                            calibrated.channel_ranges, weights)
 
 
 def measure_sqnr(report: Report, layers, realized: Realized, calibrated: Calibration,

@@ -17,6 +17,8 @@ LBFP_FRAC_BITS = {8: 4, 6: 2, 4: 1}  # default fractional bits of the log code p
 REQUANTS = ("mult_shift", "fp32")
 ROUNDINGS = ("double", "single", "tonearest")
 OBSERVERS = ("minmax", "percentile", "kl", "mse")
+WEIGHT_ROUNDINGS = ("nearest", "adaround")
+WEIGHT_BITS = range(2, 9)  # uniform weight widths of scheme int8 (int8 containers)
 
 # The schemes each QuantConfig field means something to. Under any other scheme the field must
 # keep its default: QuantConfig raises rather than ignore it. (rounding also needs
@@ -37,6 +39,8 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "bops_budget": ("mixed",),
     "layer_bits": ("mixed",),
     "sensitivity_samples": ("mixed",),
+    "weight_rounding": INTEGER_SCHEMES,
+    "weight_bits": ("int8",),  # mixed chooses each layer's width (bits, layer_bits)
     "keep_float": SCHEMES,
 }
 
@@ -129,6 +133,13 @@ class QuantConfig:
         search. Layers not named take (8, 8). Stored as an immutable `LayerBits` mapping.
     sensitivity_samples : int
         mixed: calibration samples the sensitivity of each layer is measured on (default 8).
+    weight_rounding : "nearest" | "adaround"
+        int8, mixed: conv2d/matmul weights rounded to nearest (default), or up or down as
+        learned by AdaRound on the calibration data (tvmq.boosters.adaround; the scale stays
+        the same; mixed: at each layer's chosen weight width).
+    weight_bits : int
+        int8: weight width of every conv2d/matmul layer, 2..8 (default 8; 4: W4A8); the values
+        are held in int8.
     keep_float : tuple of str
         Layers to leave in float: report names or fnmatch patterns ("conv2d_12", "mean_*"),
         like NNCF's ignored scope. Besides these, ops other than conv2d/matmul whose inputs
@@ -165,6 +176,8 @@ class QuantConfig:
     bops_budget: float | None = None
     layer_bits: Mapping[str, tuple[int, int]] | None = None
     sensitivity_samples: int = 8
+    weight_rounding: str = "nearest"
+    weight_bits: int = 8
     keep_float: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -172,6 +185,11 @@ class QuantConfig:
         self._check_fields_apply()
         _check_choice("requant", self.requant, REQUANTS)
         _check_choice("rounding", self.rounding, ROUNDINGS)
+        _check_choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
+        if (not isinstance(self.weight_bits, int) or isinstance(self.weight_bits, bool)
+                or self.weight_bits not in WEIGHT_BITS):
+            raise ValueError(f"QuantConfig.weight_bits={self.weight_bits!r}: use an integer in "
+                             "2..8.")
         if self.requant == "fp32" and self.rounding != DEFAULTS["rounding"]:
             raise ValueError(f"QuantConfig.rounding={self.rounding!r} applies to "
                              f"requant='mult_shift' only (requant is 'fp32'); drop it or use "
@@ -269,8 +287,9 @@ class QuantConfig:
     @property
     def label(self) -> str:
         """Short name from the fields that apply to the scheme: scheme, LBFP format, mixed
-        search, requant, observer; e.g. 'int8 mult_shift/double minmax', 'lbfp8 f3 b16 kl',
-        'mixed w,a 4/8 75% cycles fp32 minmax'."""
+        search, weight width, requant, observer, learned rounding; e.g. 'int8 mult_shift/double
+        minmax', 'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax',
+        'int8 w4 mult_shift/double minmax adaround'."""
         words = [self.scheme]
         if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
@@ -279,10 +298,15 @@ class QuantConfig:
             search = ("fixed" if self.layer_bits is not None
                       else f"{100 * self.latency_budget:g}% cycles")
             words.append(f"w,a {'/'.join(map(str, self.bits))} {search}")
+        if applies("weight_bits", self.scheme) and self.weight_bits != 8:
+            words.append(f"w{self.weight_bits}")
         if applies("requant", self.scheme):
             words.append(self.requant if self.requant == "fp32"
                          else f"{self.requant}/{self.rounding}")
-        return " ".join([*words, self.observer])
+        words.append(self.observer)
+        if applies("weight_rounding", self.scheme) and self.weight_rounding != "nearest":
+            words.append(self.weight_rounding)
+        return " ".join(words)
 
     def to_dict(self) -> dict:
         """Every field by name, JSON-serializable: layer_bits as {name: [w_bits, a_bits]}.

@@ -21,9 +21,10 @@ from tvm import relax
 
 from .config import QuantConfig
 from .ir import returned_fields
-from .layers import Layer
+from .layers import Layer, is_depthwise
 from .numerics import QParams, choose_qparams, dequantize, lbfp, quantize
 from .numerics.weights import quantize_weight
+from .passes.annotate_quantizable import composite_kind
 from .passes.realize_lbfp import RealizeLBFP
 from .passes.realize_quantization import SAME_SCALE_KINDS, RealizeQuantization
 from .report import LayerRow
@@ -56,22 +57,56 @@ def qparams_by_bits(annotated, observers, config, inp):
     return qparams
 
 
-def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
-                 plan=None, channel_ranges=None) -> Realized:
-    """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
-    width; default 8). `channel_ranges` ({tensor: (lo[C], hi[C])}, float tensors depthwise
-    convs read) make those convs quantize their input per channel; given for a layer's
-    output (a conv only depthwise convs read), that layer writes it per channel."""
+def int8_qparams(annotated, observers, config: QuantConfig, inp, plan=None,
+                 channel_ranges=None) -> tuple[dict, dict]:
+    """({tensor name: QParams} of every calibrated tensor, {float tensor a depthwise conv reads:
+    its per-channel QParams}) as realize_int8 chooses them. `channel_ranges` ({tensor: (lo[C],
+    hi[C])}) gives the per-channel ones; for a layer's output (a conv only depthwise convs
+    read) they replace its per-tensor QParams in the first dict."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
-    weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
     channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
                        for n, lo_hi in (channel_ranges or {}).items()}
-    for layer in layers:  # a conv whose output only depthwise convs read: per channel
-        if layer.name in channel_qparams:
-            qparams[layer.name] = channel_qparams.pop(layer.name)
+    for name in list(channel_qparams):  # a conv whose output only depthwise convs read
+        if name in qparams and _is_layer_output(annotated, name):
+            qparams[name] = channel_qparams.pop(name)
+    return qparams, channel_qparams
+
+
+def input_qparams(layers: list[Layer], act_qparams, channel_qparams=None) -> dict[str, QParams]:
+    """{layer name: QParams of its first input as the integer model holds it} (relu,
+    max_pool2d, reshape, permute_dims pass their input's on; a depthwise conv reading a float
+    tensor quantizes it per channel)."""
+    out_qparams = _output_qparams(layers, act_qparams)
+    channel_qparams = channel_qparams or {}
+    return {layer.name: channel_qparams[layer.inputs[0]]
+            if is_depthwise(layer) and layer.inputs[0] in channel_qparams
+            else out_qparams.get(layer.inputs[0], act_qparams[layer.inputs[0]])
+            for layer in layers}
+
+
+def weight_bits_of(layers: list[Layer], config: QuantConfig, plan=None) -> dict[str, int]:
+    """{conv2d/matmul layer name: weight width} other than 8: the plan's (mixed) or
+    config.weight_bits for every layer (int8)."""
+    if plan is not None:
+        return {n: w for n, (w, _) in plan.choice.items()}
+    if config.weight_bits == 8:
+        return {}
+    return {layer.name: config.weight_bits for layer in layers if layer.weight is not None}
+
+
+def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
+                 plan=None, channel_ranges=None, weights=None) -> Realized:
+    """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
+    width; default 8). `channel_ranges`: per-channel ranges for depthwise convs
+    (int8_qparams); `weights`: {layer name: (integer weights, QParams)} used instead of
+    nearest rounding (RealizeQuantization)."""
+    qparams, channel_qparams = int8_qparams(annotated, observers, config, inp, plan,
+                                            channel_ranges)
+    weight_bits = weight_bits_of(layers, config, plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
-                                  config.per_channel_weights, weight_bits, channel_qparams)
+                                  config.per_channel_weights, weight_bits, weights,
+                                  channel_qparams)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     encoders = {name: functools.partial(_quantize, qp) for name, qp in out_qparams.items()}
@@ -143,6 +178,12 @@ def _lbfp_encoder(exponents, shape, fmt):
     return encode
 
 
+def _is_layer_output(annotated: tvm.IRModule, name: str) -> bool:
+    """Whether main's binding `name` is a quantized layer (a `tvmq.*` composite call)."""
+    return any(b.var.name == name and composite_kind(annotated, b.value) is not None
+               for block in annotated["main"].body.blocks for b in block.bindings)
+
+
 def _output_names(mod: tvm.IRModule) -> set[str]:
     """Names of the tensors `main` returns (every field of a returned tuple)."""
     return {f.name for f in returned_fields(mod["main"]) if isinstance(f, relax.Var)}
@@ -164,6 +205,7 @@ def _largest(scale) -> float:
 
 
 def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[LayerRow]:
+    widths = config.is_mixed or config.weight_bits != 8  # the rows show w<bits>a<bits>
     rows = []
     for layer in layers:
         wscale, w_bits = None, None
@@ -178,6 +220,6 @@ def _layer_rows(layers, act_qparams, out_qparams, config, weight_bits) -> list[L
         rows.append(LayerRow(layer.name, layer.kind, layer.shape, qp_out.bits,
                              _largest(qp_in.scale), _largest(qp_out.scale),
                              int(np.max(qp_out.zero_point)),
-                             wscale, w_bits=w_bits if config.is_mixed else None,
-                             a_bits=qp_in.bits if config.is_mixed else None))
+                             wscale, w_bits=w_bits if widths else None,
+                             a_bits=qp_in.bits if widths else None))
     return rows
