@@ -7,8 +7,8 @@ Integer forms (x: int8 with zero point zx; weights symmetric int8; zero points s
 Narrower integers (int4, int2: `QParams` with a smaller [qmin, qmax], `weight_bits` per layer)
 use the same forms, held in int8 containers:
     conv2d / matmul  acc = op(x - zx, Wq) + bq (int32);  y = requant(acc, sx*sw[c]/sy) + zy
-                     (a depthwise conv reading a float tensor: x quantized per channel with
-                     one zero point, sx[c] per channel in the same requant)
+                     (a depthwise conv reading a float tensor: x quantized per channel,
+                     zero point 0, sx[c] per channel in the same requant)
     add              a' = requant((a - za) << 20, sa/2m);  b' likewise;
                      y = requant(a' + b', 2m / (2^20 sy))
                      with m = max(sa, sb)  (TFLite's scheme)
@@ -66,7 +66,7 @@ def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[in
 
 
 def _zero_point(qp: QParams) -> int:
-    """The zero point of a tensor: per-channel tensors share one (realize.channel_qparams_of)."""
+    """The zero point of a tensor (a per-channel one's channels share it: 0)."""
     zps = np.unique(qp.zero_point)
     if zps.size != 1:
         raise ValueError("RealizeQuantization: a per-channel tensor needs one zero point shared "
@@ -116,7 +116,7 @@ class _Realizer(relax.PyExprMutator):
         return self.q[name]
 
     def _int_input_channels(self, arg: relax.Var) -> tuple[relax.Expr, QParams]:
-        """A float tensor quantized per channel (axis 1, one zero point) for a depthwise conv."""
+        """A float tensor quantized per channel (axis 1, zero point 0) for a depthwise conv."""
         key = (arg.name, "channels")
         if key not in self.q:
             qp = self.channel_qparams[arg.name]
@@ -305,7 +305,7 @@ class RealizeQuantization:
         zero point 0, the layer's weight width), used instead of `quantize_weight`'s (e.g.
         learned rounding, tvmq.boosters.adaround); the bias is quantized at their scale.
     channel_qparams : dict[str, QParams], optional
-        Per-channel (axis 1, one zero point) qparams of float tensors that depthwise convs read:
+        Per-channel (axis 1, zero point 0) qparams of float tensors that depthwise convs read:
         such a conv quantizes its input per channel (`<name>_qc`), each channel's scale folded
         into its output channel's requant, so it costs no integer op. (A conv2d whose output
         only depthwise convs read may be given per-channel qparams in `act_qparams`: its

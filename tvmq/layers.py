@@ -77,7 +77,7 @@ def depthwise_float_inputs(layers: list[Layer]) -> list[str]:
 def depthwise_only_outputs(annotated: tvm.IRModule, layers: list[Layer]) -> list[str]:
     """conv2d layers whose output every reading layer is a depthwise conv (float ops may read it
     too) and whose epilogue bounds are none or ReLU's: their requant can write each channel at
-    its own scale (one zero point for all), which the depthwise conv folds into its requant. Not
+    its own scale (zero point 0), which the depthwise conv folds into its own requant. Not
     main's outputs."""
     outputs = {f.name for f in returned_fields(annotated["main"]) if isinstance(f, relax.Var)}
     readers: dict[str, list[Layer]] = {}

@@ -22,14 +22,7 @@ from tvm import relax
 from .config import QuantConfig
 from .ir import returned_fields
 from .layers import Layer, is_depthwise
-from .numerics import (
-    QParams,
-    choose_qparams,
-    choose_shared_zero_point_qparams,
-    dequantize,
-    lbfp,
-    quantize,
-)
+from .numerics import QParams, choose_qparams, dequantize, lbfp, quantize
 from .numerics.weights import quantize_weight
 from .passes.annotate_quantizable import composite_kind
 from .passes.realize_lbfp import RealizeLBFP
@@ -72,8 +65,7 @@ def int8_qparams(annotated, observers, config: QuantConfig, inp, plan=None,
     read) they replace its per-tensor QParams in the first dict."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
-    channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits,
-                                             config.symmetric_activations)
+    channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
                        for n, lo_hi in (channel_ranges or {}).items()}
     for name in list(channel_qparams):  # a conv whose output only depthwise convs read
         if name in qparams and _is_layer_output(annotated, name):
@@ -123,16 +115,17 @@ def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig,
 
 
 def channel_qparams_of(lo: np.ndarray, hi: np.ndarray, tensor_range: tuple[float, float],
-                       bits: int, symmetric: bool = False) -> QParams:
-    """Per-channel qparams (axis 1) with one zero point shared by every channel
-    (numerics.choose_shared_zero_point_qparams) over each channel's observed range clipped to
-    the tensor's chosen one.
+                       bits: int) -> QParams:
+    """Symmetric per-channel qparams (axis 1, zero point 0): channel c covers
+    max(-lo'[c], hi'[c]) with [lo', hi'] its observed range clipped to the tensor's chosen one.
 
-    One zero point because a zero point per channel would need a per-channel subtract before
-    the conv, which the accelerator's input path does not have (DESIGN.md, "Accuracy")."""
+    Symmetric, not one zero point per channel: that would need a per-channel subtract the
+    accelerator's input path does not have; and one zero point shared by the channels, chosen
+    for them, measured worse on the recognizers (DESIGN.md, "Accuracy")."""
     t_lo, t_hi = tensor_range
-    return choose_shared_zero_point_qparams(np.maximum(lo, t_lo), np.minimum(hi, t_hi),
-                                            bits=bits, symmetric=symmetric, axis=1)
+    lo, hi = np.maximum(lo, t_lo), np.minimum(hi, t_hi)
+    amax = np.maximum(np.maximum(-lo, hi), 0.0).astype(np.float64)
+    return choose_qparams(-amax, amax, bits=bits, symmetric=True, axis=1)
 
 
 def realize_lbfp(annotated, layers: list[Layer], observers, config: QuantConfig) -> Realized:

@@ -15,14 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tvmq.numerics.qparams
-from tvmq.numerics import (
-    QParams,
-    choose_qparams,
-    choose_shared_zero_point_qparams,
-    dequantize,
-    qrange,
-    quantize,
-)
+from tvmq.numerics import QParams, choose_qparams, dequantize, qrange, quantize
 
 F32_TINY = float(np.finfo(np.float32).tiny)
 
@@ -387,25 +380,3 @@ def test_docstring_examples():
     result = doctest.testmod(tvmq.numerics.qparams, extraglobs={"np": np}, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
 
-
-def test_shared_zero_point_covers_each_channel_with_the_least_step():
-    lo = np.array([0.0, 0.0, -0.5, 0.0])
-    hi = np.array([1.0, 100.0, 50.0, 0.0])  # ReLU-like channels, one slightly negative, one dead
-    qp = choose_shared_zero_point_qparams(lo, hi, axis=1)
-    z = int(qp.zero_point[0])
-    assert (qp.zero_point == z).all() and qp.axis == 1 and qp.scale[3] == 1.0
-    # every channel's range is inside its grid, within float32 rounding of the scale
-    assert np.all((qp.qmax - z) * qp.scale[:3].astype(np.float64) >= hi[:3] * (1 - 1e-6))
-    assert np.all((z - qp.qmin) * qp.scale[:3].astype(np.float64) >= -lo[:3] * (1 - 1e-6))
-    # nearly one-sided: z sits near qmin, about 1 bit finer than symmetric
-    sym = choose_shared_zero_point_qparams(lo, hi, symmetric=True, axis=1)
-    assert z < -100 and (sym.zero_point == 0).all()
-    assert np.all(qp.scale[:2] < 0.6 * sym.scale[:2])
-    x = np.array([[0.5, 40.0, -0.25, 0.0]], np.float32)
-    err = np.abs(dequantize(quantize(x, qp), qp) - x)
-    assert np.all(err <= qp.scale / 2 + 1e-7)
-
-
-def test_shared_zero_point_symmetric_data_keeps_zero():
-    qp = choose_shared_zero_point_qparams(np.array([-1.0, -8.0]), np.array([1.0, 8.0]), axis=1)
-    assert abs(int(qp.zero_point[0])) <= 1

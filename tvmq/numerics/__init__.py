@@ -1,14 +1,7 @@
 """Golden NumPy numerics: the bit-exact reference every backend is tested against."""
 
 from .gradq import GradQuant, clip_value, fake_quantize_gradient, quantize_gradient
-from .qparams import (
-    QParams,
-    choose_qparams,
-    choose_shared_zero_point_qparams,
-    dequantize,
-    qrange,
-    quantize,
-)
+from .qparams import QParams, choose_qparams, dequantize, qrange, quantize
 from .requant import (
     REQUANT_KINDS,
     ROUNDINGS,
@@ -28,7 +21,6 @@ __all__ = [
     "QParams",
     "Requant",
     "choose_qparams",
-    "choose_shared_zero_point_qparams",
     "clip_value",
     "dequantize",
     "fake_quantize_gradient",

@@ -355,36 +355,3 @@ def dequantize(q: object, qp: QParams) -> np.ndarray:
     scale, zero_point = _broadcast_params(qp, q64.shape, "q")
     return np.asarray((q64 - zero_point).astype(np.float32) * scale)
 
-
-def choose_shared_zero_point_qparams(min_val, max_val, *, bits: int = 8,
-                                     symmetric: bool = False, axis: int = 1) -> QParams:
-    """Per-channel scales with one zero point z for every channel, covering each channel's
-    real range [min_val[c], max_val[c]] (widened to contain 0).
-
-    For a candidate z in [qmin, qmax]: ``scale[c] = max(hi[c] / (qmax - z), -lo[c] / (z - qmin))``
-    (a term with a zero denominator counts only if its numerator is not 0); z minimizes the mean
-    of log2 scale[c] over the channels whose range is not zero, i.e. the bits lost to steps
-    (ties: the z nearest 0). symmetric: z = 0. An all-zero channel gets scale 1.0. One z keeps
-    `x - z` a scalar subtract, as for a per-tensor input, while each channel's scale folds into
-    a per-channel requant.
-    """
-    lo = np.minimum(np.asarray(min_val, np.float64), 0.0)
-    hi = np.maximum(np.asarray(max_val, np.float64), 0.0)
-    qmin, qmax = qrange(bits)
-    live = hi > lo
-    candidates = [0] if symmetric else range(qmin, qmax + 1)
-    best = None
-    for z in candidates:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            up = np.where(hi > 0, hi / (qmax - z) if qmax > z else np.inf, 0.0)
-            down = np.where(lo < 0, -lo / (z - qmin) if z > qmin else np.inf, 0.0)
-        scale = np.maximum(up, down)
-        if not np.all(np.isfinite(scale[live])):
-            continue
-        cost = float(np.mean(np.log2(scale[live]))) if live.any() else 0.0
-        if best is None or (cost, abs(z)) < (best[0], abs(best[1])):
-            best = (cost, z, scale)
-    _, z, scale = best
-    scale = np.where(live, scale, 1.0).astype(np.float32)
-    scale = np.maximum(scale, np.finfo(np.float32).tiny)
-    return QParams(scale, np.full(scale.shape, z, np.int32), qmin, qmax, axis)
