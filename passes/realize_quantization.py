@@ -64,12 +64,12 @@ def _clamp(qp: QParams, lo: float = -math.inf, hi: float = math.inf) -> tuple[in
 
 @relax.expr_functor.mutator
 class _Realizer(relax.PyExprMutator):
-    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits):
+    def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits, biases):
         super().__init__(mod)
         self.mod_ = mod
         self.act_qparams = act_qparams
         self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
-        self.weight_bits = weight_bits
+        self.weight_bits, self.biases = weight_bits, biases
         self.layer = ""  # the binding being realized
         self.q: dict[str, tuple[relax.Expr, QParams]] = {}
 
@@ -143,7 +143,7 @@ class _Realizer(relax.PyExprMutator):
         out_axis = 1 if is_conv else len(shape_of(root)) - 1
         channels = shape_of(root)[out_axis]
         w_scale = np.broadcast_to(wqp.scale.astype(np.float64), (channels,))
-        bias = comp.bias()
+        bias = self.biases.get(self.layer, comp.bias())
         if bias is not None:
             bq = quantize_bias(bias.reshape(-1), float(xqp.scale), w_scale)
             bshape = (1, channels, 1, 1) if is_conv else (channels,)
@@ -251,12 +251,18 @@ class RealizeQuantization:
     weight_bits : dict[str, int], optional
         Weight width of conv2d/matmul layers by binding name (default 8; 2..8, held in int8).
         Activation widths come with `act_qparams` (their qmin/qmax).
+    biases : dict[str, np.ndarray], optional
+        Float32 bias (one value per output channel) of conv2d/matmul layers by binding name,
+        used instead of the composite's (a layer without one gets it); the integer bias is
+        `quantize_bias` of it, as for the composite's. Bias correction
+        (tvmq.boosters.bias_correction) computes them.
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",
-                 per_channel_weights=True, weight_bits=None):
+                 per_channel_weights=True, weight_bits=None, biases=None):
         self.act_qparams = dict(act_qparams)
         self.weight_bits = dict(weight_bits or {})
+        self.biases = {n: np.asarray(b, np.float32).reshape(-1) for n, b in (biases or {}).items()}
         bad = {n: b for n, b in self.weight_bits.items() if b not in range(2, 9)}
         if bad:
             raise ValueError(f"RealizeQuantization: weight_bits {bad} outside 2..8 (int8 "
@@ -267,7 +273,7 @@ class RealizeQuantization:
 
     def transform_module(self, mod, ctx):
         realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel,
-                             self.weight_bits)
+                             self.weight_bits, self.biases)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
         mod = realizer.builder_.get()

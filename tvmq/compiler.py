@@ -18,7 +18,9 @@ import numpy as np
 import tvm
 from tqdm import tqdm
 
-from .calibrate import Calibration, calibrate
+from .boosters.bias_correction import correct_biases, nearest_weights
+from .boosters.equalize import absorb_biases, equalize
+from .calibrate import Calibration, calibrate, iter_samples
 from .calibration.lbfp_observer import LBFPObserver
 from .compiled_model import CompiledModel
 from .config import QuantConfig
@@ -28,7 +30,7 @@ from .layers import Layer, find_layers, tensor_names
 from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
 from .passes.realize_lbfp import MAC_KINDS
-from .realize import Realized, qparams_by_bits, realize_int8, realize_lbfp
+from .realize import Realized, qparams_by_bits, realize_int8, realize_lbfp, weight_bits_of
 from .report import Report, sqnr_db
 from .targets.host import HostModule, build
 from .targets.target import LowerInfo, Target, get, options
@@ -36,6 +38,7 @@ from .targets.target import LowerInfo, Target, get, options
 __all__ = ["CompiledModel", "Layer", "compile", "find_layers"]
 
 TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
+BOOSTER_SAMPLES = 64  # the first calibration samples bias absorption and bias correction fit to
 STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
 
 
@@ -108,7 +111,9 @@ class _Pipeline:
     def run(self, model, calib, input_shape, start: float) -> CompiledModel:
         self.stage("import")
         float_mod, inp, outputs = import_model(model, input_shape)
-        annotated, layers, float_ops = self.annotate(float_mod)
+        if self.config.equalize or self.config.bias_correction:
+            calib = list(iter_samples(calib, inp))  # read twice: by a booster and calibration
+        annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
         calibrated = self.calibrate(annotated, layers, calib, inp)
         plan = None
@@ -116,7 +121,12 @@ class _Pipeline:
             self.stage("bits")
             plan = self.assign_bits(annotated, layers, calibrated, inp)
         self.stage("quantize")
-        realized = self.realize(annotated, layers, calibrated, inp, plan)
+        biases = None
+        if self.config.bias_correction:
+            biases = correct_biases(annotated, layers, calib[:BOOSTER_SAMPLES],
+                                    nearest_weights(layers, self.config.per_channel_weights,
+                                                    weight_bits_of(plan)))
+        realized = self.realize(annotated, layers, calibrated, inp, plan, biases)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
                          None if plan is None else plan.operand_bits())
@@ -142,9 +152,14 @@ class _Pipeline:
                              quant_mod=realized.module, host=host, report=report,
                              act_qparams=realized.act_qparams, plan=plan)
 
-    def annotate(self, float_mod: tvm.IRModule):
-        """(annotated module, the layers the scheme quantizes, the ops left in float)."""
+    def annotate(self, float_mod: tvm.IRModule, calib):
+        """(annotated module, the layers the scheme quantizes, the ops left in float); with
+        `equalize`, its weights and biases are equalized and absorbed (tvmq.boosters.equalize)
+        on the first calibration samples."""
         annotated = AnnotateQuantizable()(float_mod)
+        if self.config.equalize:
+            annotated, chains = equalize(annotated)
+            annotated, _ = absorb_biases(annotated, chains, calib[:BOOSTER_SAMPLES])
         layers, float_ops = find_layers(annotated)
         if not layers:
             raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, "
@@ -177,10 +192,12 @@ class _Pipeline:
                               calibrated.inputs[:self.config.sensitivity_samples], self.config,
                               self.hw, progress=self.progress)
 
-    def realize(self, annotated, layers, calibrated: Calibration, inp, plan) -> Realized:
+    def realize(self, annotated, layers, calibrated: Calibration, inp, plan,
+                biases=None) -> Realized:
         if self.config.is_lbfp:
             return realize_lbfp(annotated, layers, calibrated.observers, self.config)
-        return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan)
+        return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan,
+                            biases)
 
 
 def measure_sqnr(report: Report, layers, realized: Realized, calibrated: Calibration,

@@ -37,6 +37,8 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "bops_budget": ("mixed",),
     "layer_bits": ("mixed",),
     "sensitivity_samples": ("mixed",),
+    "equalize": INTEGER_SCHEMES,  # boosters: they change the weights / biases realize quantizes
+    "bias_correction": INTEGER_SCHEMES,
 }
 
 
@@ -128,6 +130,14 @@ class QuantConfig:
         search. Layers not named take (8, 8). Stored as an immutable `LayerBits` mapping.
     sensitivity_samples : int
         mixed: calibration samples the sensitivity of each layer is measured on (default 8).
+    equalize : bool
+        int8, mixed: cross-layer equalization with bias absorption before calibration (DFQ,
+        tvmq.boosters.equalize): conv/matmul pairs joined by ReLU or nothing get per-channel
+        weight ranges equalized (the float model is unchanged); ReLU chains into an unpadded
+        layer move the first layer's always-positive part into the second layer's bias.
+    bias_correction : bool
+        int8, mixed: subtract from each conv/matmul bias the mean output error its quantized
+        weights cause on the calibration samples (tvmq.boosters.bias_correction).
 
     Notes
     -----
@@ -159,6 +169,8 @@ class QuantConfig:
     bops_budget: float | None = None
     layer_bits: Mapping[str, tuple[int, int]] | None = None
     sensitivity_samples: int = 8
+    equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -180,6 +192,10 @@ class QuantConfig:
                 field = str(err).split("=")[0].removeprefix("LBFPFormat.")
                 raise ValueError(str(err).replace(f"LBFPFormat.{field}",
                                                   f"QuantConfig.lbfp_{field}")) from None
+        for field in ("equalize", "bias_correction"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"QuantConfig.{field}={getattr(self, field)!r}; use True or "
+                                 "False.")
         if not isinstance(self.sqnr_samples, int) or self.sqnr_samples < 0:
             raise ValueError(
                 f"QuantConfig.sqnr_samples={self.sqnr_samples!r}; use an integer >= 0.")
@@ -253,8 +269,8 @@ class QuantConfig:
     @property
     def label(self) -> str:
         """Short name from the fields that apply to the scheme: scheme, LBFP format, mixed
-        search, requant, observer; e.g. 'int8 mult_shift/double minmax', 'lbfp8 f3 b16 kl',
-        'mixed w,a 4/8 75% cycles fp32 minmax'."""
+        search, requant, observer, boosters; e.g. 'int8 mult_shift/double minmax',
+        'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax', 'int8 fp32 minmax cle bc'."""
         words = [self.scheme]
         if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
@@ -266,7 +282,9 @@ class QuantConfig:
         if applies("requant", self.scheme):
             words.append(self.requant if self.requant == "fp32"
                          else f"{self.requant}/{self.rounding}")
-        return " ".join([*words, self.observer])
+        boosters = [word for word, on in (("cle", self.equalize), ("bc", self.bias_correction))
+                    if on]
+        return " ".join([*words, self.observer, *boosters])
 
     def to_dict(self) -> dict:
         """Every field by name, JSON-serializable: layer_bits as {name: [w_bits, a_bits]}.

@@ -53,15 +53,21 @@ def qparams_by_bits(annotated, observers, config, inp):
     return qparams
 
 
+def weight_bits_of(plan) -> dict[str, int]:
+    """Weight width by layer name of a mixed-precision plan (none: every layer 8)."""
+    return {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
+
+
 def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
-                 plan=None) -> Realized:
+                 plan=None, biases: dict[str, np.ndarray] | None = None) -> Realized:
     """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
-    width; default 8)."""
+    width; default 8). `biases`: float32 biases by layer name replacing the composites'
+    (bias correction, tvmq.boosters.bias_correction)."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
-    weight_bits = {} if plan is None else {n: w for n, (w, _) in plan.choice.items()}
+    weight_bits = weight_bits_of(plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
-                                  config.per_channel_weights, weight_bits)
+                                  config.per_channel_weights, weight_bits, biases)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     return Realized(realize(annotated), qparams, decoders,
