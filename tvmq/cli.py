@@ -65,6 +65,12 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="int8, mixed: one weight scale per tensor instead of per output channel")
     g.add_argument("--symmetric-activations", action="store_true",
                    help="int8, mixed: activation zero point 0 (default: asymmetric)")
+    g.add_argument("--equalize", action="store_true",
+                   help="int8, mixed: cross-layer equalization with bias absorption (DFQ) "
+                   "before calibration")
+    g.add_argument("--bias-correction", action="store_true",
+                   help="int8, mixed: subtract each conv/matmul's mean weight-quantization "
+                   "error on the calibration samples from its bias")
 
 
 def _config(args) -> QuantConfig:
@@ -73,7 +79,8 @@ def _config(args) -> QuantConfig:
                        symmetric_activations=args.symmetric_activations,
                        lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
                        bits=args.bits, latency_budget=args.latency_budget,
-                       weight_budget=args.weight_budget, bops_budget=args.bops_budget)
+                       weight_budget=args.weight_budget, bops_budget=args.bops_budget,
+                       equalize=args.equalize, bias_correction=args.bias_correction)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -370,7 +377,8 @@ FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "l
                "ram_bytes", "flash_bytes", "allow_float")
 # Config values set by an on/off flag.
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
-                 "symmetric_activations=True": "--symmetric-activations"}
+                 "symmetric_activations=True": "--symmetric-activations",
+                 "equalize=True": "--equalize", "bias_correction=True": "--bias-correction"}
 
 
 def cli_words(message: str) -> str:
