@@ -100,6 +100,16 @@ def test_a_layer_read_twice_starts_no_chain():
     assert find_chains(annotated) == []
 
 
+def test_a_matmul_on_a_convs_width_axis_is_no_chain():
+    """conv (1, 6, 6, 6) -> matmul over the last axis: 6 columns but W's, not the channels."""
+    rng = np.random.default_rng(0)
+    w = {"w0": rng.normal(size=(6, 2, 1, 1)), "w1": rng.normal(size=(6, 4))}
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"]),
+             helper.make_node("MatMul", ["c0", "w1"], ["output"])]
+    annotated, names = _annotated(make_onnx(nodes, w, SHAPE, (1, 6, 6, 4)))
+    assert len(names) == 2 and find_chains(annotated) == []
+
+
 def test_equalization_keeps_the_float_model(chain_model):
     annotated, _ = chain_model
     equalized, _ = equalize(annotated)

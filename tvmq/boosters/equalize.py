@@ -4,9 +4,11 @@ constants. Run after AnnotateQuantizable, before calibration (`QuantConfig(equal
 
 **Chains.** A conv2d/matmul layer whose output reaches one other conv2d/matmul layer through
 ops that act on each channel alone and commute with a positive per-channel scale (the first
-layer's ReLU or no epilogue; `tvmq.relu` composites that are ReLUs, max_pool2d, avg_pool2d, mean;
-a flatten (1, C, H, W) -> (1, C*H*W) reshape), every tensor on the way read by exactly one op
-(the model's output counts as a reader). A depthwise or grouped second layer pairs its input
+layer's ReLU or no epilogue; `tvmq.relu` composites that are ReLUs; after a conv, max_pool2d,
+avg_pool2d, a mean over (H, W), a flatten (1, C, H, W) -> (1, C*H*W) reshape), every tensor on
+the way read by exactly one op (the model's output counts as a reader); the second layer reads
+the channels where the first wrote them (a conv after a conv, a matmul after a matmul, a
+flatten or a mean without keepdims). A depthwise or grouped second layer pairs its input
 channel i with the first layer's output channel i.
 
 **Equalization.** With r1[i] = max|W1 output channel i| and r2[i] = max|W2 input channel i|,
@@ -50,7 +52,6 @@ from ..passes.annotate_quantizable import Composite, composite_kind
 from .activations import float_values
 
 LINEAR_KINDS = ("conv2d", "matmul")
-SCALED_THROUGH = ("relu", "max_pool2d", "avg_pool2d", "mean", "reshape")
 ABSORBED_THROUGH = ("max_pool2d", "mean", "reshape")
 TOLERANCE = 1e-4  # a sweep that moves no scale by more than this ends equalization
 
@@ -232,41 +233,61 @@ def _linear_layers(annotated: tvm.IRModule) -> dict[str, _Linear]:
 
 
 def _follow(annotated, var, uses, readers, layers, first: _Linear) -> Chain | None:
-    """The chain from layer `var` to the next conv2d/matmul, or None (module doc)."""
-    through, repeat = [], 1
+    """The chain from layer `var` to the next conv2d/matmul, or None (module doc). The first
+    layer's channels are axis 1 of an NCHW tensor (a conv's output) until a flatten or a
+    spatial mean without keepdims puts them last (a matmul's output, its input's K)."""
+    through, repeat, nchw = [], 1, first.is_conv
     while True:
         reader = readers.get(var, [])
         if uses.get(var, 0) != 1 or len(reader) != 1:
             return None
         binding = reader[0]
-        name, kind = binding.var.name, composite_kind(annotated, binding.value)
+        name, value = binding.var.name, binding.value
+        kind = composite_kind(annotated, value)
         if kind in LINEAR_KINDS:
             second = layers.get(name)
-            if second is None or len(binding.value.args) != 1:
+            if second is None or len(value.args) != 1 or second.is_conv != nchw:
                 return None
-            channels = second.in_ranges().size
-            if channels != first.out_channels * repeat:
+            if second.in_ranges().size != first.out_channels * repeat:
                 return None
             return Chain(first.name, name, tuple(through),
                          first.activation == (0.0, np.inf), repeat)
-        if kind not in SCALED_THROUGH:
-            return None
-        if kind == "relu" and Composite(annotated[binding.value.op]).activation() != \
-                (0.0, np.inf):
-            return None
-        if kind == "reshape":
-            repeat = _flatten_repeat(binding.value.args[0], binding.var, repeat)
+        if kind == "relu":
+            if Composite(annotated[value.op]).activation() != (0.0, np.inf):
+                return None
+        elif kind in ("max_pool2d", "avg_pool2d"):
+            if not nchw:
+                return None
+        elif kind == "mean":
+            spatial = _spatial_mean(Composite(annotated[value.op]).root)
+            if not nchw or spatial is None:
+                return None
+            nchw = spatial
+        elif kind == "reshape":
+            repeat = _flatten_repeat(value.args[0], binding.var) if nchw else None
             if repeat is None:
                 return None
+            nchw = False
+        else:
+            return None
         through.append(name)
         var = binding.var
 
 
-def _flatten_repeat(src: relax.Expr, dst: relax.Var, repeat: int) -> int | None:
-    """H*W for a (1, C, H, W) -> (1, C*H*W) reshape of a tensor whose channels are not yet
-    spread (repeat 1), else None."""
+def _spatial_mean(mean: relax.Call) -> bool | None:
+    """For a mean of an NCHW tensor over (H, W) only: whether the result is still NCHW
+    (keepdims); None for any other mean."""
+    rank = len(shape_of(mean.args[0]))
+    axes = mean.attrs.axis
+    if rank != 4 or axes is None or {int(a) % rank for a in axes} != {2, 3}:
+        return None
+    return bool(mean.attrs.keepdims)
+
+
+def _flatten_repeat(src: relax.Expr, dst: relax.Var) -> int | None:
+    """H*W for a (1, C, H, W) -> (1, C*H*W) reshape, else None."""
     shape, out = shape_of(src), shape_of(dst)
-    if repeat != 1 or len(shape) != 4 or shape[0] != 1 or out != (1, int(np.prod(shape[1:]))):
+    if len(shape) != 4 or shape[0] != 1 or out != (1, int(np.prod(shape[1:]))):
         return None
     return shape[2] * shape[3]
 
