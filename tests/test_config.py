@@ -15,12 +15,12 @@ def test_unknown_names_are_rejected_with_the_allowed_ones(field, value):
         QuantConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field", ["equalize", "bias_correction"])
+@pytest.mark.parametrize("field", ["equalize", "bias_absorption", "bias_correction"])
 def test_booster_switches_are_bools_and_show_in_the_label(field):
     with pytest.raises(ValueError, match=f"QuantConfig.{field}=1; use True or False"):
         QuantConfig(**{field: 1})
-    assert QuantConfig(equalize=True, bias_correction=True).label == \
-        "int8 mult_shift/double minmax cle bc"
+    assert QuantConfig(equalize=True, bias_absorption=True, bias_correction=True).label == \
+        "int8 mult_shift/double minmax cle ba bc"
 
 
 def test_sqnr_samples_must_be_non_negative_int():
@@ -92,7 +92,8 @@ NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="
                    per_channel_weights=False, symmetric_activations=True, sqnr_samples=0,
                    lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
-                   sensitivity_samples=4, equalize=True, bias_correction=True)
+                   sensitivity_samples=4, equalize=True, bias_absorption=True,
+                   bias_correction=True)
 NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
                 if s not in schemes]
 APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]

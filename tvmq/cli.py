@@ -66,8 +66,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric-activations", action="store_true",
                    help="int8, mixed: activation zero point 0 (default: asymmetric)")
     g.add_argument("--equalize", action="store_true",
-                   help="int8, mixed: cross-layer equalization with bias absorption (DFQ) "
-                   "before calibration")
+                   help="int8, mixed: cross-layer equalization (DFQ) before calibration")
+    g.add_argument("--bias-absorption", action="store_true",
+                   help="int8, mixed: DFQ bias absorption from ReLU layers into unpadded next "
+                   "layers, fit to the calibration samples")
     g.add_argument("--bias-correction", action="store_true",
                    help="int8, mixed: subtract each conv/matmul's mean weight-quantization "
                    "error on the calibration samples from its bias")
@@ -80,7 +82,8 @@ def _config(args) -> QuantConfig:
                        lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
                        bits=args.bits, latency_budget=args.latency_budget,
                        weight_budget=args.weight_budget, bops_budget=args.bops_budget,
-                       equalize=args.equalize, bias_correction=args.bias_correction)
+                       equalize=args.equalize, bias_absorption=args.bias_absorption,
+                       bias_correction=args.bias_correction)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -378,7 +381,8 @@ FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "l
 # Config values set by an on/off flag.
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
                  "symmetric_activations=True": "--symmetric-activations",
-                 "equalize=True": "--equalize", "bias_correction=True": "--bias-correction"}
+                 "equalize=True": "--equalize", "bias_absorption=True": "--bias-absorption",
+                 "bias_correction=True": "--bias-correction"}
 
 
 def cli_words(message: str) -> str:

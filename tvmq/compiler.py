@@ -19,7 +19,7 @@ import tvm
 from tqdm import tqdm
 
 from .boosters.bias_correction import correct_biases, nearest_weights
-from .boosters.equalize import absorb_biases, equalize
+from .boosters.equalize import absorb_biases, equalize, find_chains
 from .calibrate import Calibration, calibrate, iter_samples
 from .calibration.lbfp_observer import LBFPObserver
 from .compiled_model import CompiledModel
@@ -111,7 +111,7 @@ class _Pipeline:
     def run(self, model, calib, input_shape, start: float) -> CompiledModel:
         self.stage("import")
         float_mod, inp, outputs = import_model(model, input_shape)
-        if self.config.equalize or self.config.bias_correction:
+        if self.config.bias_absorption or self.config.bias_correction:
             calib = list(iter_samples(calib, inp))  # read twice: by a booster and calibration
         annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
@@ -154,12 +154,14 @@ class _Pipeline:
 
     def annotate(self, float_mod: tvm.IRModule, calib):
         """(annotated module, the layers the scheme quantizes, the ops left in float); with
-        `equalize`, its weights and biases are equalized and absorbed (tvmq.boosters.equalize)
-        on the first calibration samples."""
+        `equalize` / `bias_absorption`, its weights and biases equalized / absorbed
+        (tvmq.boosters.equalize; absorption fit to the first calibration samples)."""
         annotated = AnnotateQuantizable()(float_mod)
         if self.config.equalize:
-            annotated, chains = equalize(annotated)
-            annotated, _ = absorb_biases(annotated, chains, calib[:BOOSTER_SAMPLES])
+            annotated, _ = equalize(annotated)
+        if self.config.bias_absorption:
+            annotated, _ = absorb_biases(annotated, find_chains(annotated),
+                                         calib[:BOOSTER_SAMPLES])
         layers, float_ops = find_layers(annotated)
         if not layers:
             raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, "

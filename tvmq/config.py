@@ -38,6 +38,7 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "layer_bits": ("mixed",),
     "sensitivity_samples": ("mixed",),
     "equalize": INTEGER_SCHEMES,  # boosters: they change the weights / biases realize quantizes
+    "bias_absorption": INTEGER_SCHEMES,
     "bias_correction": INTEGER_SCHEMES,
 }
 
@@ -131,10 +132,14 @@ class QuantConfig:
     sensitivity_samples : int
         mixed: calibration samples the sensitivity of each layer is measured on (default 8).
     equalize : bool
-        int8, mixed: cross-layer equalization with bias absorption before calibration (DFQ,
-        tvmq.boosters.equalize): conv/matmul pairs joined by ReLU or nothing get per-channel
-        weight ranges equalized (the float model is unchanged); ReLU chains into an unpadded
-        layer move the first layer's always-positive part into the second layer's bias.
+        int8, mixed: cross-layer equalization before calibration (DFQ, tvmq.boosters.equalize):
+        conv/matmul pairs joined by ReLU or nothing get per-channel weight ranges equalized; the
+        float model is unchanged.
+    bias_absorption : bool
+        int8, mixed: DFQ's bias absorption (after equalization when both are on): a ReLU layer
+        feeding an unpadded conv/matmul moves the part of its output that is positive on every
+        calibration sample into the next layer's bias (the float model is unchanged on the
+        calibration samples, not beyond them).
     bias_correction : bool
         int8, mixed: subtract from each conv/matmul bias the mean output error its quantized
         weights cause on the calibration samples (tvmq.boosters.bias_correction).
@@ -170,6 +175,7 @@ class QuantConfig:
     layer_bits: Mapping[str, tuple[int, int]] | None = None
     sensitivity_samples: int = 8
     equalize: bool = False
+    bias_absorption: bool = False
     bias_correction: bool = False
 
     def __post_init__(self):
@@ -192,7 +198,7 @@ class QuantConfig:
                 field = str(err).split("=")[0].removeprefix("LBFPFormat.")
                 raise ValueError(str(err).replace(f"LBFPFormat.{field}",
                                                   f"QuantConfig.lbfp_{field}")) from None
-        for field in ("equalize", "bias_correction"):
+        for field in ("equalize", "bias_absorption", "bias_correction"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"QuantConfig.{field}={getattr(self, field)!r}; use True or "
                                  "False.")
@@ -270,7 +276,7 @@ class QuantConfig:
     def label(self) -> str:
         """Short name from the fields that apply to the scheme: scheme, LBFP format, mixed
         search, requant, observer, boosters; e.g. 'int8 mult_shift/double minmax',
-        'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax', 'int8 fp32 minmax cle bc'."""
+        'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax', 'int8 fp32 minmax cle ba bc'."""
         words = [self.scheme]
         if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
@@ -282,8 +288,8 @@ class QuantConfig:
         if applies("requant", self.scheme):
             words.append(self.requant if self.requant == "fp32"
                          else f"{self.requant}/{self.rounding}")
-        boosters = [word for word, on in (("cle", self.equalize), ("bc", self.bias_correction))
-                    if on]
+        boosters = [word for word, on in (("cle", self.equalize), ("ba", self.bias_absorption),
+                                          ("bc", self.bias_correction)) if on]
         return " ".join([*words, self.observer, *boosters])
 
     def to_dict(self) -> dict:

@@ -172,6 +172,21 @@ def test_bias_absorption_moves_the_positive_floor_and_keeps_outputs():
     assert [(c.first, c.second) for c in with_padded] == [(c0, c1), (c1, c2)]
 
 
+def test_compile_with_bias_absorption_is_exact_and_keeps_the_calibration_outputs():
+    model = _chain_model(first_bias=4.0, second_bias=6.0)
+    calib = np.concatenate(_samples(16))
+    cfg = tvmq.QuantConfig(equalize=True, bias_absorption=True, sqnr_samples=0)
+    cm = tvmq.compile(model, config=cfg, calib=calib, progress=False)
+    assert cm.verify(calib, n=4).ok and cm.report().config["bias_absorption"] is True
+    annotated, (_, c1, *_) = _annotated(model)
+    # the compiled model's float graph is the absorbed one: c1's floor moved to 0
+    floor = np.stack(float_values(cm.float_mod, [c1], _samples(16))[c1]).min(axis=(0, 1, 3, 4))
+    assert (floor[[1, 3, 4]] < 1e-5).all()
+    want = _outputs(annotated, [x[None] for x in calib])
+    got = _outputs(cm.float_mod, [x[None] for x in calib])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def _sqnr(want, got):
     return 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
 

@@ -1,6 +1,7 @@
 """Cross-layer equalization and bias absorption (Nagel et al. 2019, "Data-Free Quantization
 Through Weight Equalization and Bias Correction", DFQ), on an annotated module's composite
-constants. Run after AnnotateQuantizable, before calibration (`QuantConfig(equalize=True)`).
+constants. Run after AnnotateQuantizable, before calibration (`QuantConfig(equalize=True)`,
+`QuantConfig(bias_absorption=True)`).
 
 **Chains.** A conv2d/matmul layer whose output reaches one other conv2d/matmul layer through
 ops that act on each channel alone and commute with a positive per-channel scale (the first
