@@ -86,13 +86,13 @@ def _one_integer(value: float, qp: QParams) -> int:
 @relax.expr_functor.mutator
 class _Realizer(relax.PyExprMutator):
     def __init__(self, mod, act_qparams, requant, rounding, per_channel, weight_bits, weights,
-                 channel_qparams):
+                 channel_qparams, biases):
         super().__init__(mod)
         self.mod_ = mod
         self.act_qparams = act_qparams
         self.channel_qparams = channel_qparams
         self.requant_kind, self.rounding, self.per_channel = requant, rounding, per_channel
-        self.weight_bits, self.weights = weight_bits, weights
+        self.weight_bits, self.weights, self.biases = weight_bits, weights, biases
         self.layer = ""  # the binding being realized
         self.q: dict[str, tuple[relax.Expr, QParams]] = {}
 
@@ -190,7 +190,7 @@ class _Realizer(relax.PyExprMutator):
         x_scale = xqp.scale.astype(np.float64)
         if xqp.axis is not None:
             x_scale = np.repeat(x_scale, channels // x_scale.size)
-        bias = comp.bias()
+        bias = self.biases.get(self.layer, comp.bias())
         if bias is not None:
             bq = quantize_bias(bias.reshape(-1), x_scale, w_scale)
             bshape = (1, channels, 1, 1) if is_conv else (channels,)
@@ -310,14 +310,20 @@ class RealizeQuantization:
         into its output channel's requant, so it costs no integer op. (A conv2d whose output
         only depthwise convs read may be given per-channel qparams in `act_qparams`: its
         requant writes each channel at its own scale.)
+    biases : dict[str, np.ndarray], optional
+        Float32 bias (one value per output channel) of conv2d/matmul layers by binding name,
+        used instead of the composite's (a layer without one gets it); the integer bias is
+        `quantize_bias` of it, as for the composite's. Bias correction
+        (tvmq.boosters.bias_correction) computes them.
     """
 
     def __init__(self, act_qparams, requant="mult_shift", rounding="double",
                  per_channel_weights=True, weight_bits=None, weights=None,
-                 channel_qparams=None):
+                 channel_qparams=None, biases=None):
         self.act_qparams = dict(act_qparams)
         self.channel_qparams = dict(channel_qparams or {})
         self.weight_bits = dict(weight_bits or {})
+        self.biases = {n: np.asarray(b, np.float32).reshape(-1) for n, b in (biases or {}).items()}
         bad = {n: b for n, b in self.weight_bits.items() if b not in range(2, 9)}
         if bad:
             raise ValueError(f"RealizeQuantization: weight_bits {bad} outside 2..8 (int8 "
@@ -330,7 +336,8 @@ class RealizeQuantization:
 
     def transform_module(self, mod, ctx):
         realizer = _Realizer(mod, self.act_qparams, self.requant, self.rounding, self.per_channel,
-                             self.weight_bits, self.weights, self.channel_qparams)
+                             self.weight_bits, self.weights, self.channel_qparams,
+                             self.biases)
         gv = mod.get_global_var("main")
         realizer.builder_.update_func(gv, realizer.visit_expr(mod["main"]))
         mod = realizer.builder_.get()

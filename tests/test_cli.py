@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,21 @@ def test_bad_choices_and_shapes_are_usage_errors():
     args = parser.parse_args(["compile", "m.onnx", "--calib", "c", "--out", "o",
                               "--input-shape", "1,3,48,192"])
     assert args.input_shape == (1, 3, 48, 192)
+
+
+def test_compile_with_boosters_records_them_and_refuses_them_for_lbfp(tmp_path, capsys, digits):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, calib=digits[0][:16])
+    out = tmp_path / "build"
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--equalize",
+                 "--bias-absorption", "--bias-correction", "--out", str(out), "--verify", "2",
+                 "--quiet"]) == 0
+    assert "bit-exact on 2 samples" in capsys.readouterr().out
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config["equalize"] is config["bias_absorption"] is config["bias_correction"] is True
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
+                 "lbfp8", "--equalize", "--out", str(tmp_path / "o")]) == 2
+    assert "--equalize applies to schemes 'int8', 'mixed' only" in capsys.readouterr().err
 
 
 def test_compile_lbfp_scheme(tmp_path, capsys, digits):
@@ -128,6 +145,9 @@ def test_flags_left_out_never_trip_the_scheme_check(tmp_path, capsys, scheme):
      "--rounding single applies to --requant mult_shift only"),
     ("QuantConfig.per_channel_weights=False applies", "--per-tensor-weights applies"),
     ("QuantConfig.symmetric_activations=True applies", "--symmetric-activations applies"),
+    ("QuantConfig.equalize=True applies", "--equalize applies"),
+    ("QuantConfig.bias_absorption=True applies", "--bias-absorption applies"),
+    ("QuantConfig.bias_correction=True applies", "--bias-correction applies"),
     ("drop it or use scheme='mixed'.", "drop it or use --scheme mixed."),
     ("kind='fp32' takes rounding=None", "kind='fp32' takes rounding=None"),  # not a flag
     ("but McuConfig.ram_bytes is 1,000", "but --ram-bytes is 1,000"),

@@ -28,6 +28,14 @@ def test_weight_width_and_rounding_show_in_the_label():
         "mixed w,a 4/8 75% cycles mult_shift/double minmax adaround"
 
 
+@pytest.mark.parametrize("field", ["equalize", "bias_absorption", "bias_correction"])
+def test_booster_switches_are_bools_and_show_in_the_label(field):
+    with pytest.raises(ValueError, match=f"QuantConfig.{field}=1; use True or False"):
+        QuantConfig(**{field: 1})
+    assert QuantConfig(equalize=True, bias_absorption=True, bias_correction=True).label == \
+        "int8 mult_shift/double minmax cle ba bc"
+
+
 def test_sqnr_samples_must_be_non_negative_int():
     with pytest.raises(ValueError, match="sqnr_samples"):
         QuantConfig(sqnr_samples=-1)
@@ -98,7 +106,8 @@ NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="
                    lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
                    sensitivity_samples=4, weight_rounding="adaround", weight_bits=4,
-                   keep_float=("conv2d_0",))
+                   keep_float=("conv2d_0",), equalize=True, bias_absorption=True,
+                   bias_correction=True)
 NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
                 if s not in schemes]
 APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]

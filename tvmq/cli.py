@@ -75,6 +75,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-float", type=_names, default=(), metavar="NAME,PATTERN",
                    help="layers to leave in float: report names or patterns, e.g. "
                    "conv2d_12,mean_*")
+    g.add_argument("--equalize", action="store_true",
+                   help="int8, mixed: cross-layer equalization (DFQ) before calibration")
+    g.add_argument("--bias-absorption", action="store_true",
+                   help="int8, mixed: DFQ bias absorption from ReLU layers into unpadded next "
+                   "layers, fit to the calibration samples")
+    g.add_argument("--bias-correction", action="store_true",
+                   help="int8, mixed: subtract each conv/matmul's mean weight-quantization "
+                   "error on the calibration samples from its bias")
 
 
 def _config(args) -> QuantConfig:
@@ -85,7 +93,8 @@ def _config(args) -> QuantConfig:
                        bits=args.bits, latency_budget=args.latency_budget,
                        weight_budget=args.weight_budget, bops_budget=args.bops_budget,
                        weight_rounding=args.weight_rounding, weight_bits=args.weight_bits,
-                       keep_float=args.keep_float)
+                       keep_float=args.keep_float, equalize=args.equalize,
+                       bias_absorption=args.bias_absorption, bias_correction=args.bias_correction)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -425,7 +434,9 @@ FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "l
                "keep_float")
 # Config values set by an on/off flag.
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
-                 "symmetric_activations=True": "--symmetric-activations"}
+                 "symmetric_activations=True": "--symmetric-activations",
+                 "equalize=True": "--equalize", "bias_absorption=True": "--bias-absorption",
+                 "bias_correction=True": "--bias-correction"}
 
 
 def cli_words(message: str) -> str:

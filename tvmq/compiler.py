@@ -20,6 +20,8 @@ import numpy as np
 import tvm
 from tqdm import tqdm
 
+from .boosters.bias_correction import correct_biases, nearest_weights
+from .boosters.equalize import absorb_biases, equalize, find_chains
 from .calibrate import HOLD_BACK_EVERY, Calibration, calibrate, iter_samples
 from .calibration.lbfp_observer import LBFPObserver
 from .compiled_model import CompiledModel
@@ -33,6 +35,7 @@ from .layers import (
     find_layers,
     tensor_names,
 )
+from .numerics import dequantize
 from .passes.annotate_quantizable import AnnotateQuantizable
 from .passes.insert_taps import InsertTaps
 from .passes.keep_float import KeepFloat
@@ -53,6 +56,7 @@ from .targets.target import LowerInfo, Target, get, options
 __all__ = ["CompiledModel", "Layer", "compile", "find_layers"]
 
 TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
+BOOSTER_SAMPLES = 64  # the first calibration samples bias absorption and bias correction fit to
 STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
 
 
@@ -147,12 +151,15 @@ class _Pipeline:
     def run(self, model, calib, input_shape, start: float) -> CompiledModel:
         self.stage("import")
         float_mod, inp, outputs = import_model(model, input_shape)
-        annotated, layers, float_ops = self.annotate(float_mod)
+        if self.config.bias_absorption or self.config.bias_correction:
+            calib = list(iter_samples(calib, inp))  # read twice: by a booster and calibration
+        annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
         rounding_samples: list[np.ndarray] = []
+        stream = calib  # a list when a booster reads it again (bias correction)
         if self.config.weight_rounding == "adaround":
-            rounding_samples, calib = self.observed_samples(calib, inp)
-        calibrated = self.calibrate(annotated, layers, calib, inp)
+            rounding_samples, stream = self.observed_samples(calib, inp)
+        calibrated = self.calibrate(annotated, layers, stream, inp)
         plan = None
         if self.config.is_mixed:
             self.stage("bits")
@@ -161,7 +168,10 @@ class _Pipeline:
         weights = None
         if rounding_samples:
             weights = self.adaround(annotated, layers, calibrated, inp, plan, rounding_samples)
-        realized = self.realize(annotated, layers, calibrated, inp, plan, weights)
+        biases = None
+        if self.config.bias_correction:
+            biases = self.bias_correction(annotated, layers, calib, plan, weights)
+        realized = self.realize(annotated, layers, calibrated, inp, plan, weights, biases)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
                          self.operand_bits(layers, plan))
@@ -188,9 +198,18 @@ class _Pipeline:
                              act_qparams=realized.act_qparams, layers=layers,
                              decoders=realized.decoders, encoders=realized.encoders, plan=plan)
 
-    def annotate(self, float_mod: tvm.IRModule):
-        """(annotated module, the layers the scheme quantizes, the ops left in float)."""
-        annotated = KeepFloat(self.config.keep_float)(AnnotateQuantizable()(float_mod))
+    def annotate(self, float_mod: tvm.IRModule, calib):
+        """(annotated module, the layers the scheme quantizes, the ops left in float); with
+        `equalize` / `bias_absorption`, its weights and biases equalized / absorbed
+        (tvmq.boosters.equalize; absorption fit to the first calibration samples); then the
+        ops to keep in float marked (passes/keep_float.py)."""
+        annotated = AnnotateQuantizable()(float_mod)
+        if self.config.equalize:
+            annotated, _ = equalize(annotated)
+        if self.config.bias_absorption:
+            annotated, _ = absorb_biases(annotated, find_chains(annotated),
+                                         calib[:BOOSTER_SAMPLES])
+        annotated = KeepFloat(self.config.keep_float)(annotated)
         layers, float_ops = find_layers(annotated)
         if not layers:
             raise CompileError("no op in this model can be quantized (no conv2d, matmul, add, "
@@ -267,11 +286,22 @@ class _Pipeline:
                               self.hw, progress=self.progress)
 
     def realize(self, annotated, layers, calibrated: Calibration, inp, plan,
-                weights=None) -> Realized:
+                weights=None, biases=None) -> Realized:
         if self.config.is_lbfp:
             return realize_lbfp(annotated, layers, calibrated.observers, self.config)
         return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan,
-                            calibrated.channel_ranges, weights)
+                            calibrated.channel_ranges, weights, biases)
+
+    def bias_correction(self, annotated, layers, calib, plan, weights):
+        """Corrected float biases {layer: b - e}, e the mean output error of the weights realize
+        will use: AdaRound's when it ran, else nearest rounding at each layer's width."""
+        if weights:
+            quantized = {n: dequantize(wq, qp).astype(np.float32)
+                         for n, (wq, qp) in weights.items()}
+        else:
+            quantized = nearest_weights(layers, self.config.per_channel_weights,
+                                        weight_bits_of(layers, self.config, plan))
+        return correct_biases(annotated, layers, calib[:BOOSTER_SAMPLES], quantized)
 
 
 def measure_sqnr(report: Report, layers, realized: Realized, calibrated: Calibration,

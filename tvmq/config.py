@@ -42,6 +42,9 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "weight_rounding": INTEGER_SCHEMES,
     "weight_bits": ("int8",),  # mixed chooses each layer's width (bits, layer_bits)
     "keep_float": SCHEMES,
+    "equalize": INTEGER_SCHEMES,  # boosters: they change the weights / biases realize quantizes
+    "bias_absorption": INTEGER_SCHEMES,
+    "bias_correction": INTEGER_SCHEMES,
 }
 
 
@@ -145,6 +148,18 @@ class QuantConfig:
         like NNCF's ignored scope. Besides these, ops other than conv2d/matmul whose inputs
         all come from float ops, or whose output only float ops read, always stay float (a
         rounding that buys no integer work; passes/keep_float.py); the report says why.
+    equalize : bool
+        int8, mixed: cross-layer equalization before calibration (DFQ, tvmq.boosters.equalize):
+        conv/matmul pairs joined by ReLU or nothing get per-channel weight ranges equalized; the
+        float model is unchanged.
+    bias_absorption : bool
+        int8, mixed: DFQ's bias absorption (after equalization when both are on): a ReLU layer
+        feeding an unpadded conv/matmul moves the part of its output that is positive on every
+        calibration sample into the next layer's bias (the float model is unchanged on the
+        calibration samples, not beyond them).
+    bias_correction : bool
+        int8, mixed: subtract from each conv/matmul bias the mean output error its quantized
+        weights cause on the calibration samples (tvmq.boosters.bias_correction).
 
     Notes
     -----
@@ -179,6 +194,9 @@ class QuantConfig:
     weight_rounding: str = "nearest"
     weight_bits: int = 8
     keep_float: tuple[str, ...] = ()
+    equalize: bool = False
+    bias_absorption: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -205,6 +223,10 @@ class QuantConfig:
                 field = str(err).split("=")[0].removeprefix("LBFPFormat.")
                 raise ValueError(str(err).replace(f"LBFPFormat.{field}",
                                                   f"QuantConfig.lbfp_{field}")) from None
+        for field in ("equalize", "bias_absorption", "bias_correction"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"QuantConfig.{field}={getattr(self, field)!r}; use True or "
+                                 "False.")
         if not isinstance(self.sqnr_samples, int) or self.sqnr_samples < 0:
             raise ValueError(
                 f"QuantConfig.sqnr_samples={self.sqnr_samples!r}; use an integer >= 0.")
@@ -287,9 +309,9 @@ class QuantConfig:
     @property
     def label(self) -> str:
         """Short name from the fields that apply to the scheme: scheme, LBFP format, mixed
-        search, weight width, requant, observer, learned rounding; e.g. 'int8 mult_shift/double
-        minmax', 'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax',
-        'int8 w4 mult_shift/double minmax adaround'."""
+        search, weight width, requant, observer, learned rounding, boosters; e.g. 'int8
+        mult_shift/double minmax', 'lbfp8 f3 b16 kl', 'mixed w,a 4/8 75% cycles fp32 minmax',
+        'int8 w4 mult_shift/double minmax adaround', 'int8 fp32 minmax cle ba bc'."""
         words = [self.scheme]
         if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
@@ -306,6 +328,8 @@ class QuantConfig:
         words.append(self.observer)
         if applies("weight_rounding", self.scheme) and self.weight_rounding != "nearest":
             words.append(self.weight_rounding)
+        words += [word for word, on in (("cle", self.equalize), ("ba", self.bias_absorption),
+                                        ("bc", self.bias_correction)) if on]
         return " ".join(words)
 
     def to_dict(self) -> dict:

@@ -96,17 +96,19 @@ def weight_bits_of(layers: list[Layer], config: QuantConfig, plan=None) -> dict[
 
 
 def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig, inp,
-                 plan=None, channel_ranges=None, weights=None) -> Realized:
+                 plan=None, channel_ranges=None, weights=None,
+                 biases: dict[str, np.ndarray] | None = None) -> Realized:
     """The integer module of scheme int8 (or mixed: `plan` gives each tensor's and weight's
     width; default 8). `channel_ranges`: per-channel ranges for depthwise convs
     (int8_qparams); `weights`: {layer name: (integer weights, QParams)} used instead of
-    nearest rounding (RealizeQuantization)."""
+    nearest rounding; `biases`: float32 biases by layer name replacing the composites' (bias
+    correction, tvmq.boosters.bias_correction) (RealizeQuantization)."""
     qparams, channel_qparams = int8_qparams(annotated, observers, config, inp, plan,
                                             channel_ranges)
     weight_bits = weight_bits_of(layers, config, plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
                                   config.per_channel_weights, weight_bits, weights,
-                                  channel_qparams)
+                                  channel_qparams, biases)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     encoders = {name: functools.partial(_quantize, qp) for name, qp in out_qparams.items()}
