@@ -273,8 +273,9 @@ class _Realizer(relax.PyExprMutator):
             return
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
-        inputs = [self._int_input_channels(arg) if kind == "conv2d" and arg.name in
-                  self.channel_qparams else self._int_input(arg) for arg in binding.value.args]
+        depthwise = kind == "conv2d" and const_value(comp.root.args[1]).shape[1] == 1
+        inputs = [self._int_input_channels(arg) if depthwise and arg.name in self.channel_qparams
+                  else self._int_input(arg) for arg in binding.value.args]
         out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's
         result = self._HANDLERS[kind](self, comp, inputs, out_qp)
         y, qp = result if isinstance(result, tuple) else (result, out_qp)

@@ -83,3 +83,23 @@ def test_a_conv_only_depthwise_reads_writes_per_channel(conv_then_depthwise, tar
     if target == "accel":
         assert cm.report().accel["host_layers"] == {}
     assert debug(cm, _samples(3, 1), n=3).layers[1].isolated_db > 30
+
+
+def test_a_regular_conv_reading_the_same_tensor_stays_per_tensor():
+    """silu feeds a depthwise conv and a 1x1 conv with fewer output channels: only the
+    depthwise one may fold per-channel input scales into its requant."""
+    w1 = RNG.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"]),
+             helper.make_node("Sigmoid", ["c1"], ["s"]),
+             helper.make_node("Mul", ["c1", "s"], ["silu"]),
+             helper.make_node("Conv", ["silu", "w2"], ["dw"], group=C, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["silu", "w3"], ["pw"]),
+             helper.make_node("Concat", ["dw", "pw"], ["output"], axis=1)]
+    inits = {"w1": w1, "w2": _depthwise_weight(),
+             "w3": RNG.normal(size=(2, C, 1, 1)).astype(np.float32)}
+    model = make_onnx(nodes, inits, (1, 3, H, H), (1, C + 2, H, H))
+    cm = tvmq.compile(model, calib=_samples(16, 0), progress=False)
+    assert cm.verify(_samples(2, 1), n=2).ok
+    rows = {r.name: r for r in debug(cm, _samples(3, 1), n=3).layers}
+    dw, pw = [layer.name for layer in cm.layers if layer.kind == "conv2d"][1:3]
+    assert rows[dw].isolated_db > 30 and rows[pw].isolated_db > 25
