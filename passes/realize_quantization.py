@@ -273,7 +273,8 @@ class _Realizer(relax.PyExprMutator):
             return
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
-        depthwise = kind == "conv2d" and const_value(comp.root.args[1]).shape[1] == 1
+        depthwise = (kind == "conv2d" and int(comp.root.attrs.groups) > 1
+                     and const_value(comp.root.args[1]).shape[1] == 1)
         inputs = [self._int_input_channels(arg) if depthwise and arg.name in self.channel_qparams
                   else self._int_input(arg) for arg in binding.value.args]
         out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's

@@ -16,13 +16,14 @@ from .passes.annotate_quantizable import Composite, composite_kind, kept_float
 @dataclass(frozen=True)
 class Layer:
     """One quantized op of the annotated graph: binding name, kind, input names, output shape,
-    and the float weight of a conv2d/matmul."""
+    the float weight of a conv2d/matmul and a conv2d's groups."""
 
     name: str
     kind: str
     inputs: tuple[str, ...]
     shape: tuple[int, ...]
     weight: np.ndarray | None
+    groups: int = 1
 
 
 def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
@@ -40,13 +41,14 @@ def find_layers(annotated: tvm.IRModule) -> tuple[list[Layer], list[str]]:
                 elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
                     float_ops.append(f"{name} ({value.op.name.removeprefix('relax.')})")
                 continue
-            weight = None
+            weight, groups = None, 1
             if kind in ("conv2d", "matmul"):
                 func = annotated[value.op]
                 first = func.body.blocks[0].bindings[0].value
                 weight = first.args[1].value.numpy()
+                groups = int(first.attrs.groups) if kind == "conv2d" else 1
             layers.append(Layer(name, kind, tuple(a.name for a in value.args),
-                                tuple(int(d) for d in binding.var.ty.shape), weight))
+                                tuple(int(d) for d in binding.var.ty.shape), weight, groups))
     return layers, float_ops
 
 
@@ -61,8 +63,9 @@ def tensor_names(layers: list[Layer]) -> list[str]:
 
 
 def is_depthwise(layer: Layer) -> bool:
-    """A conv2d with one input channel per group."""
-    return layer.kind == "conv2d" and layer.weight.shape[1] == 1
+    """A conv2d with one input channel per group, and more than one group (a conv of a
+    one-channel input is an ordinary conv)."""
+    return layer.kind == "conv2d" and layer.groups > 1 and layer.weight.shape[1] == 1
 
 
 def depthwise_float_inputs(layers: list[Layer]) -> list[str]:

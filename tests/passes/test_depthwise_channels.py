@@ -103,3 +103,11 @@ def test_a_regular_conv_reading_the_same_tensor_stays_per_tensor():
     rows = {r.name: r for r in debug(cm, _samples(3, 1), n=3).layers}
     dw, pw = [layer.name for layer in cm.layers if layer.kind == "conv2d"][1:3]
     assert rows[dw].isolated_db > 30 and rows[pw].isolated_db > 25
+
+
+def test_a_conv_of_a_one_channel_input_is_not_depthwise(compile_digits):
+    """digits' first conv has one input channel (weight (16, 1, 3, 3)) and one group: its
+    input stays per tensor, asymmetric."""
+    cm = compile_digits()
+    assert "input_qc" not in cm.quant_mod.script()
+    assert cm.act_qparams["input"].axis is None and int(cm.act_qparams["input"].zero_point) != 0

@@ -22,6 +22,11 @@ correctly rounded ratio):
     relu / clip      clip(x, q(lo), q(hi)), qparams of x
     max_pool2d, reshape, transpose: the op on the codes, qparams of x (monotone / a permutation)
 
+A per-channel activation (QParams with axis 1; tvmq gives them to depthwise convs' inputs):
+channel c has its own scale s[c] and zero point z[c], so a conv writing it requantizes channel
+c by sx*sw[c]/sy[c], and a depthwise conv reading it (output channel o reads input channel
+o // multiplier) subtracts z[c] and uses sx[c].
+
 `requant` is `tvmq.numerics.Requant.from_scale(real, requant, rounding)`; a layer whose
 qparams are not its own (relu, max_pool2d, reshape, transpose) carries its input's qparams
 forward. The model input is `quantize(x, act_qparams[input])`, each output is dequantized
@@ -318,10 +323,20 @@ class IntReference:
 
     # -- one method per kind: (layer, [(codes, qparams), ...], output qparams) -> (codes, qp)
     def _requantize(self, acc, real, qp: QParams, lo=-math.inf, hi=math.inf, axis=None):
-        qmin, qmax = _activation_clamp(qp, lo, hi)
         real = np.asarray(real, np.float64)
-        return requantize(acc, self._rq(real), zero_point=int(qp.zero_point), qmin=qmin,
-                          qmax=qmax, axis=axis if real.ndim else None), qp
+        if qp.axis is None:
+            qmin, qmax = _activation_clamp(qp, lo, hi)
+            return requantize(acc, self._rq(real), zero_point=int(qp.zero_point), qmin=qmin,
+                              qmax=qmax, axis=axis if real.ndim else None), qp
+        # per channel: each channel's codes at its own zero point, clamp in its own codes
+        y = np.empty(acc.shape, np.int64)
+        for c in range(acc.shape[qp.axis]):
+            one = QParams(qp.scale[c], qp.zero_point[c], qp.qmin, qp.qmax)
+            cmin, cmax = _activation_clamp(one, lo, hi)
+            index = (slice(None),) * qp.axis + (c,)
+            y[index] = requantize(acc[index], self._rq(real[c]), zero_point=int(one.zero_point),
+                                  qmin=cmin, qmax=cmax)
+        return y, qp
 
     def _conv2d(self, layer, args, qp):
         return self._linear(layer, args, qp)
@@ -334,18 +349,23 @@ class IntReference:
         is_conv = layer.kind == "conv2d"
         axis = 0 if is_conv else 1  # output channels of the OIHW / (K, N) weight
         wq, wqp = quantize_weight(layer.weight, axis=axis, per_channel=self.per_channel)
-        xc = x - int(xqp.zero_point)
+        if xqp.axis is None:
+            xc = x - int(xqp.zero_point)
+        else:  # per-channel input (depthwise): channel c at its own zero point
+            xc = x - xqp.zero_point.astype(np.int64).reshape(1, -1, 1, 1)
         if is_conv:
             acc = conv2d_int(xc, wq, layer.attrs)
         else:
             acc = np.matmul(xc, wq.astype(np.int64))
         out_axis = 1 if is_conv else acc.ndim - 1
         sx, sw = np.float64(xqp.scale), wqp.scale.astype(np.float64)
+        if xqp.axis is not None:  # output channel o reads input channel o // multiplier
+            sx = np.repeat(xqp.scale.astype(np.float64), wq.shape[0] // xqp.scale.size)
         if layer.bias is not None:
             bq = quantize_bias(layer.bias.reshape(-1), sx, sw).astype(np.int64)
             acc = acc + bq.reshape([-1 if i == out_axis else 1 for i in range(acc.ndim)])
-        return self._requantize(acc, sx * sw / np.float64(qp.scale), qp, layer.lo, layer.hi,
-                                out_axis)
+        return self._requantize(acc, sx * sw / qp.scale.astype(np.float64), qp, layer.lo,
+                                layer.hi, out_axis)
 
     def _add(self, layer, args, qp):
         (a, aqp), (b, bqp) = args

@@ -61,6 +61,18 @@ def _squeeze_excite_model(c, hw):
     return make_onnx(nodes, init, [1, c, *hw], [1, c, *hw], opset=17)
 
 
+def _pool_model(c, hw):
+    """conv -> ReLU -> global average pool -> 1x1 conv: the pool reads and feeds integer
+    layers, so it is an integer sum over the map (after a float op it would stay float)."""
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["output"])]
+    init = {"w": RNG.normal(size=(c, c, 3, 3)), "b": RNG.normal(size=c),
+            "w1": RNG.normal(size=(c, c, 1, 1)), "b1": RNG.normal(size=c)}
+    return make_onnx(nodes, init, [1, c, *hw], [1, c, 1, 1], opset=17)
+
+
 def _matmul_model(k, n):
     init = {"w": RNG.normal(size=(k, n)), "b": RNG.normal(size=n)}
     return make_onnx([helper.make_node("Gemm", ["input", "w", "b"], ["output"])], init, [1, k],
@@ -89,6 +101,7 @@ MODELS = {
     "conv3x3_hard_swish": (lambda: _conv_hard_swish_model(4, 6, (5, 16)), (4, 5, 16)),
     # the excite scale (a 1x1 conv on pooled channels) broadcast into a 4x16 map
     "squeeze_excite": (lambda: _squeeze_excite_model(8, (4, 16)), (8, 4, 16)),
+    "pool": (lambda: _pool_model(8, (4, 16)), (8, 4, 16)),
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
     # 37 columns (prime): padded to 48 before fusion (pad_columns.py), then sliced
     "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
@@ -221,9 +234,9 @@ def test_squeeze_excite_scale_is_computed_once_and_the_broadcast_vectorized():
 
 
 def test_pooling_sum_is_parallel_over_channels_and_exact():
-    """The squeeze-excite pool (a table lookup summed over the map): every candidate equals
-    TVM's loops; with threads, the channel loop is the parallel one."""
-    _, cm, _ = _compiled("squeeze_excite")
+    """An integer global pool (a sum over the map): every candidate equals TVM's loops; with
+    threads, the channel loop is the parallel one."""
+    _, cm, _ = _compiled("pool")
     target = host_build.host_target()
     (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "pooling"]
     assert task.info.out_shape == (1, 8, 1, 1)
