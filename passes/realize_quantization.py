@@ -115,11 +115,10 @@ class _Realizer(relax.PyExprMutator):
             self.q[name] = (x, qp)
         return self.q[name]
 
-    def _int_input_channels(self, arg: relax.Var) -> tuple[relax.Expr, QParams]:
+    def _int_input_channels(self, arg: relax.Var, qp: QParams) -> tuple[relax.Expr, QParams]:
         """A float tensor quantized per channel (axis 1, zero point 0) for a depthwise conv."""
         key = (arg.name, "channels")
         if key not in self.q:
-            qp = self.channel_qparams[arg.name]
             x = relax.op.quantize(self.visit_expr(arg), relax.const(qp.scale),
                                   relax.const(qp.zero_point), axis=1, out_dtype=qp.dtype)
             if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):
@@ -273,10 +272,10 @@ class _Realizer(relax.PyExprMutator):
             return
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
-        depthwise = (kind == "conv2d" and int(comp.root.attrs.groups) > 1
-                     and const_value(comp.root.args[1]).shape[1] == 1)
-        inputs = [self._int_input_channels(arg) if depthwise and arg.name in self.channel_qparams
-                  else self._int_input(arg) for arg in binding.value.args]
+        if name in self.channel_qparams:
+            inputs = [self._int_input_channels(binding.value.args[0], self.channel_qparams[name])]
+        else:
+            inputs = [self._int_input(arg) for arg in binding.value.args]
         out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's
         result = self._HANDLERS[kind](self, comp, inputs, out_qp)
         y, qp = result if isinstance(result, tuple) else (result, out_qp)
@@ -307,9 +306,10 @@ class RealizeQuantization:
         zero point 0, the layer's weight width), used instead of `quantize_weight`'s (e.g.
         learned rounding, tvmq.boosters.adaround); the bias is quantized at their scale.
     channel_qparams : dict[str, QParams], optional
-        Per-channel (axis 1, zero point 0) qparams of float tensors that depthwise convs read:
-        such a conv quantizes its input per channel (`<name>_qc`), each channel's scale folded
-        into its output channel's requant, so it costs no integer op. (A conv2d whose output
+        By depthwise conv2d layer name: the per-channel (axis 1, zero point 0) qparams of the
+        float tensor it reads; it quantizes that input per channel (`<tensor>_qc`), each
+        channel's scale folded into its output channel's requant, so it costs no integer op.
+        Only a depthwise conv may be named (tvmq.realize decides which). (A conv2d whose output
         only depthwise convs read may be given per-channel qparams in `act_qparams`: its
         requant writes each channel at its own scale.)
     biases : dict[str, np.ndarray], optional

@@ -67,10 +67,19 @@ def int8_qparams(annotated, observers, config: QuantConfig, inp, plan=None,
     qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
     channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
                        for n, lo_hi in (channel_ranges or {}).items()}
+    layer_outputs = _layer_outputs(annotated)
     for name in list(channel_qparams):  # a conv whose output only depthwise convs read
-        if name in qparams and _is_layer_output(annotated, name):
+        if name in layer_outputs:
             qparams[name] = channel_qparams.pop(name)
     return qparams, channel_qparams
+
+
+def depthwise_input_qparams(layers: list[Layer], channel_qparams) -> dict[str, QParams]:
+    """{depthwise conv layer name: the per-channel QParams of the float tensor it reads}, from
+    int8_qparams' {tensor: QParams}; only a depthwise conv can fold per-channel input scales
+    into its requant (a regular conv sums over input channels)."""
+    return {layer.name: channel_qparams[layer.inputs[0]] for layer in layers
+            if is_depthwise(layer) and layer.inputs[0] in channel_qparams}
 
 
 def input_qparams(layers: list[Layer], act_qparams, channel_qparams=None) -> dict[str, QParams]:
@@ -78,9 +87,8 @@ def input_qparams(layers: list[Layer], act_qparams, channel_qparams=None) -> dic
     max_pool2d, reshape, permute_dims pass their input's on; a depthwise conv reading a float
     tensor quantizes it per channel)."""
     out_qparams = _output_qparams(layers, act_qparams)
-    channel_qparams = channel_qparams or {}
-    return {layer.name: channel_qparams[layer.inputs[0]]
-            if is_depthwise(layer) and layer.inputs[0] in channel_qparams
+    per_channel = depthwise_input_qparams(layers, channel_qparams or {})
+    return {layer.name: per_channel[layer.name] if layer.name in per_channel
             else out_qparams.get(layer.inputs[0], act_qparams[layer.inputs[0]])
             for layer in layers}
 
@@ -108,7 +116,7 @@ def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig,
     weight_bits = weight_bits_of(layers, config, plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
                                   config.per_channel_weights, weight_bits, weights,
-                                  channel_qparams, biases)
+                                  depthwise_input_qparams(layers, channel_qparams), biases)
     out_qparams = _output_qparams(layers, qparams)
     decoders = {name: functools.partial(_dequantize, qp) for name, qp in out_qparams.items()}
     encoders = {name: functools.partial(_quantize, qp) for name, qp in out_qparams.items()}
@@ -181,10 +189,10 @@ def _lbfp_encoder(exponents, shape, fmt):
     return encode
 
 
-def _is_layer_output(annotated: tvm.IRModule, name: str) -> bool:
-    """Whether main's binding `name` is a quantized layer (a `tvmq.*` composite call)."""
-    return any(b.var.name == name and composite_kind(annotated, b.value) is not None
-               for block in annotated["main"].body.blocks for b in block.bindings)
+def _layer_outputs(annotated: tvm.IRModule) -> set[str]:
+    """Names of main's bindings that are quantized layers (`tvmq.*` composite calls)."""
+    return {b.var.name for block in annotated["main"].body.blocks for b in block.bindings
+            if composite_kind(annotated, b.value) is not None}
 
 
 def _output_names(mod: tvm.IRModule) -> set[str]:
