@@ -35,3 +35,8 @@ def run_stacked(run_one: Callable, x, shape: tuple[int, ...]):
     if isinstance(outs[0], tuple):
         return tuple(np.concatenate(out) for out in zip(*outs))
     return np.concatenate(outs)
+
+
+def output_fields(value) -> tuple[np.ndarray, ...]:
+    """A model's outputs as a tuple: `run` gives an array for one output, a tuple for several."""
+    return value if isinstance(value, tuple) else (value,)

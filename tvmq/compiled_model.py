@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batch import check_input, run_stacked
+from .batch import check_input, output_fields, run_stacked
 from .oracle import Oracle
 from .output_folder import write_folder
 from .report import Report
@@ -104,7 +104,7 @@ class CompiledModel:
         x = check_input(x, self.input.shape)
         samples = [x] if x.shape == self.input.shape else [s[None] for s in x[:n]]
         oracle = self.oracle()
-        pairs = [(_outputs(self.run(s)), _outputs(oracle.run(s))) for s in samples]
+        pairs = [(output_fields(self.run(s)), output_fields(oracle.run(s))) for s in samples]
         return Verification(tuple(
             OutputCheck.of(out.name, [(got[i], want[i]) for got, want in pairs])
             for i, out in enumerate(self.outputs)))
@@ -150,10 +150,6 @@ class CompiledModel:
                 "input": {"name": self.input.name, "shape": list(self.input.shape)},
                 "outputs": [{"name": o.name, "shape": list(o.shape)} for o in self.outputs]}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
-
-
-def _outputs(value) -> tuple[np.ndarray, ...]:
-    return value if isinstance(value, tuple) else (value,)
 
 
 @dataclass(frozen=True)

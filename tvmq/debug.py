@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .batch import check_input
+from .batch import check_input, output_fields
+from .boosters.activations import float_run
+from .compiler import TAPS_FUNCTION
 from .layers import tensor_names
-from .passes.insert_taps import InsertTaps
 from .report import sqnr_db
-from .targets.host import build
 
-TAPS_FUNCTION = "main_taps"  # the host build's main plus every layer's integer output
 TOP = 20  # rows the table shows by default
 OUTLIER_PERCENTILE = 99.9
 
@@ -125,14 +124,7 @@ def debug(cm, x: np.ndarray, n: int = 4) -> DebugReport:
     samples = [x] if x.shape == cm.input.shape else [s[None] for s in x[:n]]
     layers = cm.layers
     names = tensor_names(list(layers))
-    float_host = build(InsertTaps(names)(cm.float_mod))
-    ref: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    float_outputs = []
-    for s in samples:
-        out, *taps = float_host.run(s)
-        float_outputs.append(_fields(out))
-        for name, value in zip(names, taps):
-            ref[name].append(value)
+    float_outputs, ref = float_run(cm.float_mod, names, samples)
     compiled = [cm.host.run(s, TAPS_FUNCTION) for s in samples]
     oracle = cm.oracle()
     isolated: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
@@ -149,7 +141,7 @@ def debug(cm, x: np.ndarray, n: int = 4) -> DebugReport:
         cumulative = np.stack([cm.decoders[layer.name](out[1 + i]) for out in compiled])
         rows.append(_row(i, layer, values, np.stack(isolated[layer.name]), cumulative,
                          _range(cm, layer)))
-    got = [_fields(out[0]) for out in compiled]
+    got = [output_fields(out[0]) for out in compiled]
     outputs_db = {o.name: sqnr_db(np.stack([r[k] for r in float_outputs]),
                                   np.stack([g[k] for g in got]))
                   for k, o in enumerate(cm.outputs)}
@@ -181,10 +173,6 @@ def _row(index, layer, values, isolated, cumulative, rng) -> LayerError:
                       sqnr_db(values, cumulative), None if rng is None else rng[0],
                       None if rng is None else rng[1], float(values.min()), float(values.max()),
                       clipped, outliers)
-
-
-def _fields(value) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
 
 
 def _finite(db: float) -> float:

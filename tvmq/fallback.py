@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .batch import run_stacked
+from .batch import output_fields, run_stacked
 from .calibrate import HOLD_BACK_EVERY, iter_samples
 from .targets.host import build
 
@@ -76,10 +76,14 @@ def compile_within(compile_with: Callable, max_drop: float, eval_fn, calib, prog
     start = time.perf_counter()
     cm = compile_with(())
     samples = _held_back(calib, cm.input)
-    measure, name = (_fidelity_metric(cm, samples) if eval_fn is None
-                     else (eval_fn, getattr(eval_fn, "__name__", "eval_fn")))
     float_host = build(cm.float_mod)
-    float_value = float(measure(lambda x: run_stacked(float_host.run, x, cm.input.shape)))
+
+    def float_model(x):
+        return run_stacked(float_host.run, x, cm.input.shape)
+
+    measure, name = (_fidelity_metric(float_model, samples) if eval_fn is None
+                     else (eval_fn, getattr(eval_fn, "__name__", "eval_fn")))
+    float_value = float(measure(float_model))
     first = float(measure(cm.run))
     result = Fallback(name, float(max_drop), float_value, first, first,
                       steps=[{"float_layers": 0, "metric": first,
@@ -134,17 +138,13 @@ def _held_back(calib, inp) -> np.ndarray:
     return np.concatenate(held or samples[:DEFAULT_SAMPLES])
 
 
-def _fidelity_metric(cm, samples: np.ndarray):
-    float_host = build(cm.float_mod)
-    reference = [_fields(run_stacked(float_host.run, samples, cm.input.shape))]
+def _fidelity_metric(float_model, samples: np.ndarray):
+    """`fidelity` of a model's outputs on `samples` to the float model's."""
+    reference = output_fields(float_model(samples))
 
     def measure(run) -> float:
-        return fidelity(reference[0], _fields(run(samples)))
+        return fidelity(reference, output_fields(run(samples)))
     return measure, "output fidelity % (held-back calibration samples)"
-
-
-def _fields(value) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
 
 
 def _costs(result: Fallback, plain) -> None:
