@@ -35,6 +35,19 @@ EPILOG = """examples:
 """
 
 
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
+                   help="static input shape for models with symbolic dimensions (default: the "
+                   "model's own)")
+
+
+def _add_model_and_calib(p: argparse.ArgumentParser) -> None:
+    """MODEL and --calib of the commands that compile as `tvmq compile` does."""
+    p.add_argument("model", help="float ONNX model file")
+    p.add_argument("--calib", required=True, metavar="DATA.npz",
+                   help="calibration inputs, as for tvmq compile")
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     """The QuantConfig flags, with QuantConfig's own defaults: a flag left out never trips its
     check that fields fit the scheme (e.g. --latency-budget is for --scheme mixed only)."""
@@ -178,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, metavar="DATA.npz",
                    help="calibration inputs: .npz with array 'calib', 'x_calib' or 'x' "
                    "(N, *input_shape[1:]) float32")
-    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions (default: the "
-                   "model's own)")
+    _add_input_shape(p)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: new or empty; an earlier tvmq export there is replaced "
                    "only with --force; a folder holding other files is refused")
@@ -199,12 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and store the fastest in the tuning cache ($TVMQ_CACHE_DIR or "
                    "~/.cache/tvmq). Prints the per-kernel table and the model latency "
                    "before and after.")
-    p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--calib", required=True, metavar="DATA.npz",
-                   help="calibration inputs, as for tvmq compile")
-    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions (default: the "
-                   "model's own)")
+    _add_model_and_calib(p)
+    _add_input_shape(p)
     p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
                    help="tuning time after the first timing pass (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -221,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "layer's SQNR against float with the whole model quantized (cumulative) and "
                    "with only that layer quantized (isolated), its range against the values it "
                    "saw (clipped share, outliers), and print the layers worst first.")
-    p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--calib", required=True, metavar="DATA.npz",
-                   help="calibration inputs, as for tvmq compile")
+    _add_model_and_calib(p)
     p.add_argument("--eval", metavar="DATA.npz", help="inputs to measure on: array 'x' "
                    "(default: the first calibration samples)")
     p.add_argument("-n", "--samples", type=int, default=4, metavar="N",
@@ -231,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, metavar="K",
                    help="rows to print, worst first (default 20)")
     p.add_argument("--json", metavar="PATH", help="also write every layer's figures as JSON")
-    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions (default: the "
-                   "model's own)")
+    _add_input_shape(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
@@ -249,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DATA.npz", help="calibration inputs (required with MODEL)")
     p.add_argument("--eval", metavar="DATA.npz", help="evaluation data: 'x' (N, ...) and "
                    "optionally labels 'y' (else: agreement with FP32); required with MODEL")
-    p.add_argument("--input-shape", type=_shape, metavar="1,C,H,W",
-                   help="static input shape for models with symbolic dimensions (default: the "
-                   "model's own)")
+    _add_input_shape(p)
     p.add_argument("--t-oc", type=_ints, default=(4, 8, 16, 32, 64), metavar="4,8,...",
                    help="output-channel tile widths (default 4,8,16,32,64)")
     p.add_argument("--t-ic", type=int, default=8, help="input lanes of the PE array (default 8)")
