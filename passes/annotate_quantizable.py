@@ -192,3 +192,10 @@ class Composite:
         if clip is not None:
             return float(clip.args[1].value), float(clip.args[2].value)
         return -math.inf, math.inf
+
+
+def composites(mod: tvm.IRModule) -> dict[str, Composite]:
+    """Binding name -> Composite of every `tvmq.*` composite call in `main` (not the ones
+    KeepFloat left in float)."""
+    return {b.var.name: Composite(mod[b.value.op]) for block in mod["main"].body.blocks
+            for b in block.bindings if composite_kind(mod, b.value) is not None}

@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from .ir import returned_fields
-from .passes.annotate_quantizable import Composite, composite_kind, kept_float
+from .passes.annotate_quantizable import composite_kind, composites, kept_float
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,8 @@ def depthwise_only_outputs(annotated: tvm.IRModule, layers: list[Layer]) -> list
     for layer in layers:
         for name in layer.inputs:
             readers.setdefault(name, []).append(layer)
-    calls = {b.var.name: b.value for block in annotated["main"].body.blocks
-             for b in block.bindings}
+    comps = composites(annotated)
     return [layer.name for layer in layers
             if layer.kind == "conv2d" and layer.name not in outputs
             and readers.get(layer.name) and all(is_depthwise(r) for r in readers[layer.name])
-            and Composite(annotated[calls[layer.name].op]).activation()[1] == math.inf]
+            and comps[layer.name].activation()[1] == math.inf]

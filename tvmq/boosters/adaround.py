@@ -38,7 +38,7 @@ from ..layers import Layer
 from ..numerics import QParams, dequantize, quantize
 from ..numerics.weights import quantize_weight
 from ..numerics.windows import pad_nchw, windows
-from ..passes.annotate_quantizable import Composite
+from ..passes.annotate_quantizable import composites
 from .activations import float_values
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (the paper's values)
@@ -141,7 +141,7 @@ def adaround(annotated: tvm.IRModule, layers: Sequence[Layer],
     macs = [layer for layer in layers if layer.weight is not None]
     inputs = list(dict.fromkeys(layer.inputs[0] for layer in macs))
     values = float_values(annotated, inputs, list(samples)[:SAMPLES])
-    composites = _composites(annotated)
+    by_name = composites(annotated)
     rng = np.random.default_rng(seed)
     learned = {}
     for layer in tqdm(macs, desc="adaround", unit="layer", leave=False, disable=not progress):
@@ -153,17 +153,11 @@ def adaround(annotated: tvm.IRModule, layers: Sequence[Layer],
         qp = input_qparams[layer.name]
         x_q = dequantize(quantize(x, qp), qp)
         if is_conv:
-            learned[layer.name] = (_conv(layer, composites[layer.name].root, x, x_q, wqp, rng),
+            learned[layer.name] = (_conv(layer, by_name[layer.name].root, x, x_q, wqp, rng),
                                    wqp)
         else:
             learned[layer.name] = (_matmul(layer, x, x_q, wqp, rng), wqp)
     return learned
-
-
-def _composites(annotated: tvm.IRModule) -> dict[str, Composite]:
-    return {b.var.name: Composite(annotated[b.value.op])
-            for block in annotated["main"].body.blocks for b in block.bindings
-            if isinstance(b.value, tvm.relax.Call) and isinstance(b.value.op, tvm.ir.GlobalVar)}
 
 
 def _rows(count: int, rng: np.random.Generator) -> np.ndarray:

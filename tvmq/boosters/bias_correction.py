@@ -33,7 +33,7 @@ import tvm
 from ..layers import Layer
 from ..numerics import dequantize
 from ..numerics.weights import quantize_weight
-from ..passes.annotate_quantizable import Composite, composite_kind
+from ..passes.annotate_quantizable import composites
 from .activations import float_values
 
 LINEAR_KINDS = ("conv2d", "matmul")
@@ -59,12 +59,12 @@ def bias_corrections(annotated: tvm.IRModule, layers: list[Layer],
                      quantized_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{layer: float32 bias b - e} (module doc) for every layer in `quantized_weights`, with
     `float_inputs[layer.inputs[0]]` the layer's float input on each sample."""
-    composites = _composites(annotated)
+    by_name = composites(annotated)
     out = {}
     for layer in layers:
         if layer.name not in quantized_weights:
             continue
-        comp = composites[layer.name]
+        comp = by_name[layer.name]
         delta = quantized_weights[layer.name].astype(np.float64) - layer.weight
         xs = float_inputs[layer.inputs[0]]
         if layer.kind == "conv2d":
@@ -109,11 +109,3 @@ def _conv_error(xs: list[np.ndarray], delta: np.ndarray, attrs) -> np.ndarray:
     return np.einsum("gockl,gckl->go", d, m).reshape(-1)
 
 
-def _composites(annotated: tvm.IRModule) -> dict[str, Composite]:
-    """Binding name -> Composite of every conv2d/matmul composite call in `main`."""
-    out = {}
-    for block in annotated["main"].body.blocks:
-        for b in block.bindings:
-            if composite_kind(annotated, b.value) in LINEAR_KINDS:
-                out[b.var.name] = Composite(annotated[b.value.op])
-    return out
