@@ -102,28 +102,21 @@ class _Realizer(relax.PyExprMutator):
             raise ValueError(f"RealizeQuantization: no calibrated qparams for tensor {name!r}")
         return self.act_qparams[name]
 
-    def _int_input(self, arg: relax.Var) -> tuple[relax.Expr, QParams]:
-        """The int8 version of an original float tensor, quantizing it on first use."""
-        name = arg.name
-        if name not in self.q:
-            qp = self._qparams(name)
+    def _int_input(self, arg: relax.Var, channel_qp: QParams | None = None
+                   ) -> tuple[relax.Expr, QParams]:
+        """The integer version of an original float tensor, quantized on first use: `<name>_q`
+        with its own qparams, or `<name>_qc` per channel (axis 1) with `channel_qp` for a
+        depthwise conv."""
+        key = arg.name if channel_qp is None else (arg.name, "channels")
+        if key not in self.q:
+            qp = self._qparams(arg.name) if channel_qp is None else channel_qp
+            axis = -1 if qp.axis is None else qp.axis
             x = relax.op.quantize(self.visit_expr(arg), relax.const(qp.scale),
-                                  relax.const(qp.zero_point), axis=-1, out_dtype=qp.dtype)
+                                  relax.const(qp.zero_point), axis=axis, out_dtype=qp.dtype)
             if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):  # int4/int2 in an int8 container
                 x = relax.op.clip(self.builder_.emit(x), qp.qmin, qp.qmax)
-            x = self.builder_.emit(x, f"{name}_q")
-            self.q[name] = (x, qp)
-        return self.q[name]
-
-    def _int_input_channels(self, arg: relax.Var, qp: QParams) -> tuple[relax.Expr, QParams]:
-        """A float tensor quantized per channel (axis 1, zero point 0) for a depthwise conv."""
-        key = (arg.name, "channels")
-        if key not in self.q:
-            x = relax.op.quantize(self.visit_expr(arg), relax.const(qp.scale),
-                                  relax.const(qp.zero_point), axis=1, out_dtype=qp.dtype)
-            if (qp.qmin, qp.qmax) != _dtype_range(qp.dtype):
-                x = relax.op.clip(self.builder_.emit(x), qp.qmin, qp.qmax)
-            self.q[key] = (self.builder_.emit(x, f"{arg.name}_qc"), qp)
+            suffix = "_q" if channel_qp is None else "_qc"
+            self.q[key] = (self.builder_.emit(x, f"{arg.name}{suffix}"), qp)
         return self.q[key]
 
     def _centered(self, x: relax.Expr, qp: QParams, dtype: str = "int16") -> relax.Expr:
@@ -272,10 +265,8 @@ class _Realizer(relax.PyExprMutator):
             return
         comp = Composite(self.mod_[binding.value.op])
         self.layer = name
-        if name in self.channel_qparams:
-            inputs = [self._int_input_channels(binding.value.args[0], self.channel_qparams[name])]
-        else:
-            inputs = [self._int_input(arg) for arg in binding.value.args]
+        channel_qp = self.channel_qparams.get(name)  # a depthwise conv's per-channel input
+        inputs = [self._int_input(arg, channel_qp) for arg in binding.value.args]
         out_qp = None if kind in SAME_SCALE_KINDS else self._qparams(name)  # those keep x's
         result = self._HANDLERS[kind](self, comp, inputs, out_qp)
         y, qp = result if isinstance(result, tuple) else (result, out_qp)
