@@ -10,28 +10,28 @@ import tvmq
 from tvmq.debug import debug
 
 C, H = 6, 8
-RNG = np.random.default_rng(3)
 SPREAD = (10.0 ** (np.arange(C) / 2)).reshape(C, 1, 1, 1).astype(np.float32)  # 1 .. 316
 
 
-def _depthwise_weight():
+def _depthwise_weight(rng):
     """Undoes SPREAD: the depthwise conv's output channels have like ranges again, so every
     input channel matters to its SQNR."""
-    return (RNG.normal(size=(C, 1, 3, 3)) / SPREAD).astype(np.float32)
+    return (rng.normal(size=(C, 1, 3, 3)) / SPREAD).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def model():
     """conv (channel c scaled by 10^(c/2)) -> sigmoid * x (SiLU, float) -> depthwise 3x3 conv:
     the depthwise input's channels span ranges 300x apart."""
-    w1 = RNG.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
-    w2 = _depthwise_weight()
+    rng = np.random.default_rng(3)  # each model its own: data does not depend on test order
+    w1 = rng.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
+    w2 = _depthwise_weight(rng)
     nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"]),
              helper.make_node("Sigmoid", ["c1"], ["s"]),
              helper.make_node("Mul", ["c1", "s"], ["silu"]),
              helper.make_node("Conv", ["silu", "w2", "b2"], ["output"], group=C,
                               pads=[1, 1, 1, 1])]
-    inits = {"w1": w1, "w2": w2, "b2": RNG.normal(size=C).astype(np.float32)}
+    inits = {"w1": w1, "w2": w2, "b2": rng.normal(size=C).astype(np.float32)}
     return make_onnx(nodes, inits, (1, 3, H, H), (1, C, H, H))
 
 
@@ -64,13 +64,14 @@ def test_mixed_four_bit_input_per_channel(model):
 def conv_then_depthwise():
     """conv (channels 300x apart, ReLU) -> depthwise conv -> conv: the first conv's output
     only the depthwise conv reads."""
-    w1 = RNG.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
     nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"]),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2"], ["dw"], group=C, pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["dw", "w3"], ["output"])]
-    inits = {"w1": w1, "w2": _depthwise_weight(),
-             "w3": RNG.normal(size=(C, C, 1, 1)).astype(np.float32)}
+    inits = {"w1": w1, "w2": _depthwise_weight(rng),
+             "w3": rng.normal(size=(C, C, 1, 1)).astype(np.float32)}
     return make_onnx(nodes, inits, (1, 3, H, H), (1, C, H, H))
 
 
@@ -88,15 +89,16 @@ def test_a_conv_only_depthwise_reads_writes_per_channel(conv_then_depthwise, tar
 def test_a_regular_conv_reading_the_same_tensor_stays_per_tensor():
     """silu feeds a depthwise conv and a 1x1 conv with fewer output channels: only the
     depthwise one may fold per-channel input scales into its requant."""
-    w1 = RNG.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(size=(C, 3, 1, 1)).astype(np.float32) * SPREAD
     nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"]),
              helper.make_node("Sigmoid", ["c1"], ["s"]),
              helper.make_node("Mul", ["c1", "s"], ["silu"]),
              helper.make_node("Conv", ["silu", "w2"], ["dw"], group=C, pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["silu", "w3"], ["pw"]),
              helper.make_node("Concat", ["dw", "pw"], ["output"], axis=1)]
-    inits = {"w1": w1, "w2": _depthwise_weight(),
-             "w3": RNG.normal(size=(2, C, 1, 1)).astype(np.float32)}
+    inits = {"w1": w1, "w2": _depthwise_weight(rng),
+             "w3": rng.normal(size=(2, C, 1, 1)).astype(np.float32)}
     model = make_onnx(nodes, inits, (1, 3, H, H), (1, C + 2, H, H))
     cm = tvmq.compile(model, calib=_samples(16, 0), progress=False)
     assert cm.verify(_samples(2, 1), n=2).ok
