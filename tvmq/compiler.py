@@ -44,9 +44,9 @@ from .realize import (
     Realized,
     input_qparams,
     int8_qparams,
-    qparams_by_bits,
     realize_int8,
     realize_lbfp,
+    rounding_sites,
     weight_bits_of,
 )
 from .report import Report, sqnr_db
@@ -155,19 +155,20 @@ class _Pipeline:
             calib = list(iter_samples(calib, inp))  # read twice: by a booster and calibration
         annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
-        rounding_samples: list[np.ndarray] = []
         stream = calib  # a list when a booster reads it again (bias correction)
-        if self.config.weight_rounding == "adaround":
-            rounding_samples, stream = self.observed_samples(calib, inp)
+        first: list[np.ndarray] = []  # AdaRound's and the mixed sensitivity's samples
+        if self.config.weight_rounding == "adaround" or self.config.is_mixed:
+            first, stream = self.observed_samples(calib, inp)
         calibrated = self.calibrate(annotated, layers, stream, inp)
         plan = None
         if self.config.is_mixed:
             self.stage("bits")
-            plan = self.assign_bits(annotated, layers, calibrated, inp)
+            plan = self.assign_bits(annotated, layers, calibrated, inp,
+                                    first[:self.config.sensitivity_samples])
         self.stage("quantize")
         weights = None
-        if rounding_samples:
-            weights = self.adaround(annotated, layers, calibrated, inp, plan, rounding_samples)
+        if self.config.weight_rounding == "adaround":
+            weights = self.adaround(annotated, layers, calibrated, inp, plan, first)
         biases = None
         if self.config.bias_correction:
             biases = self.bias_correction(annotated, layers, calib, plan, weights)
@@ -224,9 +225,8 @@ class _Pipeline:
         return annotated, layers, float_ops
 
     def hold_back(self) -> int:
-        """Calibration samples held back from the ranges (SQNR, mixed sensitivity)."""
-        return max(self.config.sqnr_samples,
-                   self.config.sensitivity_samples if self.config.is_mixed else 0)
+        """Calibration samples held back from the ranges (for the report's SQNR)."""
+        return self.config.sqnr_samples
 
     def calibrate(self, annotated, layers, calib, inp) -> Calibration:
         config = self.config
@@ -241,10 +241,13 @@ class _Pipeline:
                          progress=self.progress)
 
     def observed_samples(self, calib, inp) -> tuple[list[np.ndarray], object]:
-        """(the first adaround.SAMPLES samples calibration observes, i.e. does not hold back;
+        """(the first samples calibration observes, i.e. does not hold back: as many as
+        AdaRound (adaround.SAMPLES) or the mixed sensitivity (sensitivity_samples) reads;
         the calibration data, unchanged, to calibrate on)."""
         from .boosters.adaround import SAMPLES
 
+        wanted = max(SAMPLES if self.config.weight_rounding == "adaround" else 0,
+                     self.config.sensitivity_samples if self.config.is_mixed else 0)
         stream = iter_samples(calib, inp)
         first, observed, held = [], [], 0
         for i, x in enumerate(stream):
@@ -253,19 +256,20 @@ class _Pipeline:
                 held += 1  # as calibrate() holds them back
             else:
                 observed.append(x)
-            if len(observed) == SAMPLES:
+            if len(observed) == wanted:
                 break
         return observed, itertools.chain(first, stream)
 
     def adaround(self, annotated, layers, calibrated: Calibration, inp, plan, samples):
         """AdaRound weights {layer: (int weights, QParams)} at each layer's weight width,
         fitted to the inputs as the integer model will quantize them."""
-        from .boosters.adaround import adaround
+        from .boosters.adaround import SAMPLES, adaround
 
         qparams, channel_qparams = int8_qparams(annotated, calibrated.observers, self.config,
-                                                inp, plan, calibrated.channel_ranges)
+                                                inp, plan and plan.bits_of,
+                                                calibrated.channel_ranges)
         return adaround(annotated, layers, input_qparams(layers, qparams, channel_qparams),
-                        weight_bits_of(layers, self.config, plan), samples,
+                        weight_bits_of(layers, self.config, plan), samples[:SAMPLES],
                         per_channel=self.config.per_channel_weights, progress=self.progress)
 
     def operand_bits(self, layers, plan) -> dict[str, tuple[int, int, int]] | None:
@@ -277,12 +281,16 @@ class _Pipeline:
             return None
         return {name: (4, 8, 8) for name in weight_bits_of(layers, self.config)}
 
-    def assign_bits(self, annotated, layers, calibrated: Calibration, inp):
+    def assign_bits(self, annotated, layers, calibrated: Calibration, inp, samples):
         from .mixed.assign import plan_bitwidths
 
-        qparams = qparams_by_bits(annotated, calibrated.observers, self.config, inp)
-        return plan_bitwidths(annotated, layers, qparams,
-                              calibrated.inputs[:self.config.sensitivity_samples], self.config,
+        def sites(bits: int):
+            qparams, channel_qparams = int8_qparams(annotated, calibrated.observers,
+                                                    self.config, inp, lambda name: bits,
+                                                    calibrated.channel_ranges)
+            return rounding_sites(layers, qparams, channel_qparams)
+
+        return plan_bitwidths(annotated, layers, sites, samples, self.config,
                               self.hw, progress=self.progress)
 
     def realize(self, annotated, layers, calibrated: Calibration, inp, plan,

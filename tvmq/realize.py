@@ -57,14 +57,16 @@ def qparams_by_bits(annotated, observers, config, inp):
     return qparams
 
 
-def int8_qparams(annotated, observers, config: QuantConfig, inp, plan=None,
+def int8_qparams(annotated, observers, config: QuantConfig, inp,
+                 bits_of: Callable[[str], int] | None = None,
                  channel_ranges=None) -> tuple[dict, dict]:
     """({tensor name: QParams} of every calibrated tensor, {float tensor a depthwise conv reads:
-    its per-channel QParams}) as realize_int8 chooses them. `channel_ranges` ({tensor: (lo[C],
+    its per-channel QParams}) as realize_int8 chooses them, each tensor at width
+    `bits_of(name)` (default 8; a mixed plan's `bits_of`). `channel_ranges` ({tensor: (lo[C],
     hi[C])}) gives the per-channel ones; for a layer's output (a conv only depthwise convs
     read) they replace its per-tensor QParams in the first dict."""
     qparams_at = qparams_by_bits(annotated, observers, config, inp)
-    qparams = {n: qparams_at(n, 8 if plan is None else plan.bits_of(n)) for n in observers}
+    qparams = {n: qparams_at(n, 8 if bits_of is None else bits_of(n)) for n in observers}
     channel_qparams = {n: channel_qparams_of(*lo_hi, observers[n].range(), qparams[n].bits)
                        for n, lo_hi in (channel_ranges or {}).items()}
     layer_outputs = _layer_outputs(annotated)
@@ -93,6 +95,25 @@ def input_qparams(layers: list[Layer], act_qparams, channel_qparams=None) -> dic
             for layer in layers}
 
 
+def rounding_sites(layers: list[Layer], act_qparams,
+                   channel_qparams=None) -> dict[tuple[str, int | None], QParams]:
+    """Where the integer model rounds a float value to a grid, and the grid: (layer, i) for
+    its i-th input, (layer, None) for its output. relu, max_pool2d, reshape and permute_dims
+    write their input's grid (no output site); a depthwise conv reading a float tensor rounds
+    it per channel. `act_qparams`, `channel_qparams`: int8_qparams' two dicts."""
+    out_qparams = _output_qparams(layers, act_qparams)
+    per_channel = depthwise_input_qparams(layers, channel_qparams or {})
+    sites = {}
+    for layer in layers:
+        for i, name in enumerate(layer.inputs):
+            channel = i == 0 and layer.name in per_channel
+            sites[(layer.name, i)] = (per_channel[layer.name] if channel
+                                      else out_qparams.get(name, act_qparams[name]))
+        if layer.kind not in SAME_SCALE_KINDS:
+            sites[(layer.name, None)] = out_qparams[layer.name]
+    return sites
+
+
 def weight_bits_of(layers: list[Layer], config: QuantConfig, plan=None) -> dict[str, int]:
     """{conv2d/matmul layer name: weight width} other than 8: the plan's (mixed) or
     config.weight_bits for every layer (int8)."""
@@ -111,8 +132,8 @@ def realize_int8(annotated, layers: list[Layer], observers, config: QuantConfig,
     (int8_qparams); `weights`: {layer name: (integer weights, QParams)} used instead of
     nearest rounding; `biases`: float32 biases by layer name replacing the composites' (bias
     correction, tvmq.boosters.bias_correction) (RealizeQuantization)."""
-    qparams, channel_qparams = int8_qparams(annotated, observers, config, inp, plan,
-                                            channel_ranges)
+    qparams, channel_qparams = int8_qparams(annotated, observers, config, inp,
+                                            plan and plan.bits_of, channel_ranges)
     weight_bits = weight_bits_of(layers, config, plan)
     realize = RealizeQuantization(qparams, config.requant, config.rounding,
                                   config.per_channel_weights, weight_bits, weights,

@@ -5,33 +5,46 @@ import pytest
 from tvmq.passes.annotate_quantizable import AnnotateQuantizable
 from tvmq.targets.host import build
 
+import tvmq
 from tvmq import data
 from tvmq.calibrate import calibrate
 from tvmq.compiler import find_layers
+from tvmq.config import QuantConfig
 from tvmq.frontend import load_model
+from tvmq.layers import tensor_names
 from tvmq.mixed import sensitivity
-from tvmq.numerics import choose_qparams
+from tvmq.mixed.assign import quantizer_roots
+from tvmq.realize import int8_qparams, rounding_sites
+from tvmq.report import sqnr_db
+
+
+def _setup(model, samples, hold_back=0):
+    """(annotated, its layers, sites(bits), samples) as the compiler gives them to the probe:
+    calibrated tensors, realize's grids (tvmq.realize.rounding_sites)."""
+    float_mod, inp = load_model(model)
+    annotated = AnnotateQuantizable()(float_mod)
+    layers = find_layers(annotated)[0]
+    calibrated = calibrate(annotated, tensor_names(layers), samples, inp, hold_back=hold_back,
+                           progress=False)
+
+    def sites(bits):
+        qparams, channel = int8_qparams(annotated, calibrated.observers, QuantConfig(), inp,
+                                        lambda name: bits, calibrated.channel_ranges)
+        return rounding_sites(layers, qparams, channel)
+
+    return annotated, layers, sites, calibrated.inputs or list(samples)
 
 
 @pytest.fixture(scope="module")
 def digits_setup(digits):
-    float_mod, inp = load_model(data.digits_model_path())
-    annotated = AnnotateQuantizable()(float_mod)
-    layers = [layer for layer in find_layers(annotated)[0] if layer.kind in ("conv2d", "matmul")]
-    names = sorted({n for layer in layers for n in (*layer.inputs, layer.name)})
-    calibrated = calibrate(annotated, names, digits[0][:16], inp, hold_back=4, progress=False)
-    observers, samples = calibrated.observers, calibrated.inputs
-
-    def qparams(name, bits):
-        return choose_qparams(*observers[name].range(), bits=bits)
-
-    return annotated, layers, qparams, samples
+    return _setup(data.digits_model_path(), digits[0][:16], hold_back=4)
 
 
 def _probe(setup, bits=(4, 8)):
-    annotated, layers, qparams, samples = setup
-    return sensitivity.Probe(annotated, [x.name for x in layers], [x.inputs[0] for x in layers],
-                             qparams, samples, bits)
+    annotated, layers, sites, samples = setup
+    macs = [x for x in layers if x.kind in ("conv2d", "matmul")]
+    return sensitivity.Probe(annotated, macs, {b: sites(b) for b in {*bits, 8}},
+                             quantizer_roots(layers), samples, bits)
 
 
 def _measure(setup, cache_dir=None, bits=(4, 8)):
@@ -39,45 +52,59 @@ def _measure(setup, cache_dir=None, bits=(4, 8)):
 
 
 def test_probe_with_every_mask_off_is_the_float_model(digits_setup):
-    annotated, layers, _, samples = digits_setup
-    probe = build(sensitivity.probe_module(annotated, [x.name for x in layers])).vm
-    import tvm
-
-    table = np.zeros((len(layers), 5), np.float32)
-    table[:, 1] = 1.0
-    ws = [tvm.runtime.tensor(x.weight.astype(np.float32)) for x in layers]
+    annotated, _, _, samples = digits_setup
+    probe = _probe(digits_setup)
     reference = build(annotated)
-    for x in samples:
-        got = probe["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(table), *ws).numpy()
-        np.testing.assert_allclose(got, reference.run(x), rtol=1e-5, atol=1e-6)
+    for x, got in zip(samples, probe.run(None)):
+        np.testing.assert_allclose(got[0], reference.run(x), rtol=1e-5, atol=1e-6)
 
 
-def test_fewer_bits_move_the_output_more(digits_setup):
+def test_probe_at_int8_simulates_the_integer_model(digits):
+    """With every site at its 8-bit grid the probe is close to the compiled INT8 model:
+    much closer than the float model is (on samples calibration did not see)."""
+    calib, x = digits[0][:8], digits[0][8:24]
+    cm = tvmq.compile(data.digits_model_path(), config=QuantConfig(sqnr_samples=0), calib=calib,
+                      progress=False)
+    sites = rounding_sites(cm.layers, cm.act_qparams)
+    macs = [layer for layer in cm.layers if layer.kind in ("conv2d", "matmul")]
+    probe = sensitivity.Probe(cm.float_mod, macs, {8: sites}, quantizer_roots(cm.layers),
+                              list(x[:, None]), (8,))
+    compiled = np.concatenate([cm.run(s[None]) for s in x])
+    simulated = np.concatenate([out[0] for out in probe.run({})])
+    floats = np.concatenate([out[0] for out in probe.run(None)])
+    assert sqnr_db(compiled, simulated) > sqnr_db(compiled, floats) + 6.0
+
+
+def _shared_input_model():
+    """x read by a conv and by the add after it: one quantizer, two readers."""
+    from onnx import helper
+
+    from tests.conftest import make_onnx
+
+    w = np.random.default_rng(0).normal(size=(2, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["y", "input"], ["output"])]
+    return make_onnx(nodes, {"w": w}, (1, 2, 6, 6), (1, 2, 6, 6))
+
+
+def test_a_narrow_input_rounds_every_reader_of_its_quantizer():
+    x = np.random.default_rng(1).normal(size=(4, 1, 2, 6, 6)).astype(np.float32)
+    setup = _setup(_shared_input_model(), list(x))
+    probe = _probe(setup)
+    conv = probe.layers[0]
+    table = probe.table({conv: (8, 4)})
+    narrow = {site for site, row in zip(probe.site_list, table) if row[4] == 7}
+    assert narrow == {(conv, 0), ("add_1", 1)}, narrow  # the add reads x at 4 bits too
+    assert np.all(probe.table({})[:, 4] == 127)
+
+
+def test_fewer_bits_add_noise_to_int8(digits_setup):
     s = _measure(digits_setup)
     assert s.weight.shape == s.activation.shape == (len(s.layers), 2)
-    assert np.all(s.weight[:, 0] > s.weight[:, 1])
-    assert np.all(s.activation[:, 0] > s.activation[:, 1])
-    assert np.all(s.weight >= 0) and np.all(s.activation >= 0)
+    assert np.all(s.weight[:, 0] > 0) and np.all(s.weight[:, 1] == 0)  # bits (4, 8)
+    assert np.all(s.activation[:, 0] > 0) and np.all(s.activation[:, 1] == 0)
+    assert s.int8 > 0
     np.testing.assert_array_equal(s.pair(4, 8), s.weight[:, 0] + s.activation[:, 1])
-
-
-def test_activation_run_quantizes_only_its_layer(digits_setup):
-    """Masking in the activation of one layer equals fake-quantizing that input by hand."""
-    annotated, layers, qparams, samples = digits_setup
-    import tvm
-
-    from tvmq.numerics import dequantize, quantize
-
-    probe = build(sensitivity.probe_module(annotated, [layers[0].name])).vm
-    qp = qparams(layers[0].inputs[0], 4)
-    table = np.array([[1.0, float(qp.scale), float(qp.zero_point), qp.qmin, qp.qmax]],
-                     np.float32)
-    w = tvm.runtime.tensor(layers[0].weight.astype(np.float32))
-    x = samples[0]
-    got = probe["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(table), w).numpy()
-    xq = dequantize(quantize(x, qp), qp).astype(np.float32)
-    want = build(annotated).run(xq)  # the first layer reads the model input
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_results_are_cached_on_disk(digits_setup, tmp_path, monkeypatch):
@@ -149,21 +176,17 @@ def _blank_dominated_model():
 
 
 def test_noise_ranks_a_layer_high_that_kl_on_a_dominating_class_ranks_low():
-    model = _blank_dominated_model()
-    annotated = AnnotateQuantizable()(load_model(model)[0])
-    layers = [x for x in find_layers(annotated)[0] if x.kind == "matmul"]
     x = np.random.default_rng(1).normal(size=(8, 1, 16)).astype(np.float32)
-    setup = (annotated, layers, lambda name, bits: choose_qparams(-4.0, 4.0, bits=bits), list(x))
-    probe = _probe(setup, bits=(4,))
+    probe = _probe(_setup(_blank_dominated_model(), list(x)), bits=(4, 8))
     s = sensitivity.measure(probe, progress=False)
-    reference = probe.run({})
-    kl = [np.mean([_kl(r[0], o[0]) for r, o in zip(reference, probe.run({x.name: (4, None)}))])
-          for x in layers]
+    reference = probe.run(None)
+    kl = [np.mean([_kl(r[0], o[0]) for r, o in zip(reference, probe.run({name: (4, 8)}))])
+          for name in probe.layers]
     assert kl[0] < kl[1]  # the blank-dominated row hides matmul_0's weight noise
     assert s.weight[0, 0] > 10 * s.weight[1, 0]  # its logits move much more
 
 
 def test_probe_refuses_a_non_mac_layer(digits_setup):
-    annotated = digits_setup[0]
+    annotated, _, sites, _ = digits_setup
     with pytest.raises(ValueError, match="not a conv2d/matmul layer"):
-        sensitivity.probe_module(annotated, ["add_7"])
+        sensitivity.probe_module(annotated, sites(8), ["add_7"])

@@ -3,7 +3,8 @@
 `plan_bitwidths` gathers, for every conv2d/matmul layer of an annotated model,
 - its accelerator cycles at each (w_bits, a_bits) choice, measured on the emulator and cached
   (tvmq.mixed.cost; layers the accelerator cannot run cost 0 and are listed),
-- its sensitivity (tvmq.mixed.sensitivity, mask-guided: that layer alone quantized),
+- its sensitivity (tvmq.mixed.sensitivity, mask-guided: the noise one narrow operand adds to
+  the INT8 model),
 - its weight bytes (params * w_bits / 8) and bit operations (MACs * w_bits * a_bits),
 - the tie groups: layers whose inputs share one activation quantizer (one tensor, also through
   relu / max_pool2d / reshape / permute_dims, which keep their input's qparams) take one a_bits,
@@ -148,8 +149,8 @@ def verify_and_cut(problem: ilp.BitwidthProblem,
                    measure: Callable[[dict[str, tuple[int, int]]], float], *,
                    factor: float = CUT_FACTOR,
                    max_rounds: int = MAX_ROUNDS) -> tuple[ilp.Assignment, list[Round]]:
-    """Solve, measure the whole choice (`measure(choice)`, the output noise of all layers at
-    their widths at once) and accept it when
+    """Solve, measure the whole choice (`measure(choice)`, the output noise all layers at their
+    widths at once add to the INT8 model's) and accept it when
 
         measured <= factor * predicted,   predicted = sum_l s[l, k_l] (the program's objective)
 
@@ -244,12 +245,14 @@ def _composite_call(annotated, name):
     raise KeyError(name)
 
 
-def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, int], QParams],
+def plan_bitwidths(annotated: tvm.IRModule, layers,
+                   sites: Callable[[int], dict[sensitivity.Site, QParams]],
                    samples: list[np.ndarray], config, hw: AccelConfig, *,
                    progress: bool = True) -> MixedPlan:
     """Choose (w_bits, a_bits) per conv2d/matmul layer for `config` (scheme "mixed"): the fixed
     `config.layer_bits`, or the program's optimum under its budgets with costs measured on `hw`
-    and sensitivities on `samples`. `act_qparams(tensor, bits)` gives a tensor's qparams."""
+    and sensitivities on `samples`. `sites(bits)`: where the integer model rounds values and
+    to which grid, every tensor at that width (tvmq.realize.rounding_sites)."""
     roots = quantizer_roots(layers)
     macs = [layer for layer in layers if layer.kind in MAC_KINDS]
     if config.layer_bits is not None:
@@ -280,9 +283,8 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
                 table[i] = row
     seconds["cost"] = time.perf_counter() - start
     start = time.perf_counter()
-    probe = sensitivity.Probe(annotated, [layer.name for layer in macs],
-                              [roots[layer.inputs[0]] for layer in macs], act_qparams, samples,
-                              config.bits, per_channel=config.per_channel_weights)
+    probe = sensitivity.Probe(annotated, macs, {b: sites(b) for b in {*config.bits, 8}}, roots,
+                              samples, config.bits, per_channel=config.per_channel_weights)
     sens = sensitivity.measure(probe, cache_dir=cache_root() / "sensitivity", progress=progress)
     seconds["sensitivity"] = time.perf_counter() - start
     s = np.stack([sens.pair(w, a) for w, a in choices], axis=1)
@@ -300,7 +302,7 @@ def plan_bitwidths(annotated: tvm.IRModule, layers, act_qparams: Callable[[str, 
     start = time.perf_counter()
     assignment, rounds = verify_and_cut(
         problem, AssignBitwidths(config.latency_budget, config.weight_budget,
-                                 config.bops_budget), probe.noise)
+                                 config.bops_budget), probe.added_noise)
     seconds["solve"] = assignment.solve_seconds
     seconds["verify"] = time.perf_counter() - start
     choice = dict(assignment.choice)
