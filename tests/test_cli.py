@@ -71,7 +71,7 @@ def test_compile_lbfp_scheme(tmp_path, capsys, digits):
                  "lbfp6", "--observer", "minmax", "--lbfp-block-size", "8", "--out", str(out),
                  "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "lbfp6 frac_bits default, block 8, exponents minmax" in text
+    assert "lbfp6 frac_bits default, block 8, activation block 1, exponents minmax" in text
     assert "out exp min..max" in text and (out / "model.so").is_file()
 
 

@@ -66,6 +66,8 @@ def test_lbfp_schemes_default_format_and_observer():
     (dict(scheme="lbfp4", lbfp_frac_bits=3), r"QuantConfig.lbfp_frac_bits=3: use an integer in "
                                              r"\[0, 2\]"),
     (dict(scheme="lbfp8", lbfp_block_size=0), r"QuantConfig.lbfp_block_size=0"),
+    (dict(scheme="lbfp8", lbfp_activation_block_size=0),
+     r"QuantConfig.lbfp_activation_block_size=0"),
     (dict(scheme="lbfp8", observer="mse"), r"observer='mse' is not supported for scheme "
                                            r"'lbfp8'; use one of \('kl', 'minmax'\)"),
 ])
@@ -103,7 +105,8 @@ def test_mixed_bits_must_include_8():
 # A valid value other than the default for every field (for the scheme it applies to).
 NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="kl",
                    per_channel_weights=False, symmetric_activations=True, sqnr_samples=0,
-                   lbfp_frac_bits=1, lbfp_block_size=8, bits=(8,), latency_budget=0.5,
+                   lbfp_frac_bits=1, lbfp_block_size=8, lbfp_activation_block_size=4,
+                   bits=(8,), latency_budget=0.5,
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
                    sensitivity_samples=4, weight_rounding="adaround", weight_bits=4,
                    keep_float=("conv2d_0",), equalize=True, bias_absorption=True,

@@ -65,7 +65,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lbfp-frac-bits", type=int, default=DEFAULTS["lbfp_frac_bits"],
                    help="LBFP fractional bits of the log code (default 4/2/1 for lbfp8/6/4)")
     g.add_argument("--lbfp-block-size", type=int, default=DEFAULTS["lbfp_block_size"],
-                   help="LBFP elements sharing one exponent")
+                   help="LBFP weight elements sharing one exponent (default 16)")
+    g.add_argument("--lbfp-activation-block-size", type=int,
+                   default=DEFAULTS["lbfp_activation_block_size"],
+                   help="LBFP activation channels sharing one exponent (default 1)")
     g.add_argument("--bits", type=_ints, default=DEFAULTS["bits"], metavar="4,8",
                    help="mixed: candidate weight/activation widths")
     g.add_argument("--latency-budget", type=float, default=DEFAULTS["latency_budget"],
@@ -103,6 +106,7 @@ def _config(args) -> QuantConfig:
                        observer=args.observer, per_channel_weights=not args.per_tensor_weights,
                        symmetric_activations=args.symmetric_activations,
                        lbfp_frac_bits=args.lbfp_frac_bits, lbfp_block_size=args.lbfp_block_size,
+                       lbfp_activation_block_size=args.lbfp_activation_block_size,
                        bits=args.bits, latency_budget=args.latency_budget,
                        weight_budget=args.weight_budget, bops_budget=args.bops_budget,
                        weight_rounding=args.weight_rounding, weight_bits=args.weight_bits,
@@ -430,6 +434,7 @@ def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 # Config fields set by a CLI flag of the same name (--latency-budget sets latency_budget).
 FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "lbfp_block_size",
+               "lbfp_activation_block_size",
                "bits", "latency_budget", "weight_budget", "bops_budget", "symmetric_activations",
                "weight_rounding", "weight_bits", "ram_bytes", "flash_bytes", "allow_float",
                "keep_float")

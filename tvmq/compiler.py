@@ -233,7 +233,8 @@ class _Pipeline:
         observer = config.observer
         if config.is_lbfp:
             def observer(name):
-                return LBFPObserver(config.lbfp_format, config.lbfp_exponents, name)
+                return LBFPObserver(config.lbfp_activation_format, config.lbfp_exponents,
+                                    name)
         channel_names = () if config.is_lbfp else (
             depthwise_float_inputs(layers) + depthwise_only_outputs(annotated, layers))
         return calibrate(annotated, tensor_names(layers), calib, inp, observer=observer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -33,6 +34,7 @@ FIELD_SCHEMES: dict[str, tuple[str, ...]] = {
     "sqnr_samples": SCHEMES,
     "lbfp_frac_bits": LBFP_SCHEMES,
     "lbfp_block_size": LBFP_SCHEMES,
+    "lbfp_activation_block_size": LBFP_SCHEMES,
     "bits": ("mixed",),
     "latency_budget": ("mixed",),
     "weight_budget": ("mixed",),
@@ -121,7 +123,13 @@ class QuantConfig:
         LBFP fractional bits of the log code (default 4 / 2 / 1 for 8 / 6 / 4 bits: a code step
         of 2^(1/16) over 8 octaves for lbfp8; see benchmarks/accuracy.py for the others).
     lbfp_block_size : int
-        LBFP elements sharing one exponent, along the channels (default 16).
+        LBFP weight elements sharing one exponent, along the input channels (default 16; the
+        exponents travel with the weights).
+    lbfp_activation_block_size : int
+        LBFP activation channels sharing one exponent, over the batch and spatial axes too
+        (default 1: one per channel). The exponents are calibration constants, so a smaller
+        block costs no runtime work; one per channel keeps a channel 2^8 times smaller than
+        its block's largest (common in depthwise nets) from encoding to zero at 8 bits.
     bits : tuple of int
         mixed: the candidate widths of weights and of activations (default (4, 8): every layer
         takes one of w4a4, w4a8, w8a4, w8a8).
@@ -185,6 +193,7 @@ class QuantConfig:
     sqnr_samples: int = 32
     lbfp_frac_bits: int | None = None
     lbfp_block_size: int = 16
+    lbfp_activation_block_size: int = 1
     bits: tuple[int, ...] = MIXED_BITS
     latency_budget: float = 0.75
     weight_budget: float | None = None
@@ -223,6 +232,12 @@ class QuantConfig:
                 field = str(err).split("=")[0].removeprefix("LBFPFormat.")
                 raise ValueError(str(err).replace(f"LBFPFormat.{field}",
                                                   f"QuantConfig.lbfp_{field}")) from None
+            try:
+                self.lbfp_activation_format
+            except ValueError as err:
+                raise ValueError(str(err).replace("LBFPFormat.block_size",
+                                                  "QuantConfig.lbfp_activation_block_size")
+                                 ) from None
         for field in ("equalize", "bias_absorption", "bias_correction"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"QuantConfig.{field}={getattr(self, field)!r}; use True or "
@@ -302,6 +317,12 @@ class QuantConfig:
         return LBFPFormat(bits=bits, frac_bits=frac, block_size=self.lbfp_block_size)
 
     @property
+    def lbfp_activation_format(self) -> LBFPFormat:
+        """lbfp_format with the activations' block size (lbfp_activation_block_size)."""
+        return dataclasses.replace(self.lbfp_format,
+                                   block_size=self.lbfp_activation_block_size)
+
+    @property
     def lbfp_exponents(self) -> str:
         """How LBFP block exponents are chosen: "kl" or "max" (observer "minmax")."""
         return "kl" if self.observer == "kl" else "max"
@@ -316,6 +337,8 @@ class QuantConfig:
         if applies("lbfp_frac_bits", self.scheme):
             fmt = self.lbfp_format
             words.append(f"f{fmt.frac_bits} b{fmt.block_size}")
+            if self.lbfp_activation_block_size != 1:
+                words.append(f"ab{self.lbfp_activation_block_size}")
         if applies("bits", self.scheme):
             search = ("fixed" if self.layer_bits is not None
                       else f"{100 * self.latency_budget:g}% cycles")

@@ -167,8 +167,10 @@ def _label(config: dict) -> str:
     if config["scheme"].startswith("lbfp"):
         frac = config.get("lbfp_frac_bits")
         frac = "default" if frac is None else frac
-        return (f"{config['scheme']} frac_bits {frac}, block {config.get('lbfp_block_size')}, "
-                f"exponents {config['observer']}")
+        block = config.get("lbfp_block_size")
+        act_block = config.get("lbfp_activation_block_size", block)  # older reports: one size
+        return (f"{config['scheme']} frac_bits {frac}, block {block}, activation block "
+                f"{act_block}, exponents {config['observer']}")
     rq = config["requant"] if config["requant"] == "fp32" else \
         f"{config['requant']}/{config['rounding']}"
     if config["scheme"] == "mixed":

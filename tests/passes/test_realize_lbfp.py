@@ -19,6 +19,7 @@ from tvmq.errors import CompileError
 from tvmq.frontend import load_model
 from tvmq.ir import lbfp_kernels as kernels
 from tvmq.numerics import lbfp
+from tvmq.report import sqnr_db
 
 RNG = np.random.default_rng(11)
 FORMATS = [(8, 4), (8, 2), (6, 2), (4, 1), (4, 0), (2, 0)]
@@ -354,3 +355,31 @@ def test_exponent_errors_name_the_tensor():
         RealizeLBFP({**EXPS, "x": np.zeros(2)}, FMT)(ConvChainBefore)
     with pytest.raises(ValueError, match="weight_exponents"):
         RealizeLBFP(EXPS, FMT, weight_exponents="mean")
+
+
+def _unequal_channels_model():
+    """A depthwise 3x3 conv over 16 channels; the caller scales channel 0 up 1000x."""
+    w = np.random.default_rng(2).normal(size=(16, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w"], ["output"], group=16, pads=[1, 1, 1, 1])]
+    return make_onnx(nodes, {"w": w}, (1, 16, 8, 8), (1, 16, 8, 8))
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_activation_exponents_per_channel_keep_small_channels(block):
+    """A channel ~2^10 below its block's largest encodes to zero at 8 bits when 16 channels
+    share an exponent; one exponent per channel (the default) keeps it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 1, 16, 8, 8)).astype(np.float32)
+    x[:, :, 0] *= 1000.0
+    model = _unequal_channels_model()
+    config = tvmq.QuantConfig(scheme="lbfp8", lbfp_activation_block_size=block, sqnr_samples=0)
+    cm = tvmq.compile(model, config=config, calib=x[:8, 0], progress=False)
+    reference = build(load_model(model)[0])
+    want = np.concatenate([reference.run(s) for s in x[8:]])
+    got = np.concatenate([cm.run(s) for s in x[8:]])
+    small = sqnr_db(want[:, 1:], got[:, 1:])
+    if block == 1:
+        assert small > 25.0, small
+        assert cm.verify(x[8:10, 0], n=2).ok
+    else:
+        assert small < 3.0, small  # the 15 small channels are lost
