@@ -142,6 +142,13 @@ class Report:
                 f"{m['predicted_cycles'] / max(m['uniform_int8_cycles'], 1):.1%} of uniform "
                 f"INT8 ({m['uniform_int8_cycles']:,.0f}); program solved in "
                 f"{m.get('solve_seconds', 0):.3f} s")
+            sim = m.get("simulated_sqnr_db")
+            if sim:
+                lines.append(
+                    f"  output SQNR simulated on the sensitivity samples: INT8 "
+                    f"{_fmt_db(sim['int8'])} dB, this plan {_fmt_db(sim['plan'])} dB"
+                    + (" (more than 3 dB lost: a larger latency_budget keeps more accuracy)"
+                       if sim["int8"] - sim["plan"] > 3.0 else ""))
         if self.mcu is not None:
             m = self.mcu
             lines.append(

@@ -108,6 +108,9 @@ def test_budget_is_met_and_both_targets_are_bit_exact(digits_mixed, digits):
     assert any(r.w_bits == 4 or r.a_bits == 4 for r in host.report().layers)
     rounds = mixed["rounds"]  # the program's choice was measured, and one round accepted
     assert sum(r["accepted"] for r in rounds) == 1 and all(r["measured"] > 0 for r in rounds)
+    sim = mixed["simulated_sqnr_db"]  # the probe's INT8 and plan, against float
+    assert 20.0 < sim["plan"] < sim["int8"], sim
+    assert f"INT8 {sim['int8']:.1f} dB, this plan {sim['plan']:.1f} dB" in str(host.report())
     # the same plan on both targets, and the uniform INT8 cost is the INT8 model's cycles
     assert accel.report().mixed["choice"] == mixed["choice"]
     x = digits[1][:4]

@@ -77,6 +77,7 @@ class MixedPlan:
     sensitivity: sensitivity.Sensitivity | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     rounds: list[Round] = field(default_factory=list)
+    simulated_sqnr_db: dict[str, float] = field(default_factory=dict)  # "int8", "plan"
 
     def bits_of(self, tensor: str) -> int:
         """Activation width of a tensor (8 unless a 4-bit layer reads its quantizer)."""
@@ -97,6 +98,8 @@ class MixedPlan:
             out["solve_seconds"] = self.assignment.solve_seconds
         if self.rounds:
             out["rounds"] = [r.to_dict() for r in self.rounds]
+        if self.simulated_sqnr_db:
+            out["simulated_sqnr_db"] = dict(self.simulated_sqnr_db)
         return out
 
 
@@ -307,10 +310,17 @@ def plan_bitwidths(annotated: tvm.IRModule, layers,
     seconds["verify"] = time.perf_counter() - start
     choice = dict(assignment.choice)
     k8 = choices.index(INT8)
+    simulated = {"int8": _db(probe.noise({})), "plan": _db(probe.noise(choice))}
     return MixedPlan(choice, _tensor_bits(macs, choice, roots), roots, problem, assignment,
                      uniform_cycles=float(table[:, k8].sum()),
                      predicted_cycles=float(assignment.cycles), host_layers=host,
-                     sensitivity=sens, seconds=seconds, rounds=rounds)
+                     sensitivity=sens, seconds=seconds, rounds=rounds,
+                     simulated_sqnr_db=simulated)
+
+
+def _db(noise: float) -> float:
+    """SQNR in dB of a noise-to-signal ratio (inf for 0)."""
+    return float("inf") if noise <= 0 else float(-10.0 * np.log10(noise))
 
 
 def _macs(layer) -> int:
