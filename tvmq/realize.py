@@ -88,11 +88,8 @@ def input_qparams(layers: list[Layer], act_qparams, channel_qparams=None) -> dic
     """{layer name: QParams of its first input as the integer model holds it} (relu,
     max_pool2d, reshape, permute_dims pass their input's on; a depthwise conv reading a float
     tensor quantizes it per channel)."""
-    out_qparams = _output_qparams(layers, act_qparams)
-    per_channel = depthwise_input_qparams(layers, channel_qparams or {})
-    return {layer.name: per_channel[layer.name] if layer.name in per_channel
-            else out_qparams.get(layer.inputs[0], act_qparams[layer.inputs[0]])
-            for layer in layers}
+    sites = rounding_sites(layers, act_qparams, channel_qparams)
+    return {layer.name: sites[(layer.name, 0)] for layer in layers}
 
 
 def rounding_sites(layers: list[Layer], act_qparams,

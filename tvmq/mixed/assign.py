@@ -310,7 +310,7 @@ def plan_bitwidths(annotated: tvm.IRModule, layers,
     seconds["verify"] = time.perf_counter() - start
     choice = dict(assignment.choice)
     k8 = choices.index(INT8)
-    simulated = {"int8": _db(probe.noise({})), "plan": _db(probe.noise(choice))}
+    simulated = {"int8": _db(sens.int8), "plan": _db(probe.noise(choice))}
     return MixedPlan(choice, _tensor_bits(macs, choice, roots), roots, problem, assignment,
                      uniform_cycles=float(table[:, k8].sum()),
                      predicted_cycles=float(assignment.cycles), host_layers=host,

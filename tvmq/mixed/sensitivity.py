@@ -125,6 +125,7 @@ class _Prober(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.row = {site: i for i, site in enumerate(sites)}
+        self.site_layers = {layer for layer, _ in sites}
         self.mac_index = {name: i for i, name in enumerate(macs)}
         self.table = relax.Var("site_fq", relax.TensorType((len(sites), len(_ROW)), "float32"))
         self.scales: dict[Site, relax.Var] = {}  # per-channel sites' scale vectors
@@ -147,7 +148,7 @@ class _Prober(relax.PyExprMutator):
 
     def visit_var_binding_(self, binding):
         name = binding.var.name
-        if (name, None) not in self.row and (name, 0) not in self.row:
+        if name not in self.site_layers:
             emit_like(self, binding.var, self.visit_expr(binding.value))
             return
         args = []
@@ -212,16 +213,6 @@ def _mac_names(annotated: tvm.IRModule) -> set[str]:
             if composite_kind(annotated, b.value) in MAC_KINDS}
 
 
-def _weights(annotated: tvm.IRModule, layers: list[str]) -> list[np.ndarray]:
-    found = {}
-    for block in annotated["main"].body.blocks:
-        for b in block.bindings:
-            if b.var.name in layers:
-                func = annotated[b.value.op]
-                found[b.var.name] = func.body.blocks[0].bindings[0].value.args[1].value.numpy()
-    return [found[name] for name in layers]
-
-
 def _weight_axis(w: np.ndarray) -> int:
     """Output-channel axis: 0 for OIHW conv weights, 1 for (K, N) matmul weights."""
     return 0 if w.ndim == 4 else 1
@@ -262,7 +253,7 @@ class Probe:
         self.shape = {site: _site_var(bindings, site).ty.shape for site in sites[8]}
         self.site_root = {site: roots[_site_var(bindings, site).name] for site in sites[8]}
         self.site_list = list(sites[8])
-        self.weights = _weights(annotated, self.layers)
+        self.weights = [layer.weight for layer in macs]
         self._vm = self._reference = self._int8 = None
         self._fq: dict[tuple[int, int], tvm.runtime.Tensor] = {}
 
@@ -301,16 +292,26 @@ class Probe:
 
     def noise(self, choice: Choice | None) -> float:
         """Output noise of `choice` against the float model, summed over the outputs."""
-        if self._reference is None:
-            self._reference = self.run(None)
-        return _noise(self._reference, self.run(choice))
+        return _noise(self._float_outputs(), self.run(choice))
 
     def added_noise(self, choice: Choice) -> float:
         """Output noise of `choice` against the INT8 model (every operand at 8 bits): the
         noise its narrow operands add, summed over the outputs."""
+        return _noise(self._int8_outputs(), self.run(choice))
+
+    def int8_noise(self) -> float:
+        """noise({}) from the INT8 outputs `added_noise` compares with (run once)."""
+        return _noise(self._float_outputs(), self._int8_outputs())
+
+    def _float_outputs(self) -> list[list[np.ndarray]]:
+        if self._reference is None:
+            self._reference = self.run(None)
+        return self._reference
+
+    def _int8_outputs(self) -> list[list[np.ndarray]]:
         if self._int8 is None:
             self._int8 = self.run({})
-        return _noise(self._int8, self.run(choice))
+        return self._int8
 
     def _build(self) -> None:
         if self._vm is not None:
@@ -365,7 +366,7 @@ def measure(probe: Probe, *, cache_dir: Path | None = None,
     first_reader = {}
     for name in layers:
         first_reader.setdefault(probe.input_root[name], name)
-    readers = [name for name in layers if first_reader[probe.input_root[name]] == name]
+    readers = set(first_reader.values())  # one s_a per quantizer, on its first reader
     with tqdm(total=(len(layers) + len(readers)) * len(narrow), desc="sensitivity",
               unit="run", leave=False, disable=not progress) as bar:
         for j, b in enumerate(bits):
@@ -377,7 +378,7 @@ def measure(probe: Probe, *, cache_dir: Path | None = None,
                 if name in readers:
                     s_a[i, j] = probe.added_noise({name: (8, b)})
                     bar.update()
-    int8 = probe.noise({})
+    int8 = probe.int8_noise()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
