@@ -56,7 +56,8 @@ from .targets.target import LowerInfo, Target, get, options
 __all__ = ["CompiledModel", "Layer", "compile", "find_layers"]
 
 TAPS_FUNCTION = "main_taps"  # in the host build: main plus every layer's integer output
-BOOSTER_SAMPLES = 64  # the first calibration samples bias absorption and bias correction fit to
+BOOSTER_SAMPLES = 64  # the first calibration samples bias absorption fits to
+BIAS_CORRECTION_SAMPLES = 16  # the first observed calibration samples bias correction reads
 STAGES = ("import", "calibrate", "bits", "quantize", "build", "report")
 
 
@@ -151,13 +152,14 @@ class _Pipeline:
     def run(self, model, calib, input_shape, start: float) -> CompiledModel:
         self.stage("import")
         float_mod, inp, outputs = import_model(model, input_shape)
-        if self.config.bias_absorption or self.config.bias_correction:
-            calib = list(iter_samples(calib, inp))  # read twice: by a booster and calibration
+        if self.config.bias_absorption:
+            calib = list(iter_samples(calib, inp))  # read twice: by absorption and calibration
         annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
-        stream = calib  # a list when a booster reads it again (bias correction)
-        first: list[np.ndarray] = []  # AdaRound's and the mixed sensitivity's samples
-        if self.config.weight_rounding == "adaround" or self.config.is_mixed:
+        stream = calib
+        first: list[np.ndarray] = []  # AdaRound's, bias correction's, the mixed sensitivity's
+        if (self.config.weight_rounding == "adaround" or self.config.is_mixed
+                or self.config.bias_correction):
             first, stream = self.observed_samples(calib, inp)
         calibrated = self.calibrate(annotated, layers, stream, inp)
         plan = None
@@ -171,7 +173,8 @@ class _Pipeline:
             weights = self.adaround(annotated, layers, calibrated, inp, plan, first)
         biases = None
         if self.config.bias_correction:
-            biases = self.bias_correction(annotated, layers, calib, plan, weights)
+            biases = self.bias_correction(annotated, layers, calibrated, inp, plan, weights,
+                                          first)
         realized = self.realize(annotated, layers, calibrated, inp, plan, weights, biases)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
@@ -248,6 +251,7 @@ class _Pipeline:
         from .boosters.adaround import SAMPLES
 
         wanted = max(SAMPLES if self.config.weight_rounding == "adaround" else 0,
+                     BIAS_CORRECTION_SAMPLES if self.config.bias_correction else 0,
                      self.config.sensitivity_samples if self.config.is_mixed else 0)
         stream = iter_samples(calib, inp)
         first, observed, held = [], [], 0
@@ -266,12 +270,16 @@ class _Pipeline:
         fitted to the inputs as the integer model will quantize them."""
         from .boosters.adaround import SAMPLES, adaround
 
-        qparams, channel_qparams = int8_qparams(annotated, calibrated.observers, self.config,
-                                                inp, plan and plan.bits_of,
-                                                calibrated.channel_ranges)
+        qparams, channel_qparams = self.grids(annotated, calibrated, inp, plan)
         return adaround(annotated, layers, input_qparams(layers, qparams, channel_qparams),
                         weight_bits_of(layers, self.config, plan), samples[:SAMPLES],
                         per_channel=self.config.per_channel_weights, progress=self.progress)
+
+    def grids(self, annotated, calibrated: Calibration, inp, plan) -> tuple[dict, dict]:
+        """int8_qparams' (per-tensor, per-channel) QParams at the plan's widths (8 bits without
+        a plan): the grids realize will use."""
+        return int8_qparams(annotated, calibrated.observers, self.config, inp,
+                            plan and plan.bits_of, calibrated.channel_ranges)
 
     def operand_bits(self, layers, plan) -> dict[str, tuple[int, int, int]] | None:
         """(w_bits, a_bits, y_bits) per layer for the target: the plan's (mixed), or 4-bit
@@ -301,16 +309,21 @@ class _Pipeline:
         return realize_int8(annotated, layers, calibrated.observers, self.config, inp, plan,
                             calibrated.channel_ranges, weights, biases)
 
-    def bias_correction(self, annotated, layers, calib, plan, weights):
-        """Corrected float biases {layer: b - e}, e the mean output error of the weights realize
-        will use: AdaRound's when it ran, else nearest rounding at each layer's width."""
+    def bias_correction(self, annotated, layers, calibrated: Calibration, inp, plan, weights,
+                        samples):
+        """Corrected float biases {layer: b - e}, e the mean output error of the integer model
+        (its grids, and the weights realize will use: AdaRound's when it ran, else nearest
+        rounding at each layer's width) on the first observed calibration samples."""
         if weights:
             quantized = {n: dequantize(wq, qp).astype(np.float32)
                          for n, (wq, qp) in weights.items()}
         else:
             quantized = nearest_weights(layers, self.config.per_channel_weights,
                                         weight_bits_of(layers, self.config, plan))
-        return correct_biases(annotated, layers, calib[:BOOSTER_SAMPLES], quantized)
+        qparams, channel_qparams = self.grids(annotated, calibrated, inp, plan)
+        return correct_biases(annotated, layers,
+                              rounding_sites(layers, qparams, channel_qparams),
+                              samples[:BIAS_CORRECTION_SAMPLES], quantized, self.progress)
 
 
 def measure_sqnr(report: Report, layers, realized: Realized, calibrated: Calibration,

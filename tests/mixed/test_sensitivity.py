@@ -185,8 +185,3 @@ def test_noise_ranks_a_layer_high_that_kl_on_a_dominating_class_ranks_low():
     assert kl[0] < kl[1]  # the blank-dominated row hides matmul_0's weight noise
     assert s.weight[0, 0] > 10 * s.weight[1, 0]  # its logits move much more
 
-
-def test_probe_refuses_a_non_mac_layer(digits_setup):
-    annotated, _, sites, _ = digits_setup
-    with pytest.raises(ValueError, match="not a conv2d/matmul layer"):
-        sensitivity.probe_module(annotated, sites(8), ["add_7"])

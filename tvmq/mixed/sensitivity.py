@@ -1,18 +1,12 @@
 """Per-layer accuracy sensitivity by mask-guided estimation (OHQ): narrow one operand of the
 integer model, measure how much more noise reaches the model outputs.
 
-One float "probe" build serves every measurement. It is the float model with every place the
-integer model rounds a value (tvmq.realize.rounding_sites: each input and output of a quantized
-layer) fake-quantized,
-
-    fq(x) = x + e * ((clip(round(x / s) + z, qmin, qmax) - z) * s - x)
-
-with (e, s, z, qmin, qmax) one row of a runtime table per site (a per-channel site takes its
-scale vector as its own argument, zero point 0), and each conv2d/matmul weight a runtime
-argument. With every mask e = 1 at the 8-bit grids and 8-bit weights it simulates the INT8
-model; with every mask 0 it is the float model. A narrow activation moves every site of its
-quantizer (tvmq.mixed.assign.quantizer_roots) to the narrow grid, whichever layer reads it,
-as the realized model does.
+One float "probe" build serves every measurement: the integer model simulated in float
+(tvmq.simulate: every place the integer model rounds a value fake-quantized, each
+conv2d/matmul weight a runtime argument). With every mask on at the 8-bit grids and 8-bit
+weights it simulates the INT8 model; with every mask off it is the float model. A narrow
+activation moves every site of its quantizer (tvmq.mixed.assign.quantizer_roots) to the
+narrow grid, whichever layer reads it, as the realized model does.
 
 For layer l at width b < 8, with the rest of the model at INT8:
 
@@ -51,19 +45,21 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tqdm import tqdm
-from tvm import relax
 
-from ..ir import emit_like
-from ..numerics import QParams, dequantize
-from ..numerics.weights import quantize_weight
-from ..passes.annotate_quantizable import composite_kind
+from ..numerics import QParams
+from ..simulate import (
+    Site,
+    channel_shape,
+    disabled_table,
+    fake_quant_module,
+    fake_quant_weight,
+    site_row,
+    site_tensor,
+)
 from ..targets.host import build
 
-MAC_KINDS = ("conv2d", "matmul")
 _CACHE_VERSION = "sensitivity-v4"  # bump when the measurement changes
 Choice = dict[str, tuple[int, int]]  # (w_bits, a_bits) by layer; layers not named stay (8, 8)
-Site = tuple[str, int | None]  # (layer, input index) or (layer, None) for its output
-_ROW = ("enable", "scale", "zero_point", "qmin", "qmax")  # one row of the site table
 
 
 @dataclass(frozen=True)
@@ -112,125 +108,6 @@ def _centered_log(p: np.ndarray) -> np.ndarray:
     return log - log.mean(-1, keepdims=True)
 
 
-def _slice(table: relax.Expr, row: int, col: int) -> relax.Call:
-    return relax.op.strided_slice(table, axes=[0, 1], begin=[row, col], end=[row + 1, col + 1])
-
-
-@relax.expr_functor.mutator
-class _Prober(relax.PyExprMutator):
-    """Fake-quantize every site of `main`'s quantized layers and inline every conv2d/matmul
-    composite with its weight as a parameter."""
-
-    def __init__(self, mod, sites: dict[Site, QParams], macs: list[str]):
-        super().__init__(mod)
-        self.mod_ = mod
-        self.row = {site: i for i, site in enumerate(sites)}
-        self.site_layers = {layer for layer, _ in sites}
-        self.mac_index = {name: i for i, name in enumerate(macs)}
-        self.table = relax.Var("site_fq", relax.TensorType((len(sites), len(_ROW)), "float32"))
-        self.scales: dict[Site, relax.Var] = {}  # per-channel sites' scale vectors
-        self.axis = {site: qp.axis for site, qp in sites.items() if np.ndim(qp.scale)}
-        self.weights: list[relax.Var | None] = [None] * len(macs)
-
-    def _fake_quant(self, x: relax.Expr, site: Site, shape) -> relax.Expr:
-        emit, op = self.builder_.emit, relax.op
-        enable, scale, zp, qmin, qmax = (emit(_slice(self.table, self.row[site], c))
-                                         for c in range(len(_ROW)))
-        if site in self.axis:
-            name = f"fq_{site[0]}_{'out' if site[1] is None else site[1]}"
-            self.scales[site] = relax.Var(name, relax.TensorType(
-                _channel_shape(shape, self.axis[site]), "float32"))
-            scale = self.scales[site]
-        q = emit(op.add(emit(op.round(emit(op.divide(x, scale)))), zp))
-        q = emit(op.minimum(emit(op.maximum(q, qmin)), qmax))
-        xq = emit(op.multiply(emit(op.subtract(q, zp)), scale))
-        return emit(op.add(x, emit(op.multiply(enable, emit(op.subtract(xq, x))))))
-
-    def visit_var_binding_(self, binding):
-        name = binding.var.name
-        if name not in self.site_layers:
-            emit_like(self, binding.var, self.visit_expr(binding.value))
-            return
-        args = []
-        for i, arg in enumerate(binding.value.args):
-            new = self.visit_expr(arg)
-            args.append(self._fake_quant(new, (name, i), arg.ty.shape) if (name, i) in self.row
-                        else new)
-        if name in self.mac_index:
-            out = self._inline_mac(binding.value, args, self.mac_index[name], name)
-        else:
-            out = self.builder_.emit(relax.Call(binding.value.op, args, binding.value.attrs,
-                                                binding.value.ty_args))
-        if (name, None) in self.row:
-            out = self._fake_quant(out, (name, None), binding.var.ty.shape)
-        emit_like(self, binding.var, out)
-
-    def _inline_mac(self, call, args, index, name):
-        func = self.mod_[call.op]
-        env = dict(zip(func.params, args))
-        bindings = [b for block in func.body.blocks for b in block.bindings]
-        for i, b in enumerate(bindings):
-            inner = b.value
-            inner_args = [env.get(a, a) if isinstance(a, relax.Var) else a for a in inner.args]
-            if i == 0:  # the conv2d / matmul: its weight becomes a parameter
-                weight = inner.args[1]
-                self.weights[index] = relax.Var(f"w_{name}", relax.TensorType(
-                    weight.ty.shape, "float32"))
-                inner_args[1] = self.weights[index]
-            env[b.var] = self.builder_.emit(relax.Call(inner.op, inner_args, inner.attrs,
-                                                       inner.ty_args))
-        return env[func.body.body]
-
-
-def _channel_shape(shape, axis: int) -> list[int]:
-    """[1, .., C, .., 1]: a per-channel scale broadcast along `axis` of a tensor of `shape`."""
-    dims = [int(d) for d in shape]
-    axis %= len(dims)
-    return [dims[i] if i == axis else 1 for i in range(len(dims))]
-
-
-def probe_module(annotated: tvm.IRModule, sites: dict[Site, QParams],
-                 macs: list[str]) -> tuple[tvm.IRModule, list[Site]]:
-    """(`main(x, site_fq, *weights, *scales)`, the per-channel sites in `scales` order): the
-    float model with every site fake-quantized and the conv2d/matmul `macs` taking their
-    weights as parameters."""
-    for name in macs:
-        if name not in _mac_names(annotated):
-            raise ValueError(f"probe_module: {name!r} is not a conv2d/matmul layer of the model")
-    prober = _Prober(annotated, sites, macs)
-    main = prober.visit_expr(annotated["main"])
-    channel_sites = list(prober.scales)
-    params = [*main.params, prober.table, *prober.weights,
-              *(prober.scales[site] for site in channel_sites)]
-    func = relax.Function(params, main.body, main.ret_ty, attrs=main.attrs)
-    prober.builder_.update_func(annotated.get_global_var("main"), func)
-    mod = prober.builder_.get()
-    return relax.transform.DeadCodeElimination(["main"])(mod), channel_sites
-
-
-def _mac_names(annotated: tvm.IRModule) -> set[str]:
-    return {b.var.name for block in annotated["main"].body.blocks for b in block.bindings
-            if composite_kind(annotated, b.value) in MAC_KINDS}
-
-
-def _weight_axis(w: np.ndarray) -> int:
-    """Output-channel axis: 0 for OIHW conv weights, 1 for (K, N) matmul weights."""
-    return 0 if w.ndim == 4 else 1
-
-
-def fake_quant_weight(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
-    """float32 dequantize(quantize_weight(w, bits)): the weight the realized layer computes with."""
-    q, qp = quantize_weight(w, axis=_weight_axis(w), per_channel=per_channel, bits=bits)
-    return dequantize(q, qp).astype(np.float32)
-
-
-def _row(qp: QParams) -> list[float]:
-    """A site's table row (a per-channel site's scale column is unused: 1)."""
-    per_tensor = not np.ndim(qp.scale)
-    return [1.0, float(qp.scale) if per_tensor else 1.0,
-            float(qp.zero_point) if per_tensor else 0.0, float(qp.qmin), float(qp.qmax)]
-
-
 class Probe:
     """The probe build of one model: `run(choice)` gives the outputs with each conv2d/matmul of
     `choice` at its (w_bits, a_bits) and the rest of the model at INT8 (`run(None)`: float);
@@ -248,10 +125,9 @@ class Probe:
         self.layers = [layer.name for layer in macs]
         self.input_root = {layer.name: roots[layer.inputs[0]] for layer in macs}
         self.sites, self.per_channel = sites, per_channel
-        bindings = {b.var.name: b for block in annotated["main"].body.blocks
-                    for b in block.bindings}
-        self.shape = {site: _site_var(bindings, site).ty.shape for site in sites[8]}
-        self.site_root = {site: roots[_site_var(bindings, site).name] for site in sites[8]}
+        tensors = {site: site_tensor(annotated, site) for site in sites[8]}
+        self.shape = {site: tensor.ty.shape for site, tensor in tensors.items()}
+        self.site_root = {site: roots[tensor.name] for site, tensor in tensors.items()}
         self.site_list = list(sites[8])
         self.weights = [layer.weight for layer in macs]
         self._vm = self._reference = self._int8 = None
@@ -278,12 +154,11 @@ class Probe:
 
     def table(self, choice: Choice | None) -> np.ndarray:
         """The site table of `choice` (rows in `site_list` order; None: every mask off)."""
-        table = np.zeros((len(self.site_list), len(_ROW)), np.float32)
-        table[:, 1] = 1.0  # scale 1 keeps the disabled rows finite
+        table = disabled_table(len(self.site_list))
         if choice is not None:
             widths = self._widths(choice)
             for k, site in enumerate(self.site_list):
-                table[k] = _row(self.sites[widths.get(self.site_root[site], 8)][site])
+                table[k] = site_row(self.sites[widths.get(self.site_root[site], 8)][site])
         return table
 
     def _widths(self, choice: Choice) -> dict[str, int]:
@@ -316,7 +191,7 @@ class Probe:
     def _build(self) -> None:
         if self._vm is not None:
             return
-        mod, self.channel_sites = probe_module(self.annotated, self.sites[8], self.layers)
+        mod, self.channel_sites = fake_quant_module(self.annotated, self.sites[8], self.layers)
         self._vm = build(mod).vm
         self._xs = [tvm.runtime.tensor(np.ascontiguousarray(x)) for x in self.samples]
         self._ws = [tvm.runtime.tensor(np.ascontiguousarray(w, np.float32))
@@ -328,7 +203,7 @@ class Probe:
         qp = self.sites[bits][site]
         scale = np.ones_like(qp.scale) if ones else qp.scale
         return tvm.runtime.tensor(np.asarray(scale, np.float32).reshape(
-            _channel_shape(self.shape[site], qp.axis)))
+            channel_shape(self.shape[site], qp.axis)))
 
     def _weight(self, i: int, bits: int) -> tvm.runtime.Tensor:
         if (i, bits) not in self._fq:
@@ -341,12 +216,6 @@ def _noise(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> fl
     """output_noise summed over the model's outputs (samples x outputs lists)."""
     return sum(output_noise([r[k] for r in reference], [g[k] for g in got])
                for k in range(len(got[0])))
-
-
-def _site_var(bindings: dict, site: Site) -> relax.Var:
-    """The tensor a site rounds: the layer's output or its input."""
-    binding = bindings[site[0]]
-    return binding.var if site[1] is None else binding.value.args[site[1]]
 
 
 def measure(probe: Probe, *, cache_dir: Path | None = None,
