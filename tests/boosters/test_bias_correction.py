@@ -136,3 +136,22 @@ def test_a_model_of_heads_only_is_left_as_it_is():
     sites = {(layers[0].name, 0): QParams(np.float32(0.1), 0, -128, 127)}
     xs = [rng.normal(size=SHAPE).astype(np.float32)]
     assert correct_biases(annotated, layers, sites, xs, nearest_weights(layers)) == {}
+
+
+def test_a_layer_an_output_reads_through_other_ops_is_a_head_even_if_a_layer_reads_it_too():
+    """conv0 -> conv1 -> conv2, output = concat(conv1, conv2) (a detector's class convs reach
+    the output through a concat and a split, and its box convs too): conv1 and conv2 are
+    heads, conv0 is corrected."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], pads=[1] * 4),
+             helper.make_node("Conv", ["c0", "w1", "b1"], ["c1"]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"]),
+             helper.make_node("Concat", ["c1", "c2"], ["output"], axis=1)]
+    weights = {"w0": rng.normal(size=(5, 4, 3, 3)), "b0": rng.normal(size=5),
+               "w1": rng.normal(size=(3, 5, 1, 1)), "b1": rng.normal(size=3),
+               "w2": rng.normal(size=(2, 3, 1, 1)), "b2": rng.normal(size=2)}
+    annotated, layers = _annotated(make_onnx(nodes, weights, SHAPE, (1, 5, 7, 7)))
+    sites = {(layers[0].name, 0): QParams(np.float32(0.1), 0, -128, 127)}
+    xs = [rng.normal(size=SHAPE).astype(np.float32)]
+    got = correct_biases(annotated, layers, sites, xs, nearest_weights(layers))
+    assert list(got) == [layers[0].name]

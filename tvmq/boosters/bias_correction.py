@@ -14,8 +14,8 @@ the integer model simulated in float (tvmq.simulate) with a per-channel offset o
 layers above them): one pass over the samples per depth corrects every layer of that depth,
 with every shallower layer already corrected, so each layer sees its inputs as they will be.
 
-The heads (layers no other conv2d/matmul reads: a classifier's or recognizer's last matmul,
-a detector's output convs) keep their biases. A head's mean error is the mean of its logits
+The heads (layers a model output reads through no other conv2d/matmul: a classifier's or
+recognizer's last matmul, a detector's output convs) keep their biases. A head's mean error is the mean of its logits
 per class over the calibration samples, which is a property of the samples (the classes and
 positions they hold) as much as of the model, and no later layer is corrected around it. On
 the zoo's recognizers (16 calibration lines, 50 test lines, exact match) correcting every
@@ -131,14 +131,20 @@ def _channel_mean(y: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _heads(annotated: tvm.IRModule, macs: set[str]) -> set[str]:
-    """The layers of `macs` that no other layer of `macs` reads, directly or through other
-    ops (a classifier's last matmul, a detector's output convs)."""
-    feeds: set[str] = set()  # bindings some layer of `macs` reads, directly or not
-    bindings = [b for block in annotated["main"].body.blocks for b in block.bindings]
+    """The layers of `macs` a model output reads through no other layer of `macs` (a
+    classifier's last matmul, a detector's output convs)."""
+    main = annotated["main"]
+    reaches = {v.name for v in relax.analysis.free_vars(main.body.body)}  # the outputs
+    heads = set()
+    bindings = [b for block in main.body.blocks for b in block.bindings]
     for b in reversed(bindings):
-        if b.var.name in macs or b.var.name in feeds:
-            feeds.update(v.name for v in relax.analysis.free_vars(b.value))
-    return macs - feeds
+        if b.var.name not in reaches:
+            continue
+        if b.var.name in macs:
+            heads.add(b.var.name)
+        else:
+            reaches.update(v.name for v in relax.analysis.free_vars(b.value))
+    return heads
 
 
 def _depths(annotated: tvm.IRModule, corrected: set[str]) -> dict[str, int]:
