@@ -79,15 +79,15 @@ CONFIGS: dict[str, tuple[str, tvmq.QuantConfig]] = {
                                        sensitivity_samples=4)),
     "int8-accel": ("accel", tvmq.QuantConfig()),
     "int8-cle": ("host", tvmq.QuantConfig(equalize=True)),
-    "int8-bc": ("host", tvmq.QuantConfig(bias_correction=True)),
+    "int8-no-bc": ("host", tvmq.QuantConfig(bias_correction=False)),
     "int8-adaround": ("host", tvmq.QuantConfig(weight_rounding="adaround")),
     "w4a8": ("host", tvmq.QuantConfig(weight_bits=4)),
     "w4a8-adaround": ("host", tvmq.QuantConfig(weight_bits=4, weight_rounding="adaround")),
 }
 """``--configs`` choices -> (target, config): the defaults of each scheme (mixed: 4 sensitivity
 samples) on the host, INT8 on the accelerator emulator (npu-small), and the boosters: INT8 with
-cross-layer equalization, with bias correction, with AdaRound, and 4-bit weights (W4A8) with
-nearest and learned rounding."""
+cross-layer equalization, without bias correction (on by default), with AdaRound, and 4-bit
+weights (W4A8) with nearest and learned rounding."""
 
 
 @dataclass

@@ -58,6 +58,10 @@ def test_compile_with_boosters_records_them_and_refuses_them_for_lbfp(tmp_path, 
     assert "bit-exact on 2 samples" in capsys.readouterr().out
     config = json.loads((out / "report.json").read_text())["config"]
     assert config["equalize"] is config["bias_absorption"] is config["bias_correction"] is True
+    assert main(["compile", str(data.digits_model_path()), "--calib", str(calib),
+                 "--no-bias-correction", "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())["config"]
+    assert plain["bias_correction"] is False  # on by default
     assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--scheme",
                  "lbfp8", "--equalize", "--out", str(tmp_path / "o")]) == 2
     assert "--equalize applies to schemes 'int8', 'mixed' only" in capsys.readouterr().err
@@ -147,7 +151,7 @@ def test_flags_left_out_never_trip_the_scheme_check(tmp_path, capsys, scheme):
     ("QuantConfig.symmetric_activations=True applies", "--symmetric-activations applies"),
     ("QuantConfig.equalize=True applies", "--equalize applies"),
     ("QuantConfig.bias_absorption=True applies", "--bias-absorption applies"),
-    ("QuantConfig.bias_correction=True applies", "--bias-correction applies"),
+    ("QuantConfig.bias_correction=False applies", "--no-bias-correction applies"),
     ("drop it or use scheme='mixed'.", "drop it or use --scheme mixed."),
     ("kind='fp32' takes rounding=None", "kind='fp32' takes rounding=None"),  # not a flag
     ("but McuConfig.ram_bytes is 1,000", "but --ram-bytes is 1,000"),

@@ -32,8 +32,11 @@ def test_weight_width_and_rounding_show_in_the_label():
 def test_booster_switches_are_bools_and_show_in_the_label(field):
     with pytest.raises(ValueError, match=f"QuantConfig.{field}=1; use True or False"):
         QuantConfig(**{field: 1})
-    assert QuantConfig(equalize=True, bias_absorption=True, bias_correction=True).label == \
-        "int8 mult_shift/double minmax cle ba bc"
+    assert QuantConfig(equalize=True, bias_absorption=True).label == \
+        "int8 mult_shift/double minmax cle ba"
+    assert QuantConfig(bias_correction=False).label == "int8 mult_shift/double minmax no-bc"
+    assert QuantConfig(scheme="lbfp8").corrects_biases is False  # on by default, int8/mixed only
+    assert "bc" not in QuantConfig(scheme="lbfp8").label
 
 
 def test_sqnr_samples_must_be_non_negative_int():
@@ -110,7 +113,7 @@ NON_DEFAULT = dict(scheme="mixed", requant="fp32", rounding="single", observer="
                    weight_budget=0.5, bops_budget=0.5, layer_bits={"conv2d_0": (8, 8)},
                    sensitivity_samples=4, weight_rounding="adaround", weight_bits=4,
                    keep_float=("conv2d_0",), equalize=True, bias_absorption=True,
-                   bias_correction=True)
+                   bias_correction=False)
 NOT_APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in SCHEMES
                 if s not in schemes]
 APPLYING = [(f, s) for f, schemes in FIELD_SCHEMES.items() for s in schemes if f != "scheme"]

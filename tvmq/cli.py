@@ -96,9 +96,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bias-absorption", action="store_true",
                    help="int8, mixed: DFQ bias absorption from ReLU layers into unpadded next "
                    "layers, fit to the calibration samples")
-    g.add_argument("--bias-correction", action="store_true",
-                   help="int8, mixed: subtract each conv/matmul's mean weight-quantization "
-                   "error on the calibration samples from its bias")
+    g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="int8, mixed: subtract from each conv/matmul bias the mean error "
+                   "of its output in the integer model on the calibration samples (default: "
+                   "on)")
 
 
 def _config(args) -> QuantConfig:
@@ -442,7 +443,7 @@ FLAG_FIELDS = ("scheme", "requant", "rounding", "observer", "lbfp_frac_bits", "l
 FLAG_SWITCHES = {"per_channel_weights=False": "--per-tensor-weights",
                  "symmetric_activations=True": "--symmetric-activations",
                  "equalize=True": "--equalize", "bias_absorption=True": "--bias-absorption",
-                 "bias_correction=True": "--bias-correction"}
+                 "bias_correction=False": "--no-bias-correction"}
 
 
 def cli_words(message: str) -> str:

@@ -159,7 +159,7 @@ class _Pipeline:
         stream = calib
         first: list[np.ndarray] = []  # AdaRound's, bias correction's, the mixed sensitivity's
         if (self.config.weight_rounding == "adaround" or self.config.is_mixed
-                or self.config.bias_correction):
+                or self.config.corrects_biases):
             first, stream = self.observed_samples(calib, inp)
         calibrated = self.calibrate(annotated, layers, stream, inp)
         plan = None
@@ -171,10 +171,11 @@ class _Pipeline:
         weights = None
         if self.config.weight_rounding == "adaround":
             weights = self.adaround(annotated, layers, calibrated, inp, plan, first)
-        biases = None
-        if self.config.bias_correction:
-            biases = self.bias_correction(annotated, layers, calibrated, inp, plan, weights,
-                                          first)
+        correction = None
+        if self.config.corrects_biases:
+            correction = self.bias_correction(annotated, layers, calibrated, inp, plan,
+                                              weights, first)
+        biases = correction.biases if correction is not None and correction.kept else None
         realized = self.realize(annotated, layers, calibrated, inp, plan, weights, biases)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
@@ -189,6 +190,8 @@ class _Pipeline:
         report.layers = realized.rows
         if plan is not None:
             report.mixed = plan.summary()
+        if correction is not None:
+            report.bias_correction = correction.summary()
         if self.config.sqnr_samples and calibrated.inputs:
             measure_sqnr(report, layers, realized, calibrated, self.config.sqnr_samples, host,
                          outputs)
@@ -251,7 +254,7 @@ class _Pipeline:
         from .boosters.adaround import SAMPLES
 
         wanted = max(SAMPLES if self.config.weight_rounding == "adaround" else 0,
-                     BIAS_CORRECTION_SAMPLES if self.config.bias_correction else 0,
+                     BIAS_CORRECTION_SAMPLES if self.config.corrects_biases else 0,
                      self.config.sensitivity_samples if self.config.is_mixed else 0)
         stream = iter_samples(calib, inp)
         first, observed, held = [], [], 0
@@ -311,9 +314,10 @@ class _Pipeline:
 
     def bias_correction(self, annotated, layers, calibrated: Calibration, inp, plan, weights,
                         samples):
-        """Corrected float biases {layer: b - e}, e the mean output error of the integer model
-        (its grids, and the weights realize will use: AdaRound's when it ran, else nearest
-        rounding at each layer's width) on the first observed calibration samples."""
+        """Corrected float biases {layer: b - e} (BiasCorrection), e the mean output error of
+        the integer model (its grids, and the weights realize will use: AdaRound's when it ran,
+        else nearest rounding at each layer's width) on the first observed calibration
+        samples."""
         if weights:
             quantized = {n: dequantize(wq, qp).astype(np.float32)
                          for n, (wq, qp) in weights.items()}

@@ -166,8 +166,9 @@ class QuantConfig:
         calibration sample into the next layer's bias (the float model is unchanged on the
         calibration samples, not beyond them).
     bias_correction : bool
-        int8, mixed: subtract from each conv/matmul bias the mean output error its quantized
-        weights cause on the calibration samples (tvmq.boosters.bias_correction).
+        int8, mixed (on by default): subtract from each conv/matmul bias (a head's excepted)
+        the mean error of its output in the integer model on the first calibration samples,
+        layer after layer (tvmq.boosters.bias_correction).
 
     Notes
     -----
@@ -205,7 +206,7 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     equalize: bool = False
     bias_absorption: bool = False
-    bias_correction: bool = False
+    bias_correction: bool = True
 
     def __post_init__(self):
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -351,9 +352,16 @@ class QuantConfig:
         words.append(self.observer)
         if applies("weight_rounding", self.scheme) and self.weight_rounding != "nearest":
             words.append(self.weight_rounding)
-        words += [word for word, on in (("cle", self.equalize), ("ba", self.bias_absorption),
-                                        ("bc", self.bias_correction)) if on]
+        words += [word for word, on in (("cle", self.equalize), ("ba", self.bias_absorption))
+                  if on]
+        if applies("bias_correction", self.scheme) and not self.bias_correction:
+            words.append("no-bc")  # on by default
         return " ".join(words)
+
+    @property
+    def corrects_biases(self) -> bool:
+        """Whether bias correction runs: `bias_correction` under a scheme it applies to."""
+        return self.bias_correction and applies("bias_correction", self.scheme)
 
     def to_dict(self) -> dict:
         """Every field by name, JSON-serializable: layer_bits as {name: [w_bits, a_bits]}.

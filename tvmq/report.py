@@ -56,6 +56,7 @@ class Report:
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
     mcu: dict | None = None  # target "mcu": tvmq.targets.mcu.McuBuild.summary()
     fallback: dict | None = None  # compile(max_drop=...): tvmq.fallback.Fallback.summary()
+    bias_correction: dict | None = None  # tvmq.boosters.bias_correction.BiasCorrection.summary()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +127,14 @@ class Report:
                    "bytes in float32" + ("" if f["accel_cycles"] is None else
                                           f", {f['accel_cycles']} accelerator cycles") + ")"
                    if f["raised"] else ""))
+        if self.bias_correction is not None:
+            b = self.bias_correction
+            sim = b["simulated_sqnr_db"]
+            change = f"{_fmt_db(sim['before'])} -> {_fmt_db(sim['after'])} dB"
+            lines.append(
+                f"bias correction: {b['layers']} layer(s), simulated output SQNR on its "
+                f"samples {change}: " + ("kept" if b["kept"] else "dropped (it did not raise "
+                                         "the SQNR; bias_correction=False skips it)"))
         if self.accel is not None:
             hw = self.accel["config"]
             pes = f"{hw['t_oc']}x{hw['t_ic']} PEs"

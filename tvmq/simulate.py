@@ -66,6 +66,46 @@ def site_tensor(annotated: tvm.IRModule, site: Site) -> relax.Var:
     return binding.var if site[1] is None else binding.value.args[site[1]]
 
 
+def output_noise(references: list[np.ndarray], approx: list[np.ndarray]) -> float:
+    """Noise-to-signal power of one output over samples (1 / SQNR, linear):
+
+        sum_n ||t(y~_n) - t(y_n)||^2 / sum_n ||t(y_n)||^2
+
+    with t(p) = log p - mean(log p) along the last axis when the reference is a distribution
+    along it (softmax outputs: the logits up to their per-row shift, which a confident softmax
+    would hide), else t(y) = y."""
+    ref = [np.asarray(r, np.float64) for r in references]
+    out = [np.asarray(o, np.float64) for o in approx]
+    if all(_is_distribution(r) for r in ref):
+        ref, out = [_centered_log(r) for r in ref], [_centered_log(o) for o in out]
+    noise = sum(float(np.sum((o - r) ** 2)) for r, o in zip(ref, out))
+    signal = sum(float(np.sum(r**2)) for r in ref)
+    return noise / max(signal, 1e-30)
+
+
+def _is_distribution(y: np.ndarray) -> bool:
+    return y.shape[-1] > 1 and bool(np.all(y >= 0)) and np.allclose(y.sum(-1), 1.0, atol=1e-3)
+
+
+def _centered_log(p: np.ndarray) -> np.ndarray:
+    """log p - mean(log p) along the last axis; p clipped at 1e-30 (float32 softmax underflow)."""
+    log = np.log(np.clip(p, 1e-30, None))
+    return log - log.mean(-1, keepdims=True)
+
+
+def outputs_noise(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    """output_noise summed over the model's outputs (samples x outputs lists)."""
+    return sum(output_noise([r[k] for r in reference], [g[k] for g in got])
+               for k in range(len(got[0])))
+
+
+def model_outputs(out) -> list[np.ndarray]:
+    """A VM result as a list of the model's outputs."""
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [o.numpy() for o in out]
+
+
 def _slice(table: relax.Expr, row: int, col: int) -> relax.Call:
     return relax.op.strided_slice(table, axes=[0, 1], begin=[row, col], end=[row + 1, col + 1])
 

@@ -9,7 +9,7 @@ from tvmq.targets.host import build
 
 import tvmq
 from tests.conftest import make_onnx
-from tvmq.boosters.bias_correction import correct_biases, nearest_weights
+from tvmq.boosters.bias_correction import BiasCorrection, correct_biases, nearest_weights
 from tvmq.frontend import import_model
 from tvmq.layers import find_layers
 from tvmq.numerics import QParams, dequantize, quantize
@@ -68,8 +68,10 @@ def test_each_layer_is_corrected_on_its_inputs_as_the_corrected_integer_model_ho
     xs = [rng.uniform(-1, 2, SHAPE).astype(np.float32) for _ in range(4)]
     q = {la.name: la.weight + rng.normal(0, 0.02, la.weight.shape).astype(np.float32)
          for la in (c1, c2, head)}
-    got = correct_biases(annotated, layers, sites, xs, q)
+    result = correct_biases(annotated, layers, sites, xs, q)
+    got = result.biases
     assert sorted(got) == sorted([c1.name, c2.name])  # the head keeps its bias
+    assert 0 < result.noise_after < result.noise_before and result.kept
 
     def conv(x, w, b=0.0):
         return conv2d(x.astype(np.float64), w.astype(np.float64), (1, 1), PAD, (1, 1), 1) + \
@@ -122,6 +124,10 @@ def test_compile_cancels_the_mean_error_and_stays_exact():
         cm = tvmq.compile(model, config=cfg, calib=calib, progress=False)
         assert cm.verify(calib, n=4).ok
         assert cm.report().config["bias_correction"] is on
+        if on:
+            summary = cm.report().bias_correction
+            assert summary["kept"] and summary["layers"] == 2
+            assert "bias correction: 2 layer(s)" in str(cm.report())
         got = np.concatenate([cm.run(x[None]) for x in calib])
         mean_error[on] = np.abs((got - float_out).mean(axis=(0, 2, 3)))
     assert mean_error[True].max() < 0.2 * mean_error[False].max(), mean_error
@@ -135,7 +141,8 @@ def test_a_model_of_heads_only_is_left_as_it_is():
     annotated, layers = _annotated(model)
     sites = {(layers[0].name, 0): QParams(np.float32(0.1), 0, -128, 127)}
     xs = [rng.normal(size=SHAPE).astype(np.float32)]
-    assert correct_biases(annotated, layers, sites, xs, nearest_weights(layers)) == {}
+    result = correct_biases(annotated, layers, sites, xs, nearest_weights(layers))
+    assert result.biases == {} and not result.kept
 
 
 def test_a_layer_an_output_reads_through_other_ops_is_a_head_even_if_a_layer_reads_it_too():
@@ -153,5 +160,21 @@ def test_a_layer_an_output_reads_through_other_ops_is_a_head_even_if_a_layer_rea
     annotated, layers = _annotated(make_onnx(nodes, weights, SHAPE, (1, 5, 7, 7)))
     sites = {(layers[0].name, 0): QParams(np.float32(0.1), 0, -128, 127)}
     xs = [rng.normal(size=SHAPE).astype(np.float32)]
-    got = correct_biases(annotated, layers, sites, xs, nearest_weights(layers))
+    got = correct_biases(annotated, layers, sites, xs, nearest_weights(layers)).biases
     assert list(got) == [layers[0].name]
+
+
+def test_a_correction_that_does_not_lower_the_output_noise_is_dropped(monkeypatch):
+    rng = np.random.default_rng(7)
+    model = _chain_model(rng)
+    calib = rng.uniform(0, 1, (8, *SHAPE[1:])).astype(np.float32)
+    plain = tvmq.compile(model, config=tvmq.QuantConfig(bias_correction=False), calib=calib,
+                         progress=False)
+    _, layers = _annotated(model)
+    worse = BiasCorrection({layers[0].name: np.full(6, 100.0, np.float32)}, 0.1, 0.2)
+    monkeypatch.setattr("tvmq.compiler.correct_biases", lambda *args: worse)
+    cm = tvmq.compile(model, config=tvmq.QuantConfig(), calib=calib, progress=False)
+    for x in calib[:3]:
+        np.testing.assert_array_equal(cm.run(x[None]), plain.run(x[None]))
+    assert cm.report().bias_correction["kept"] is False
+    assert "dropped (it did not raise the SQNR" in str(cm.report())

@@ -16,6 +16,7 @@ from tvmq.mixed import sensitivity
 from tvmq.mixed.assign import quantizer_roots
 from tvmq.realize import int8_qparams, rounding_sites
 from tvmq.report import sqnr_db
+from tvmq.simulate import output_noise
 
 
 def _setup(model, samples, hold_back=0):
@@ -124,9 +125,9 @@ def test_results_are_cached_on_disk(digits_setup, tmp_path, monkeypatch):
 
 def test_output_noise_is_noise_over_signal_power():
     y = [np.array([[3.0, -4.0]]), np.array([[0.0, 0.0]])]
-    assert sensitivity.output_noise(y, y) == 0.0
+    assert output_noise(y, y) == 0.0
     got = [np.array([[3.0, -3.0]]), np.array([[0.0, 1.0]])]
-    assert sensitivity.output_noise(y, got) == pytest.approx(2 / 25)  # (1 + 1) / (9 + 16)
+    assert output_noise(y, got) == pytest.approx(2 / 25)  # (1 + 1) / (9 + 16)
 
 
 def test_output_noise_of_a_distribution_is_taken_on_its_centered_logits():
@@ -142,7 +143,7 @@ def test_output_noise_of_a_distribution_is_taken_on_its_centered_logits():
         return x - x.mean(-1, keepdims=True)
 
     want = np.sum((centered(noisy) - centered(logits)) ** 2) / np.sum(centered(logits) ** 2)
-    got = sensitivity.output_noise([softmax(logits)], [softmax(noisy)])
+    got = output_noise([softmax(logits)], [softmax(noisy)])
     assert got == pytest.approx(want, rel=1e-9)
     assert got > 0.01  # the confident row's logit noise counts although p barely moves
 

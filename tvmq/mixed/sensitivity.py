@@ -14,12 +14,13 @@ For layer l at width b < 8, with the rest of the model at INT8:
     s_a[l, b] = noise(y(l's input quantizer at b bits), y_int8)
 
 where y_int8 is the probe's INT8 output and noise the noise-to-signal ratio of an output
-(`output_noise`) over the samples, summed over the model's outputs; s at 8 bits is 0. Layers
-that read one quantizer share its s_a: the first of them carries it, the others 0 (the program
-ties their a_bits). A layer at (w_bits, a_bits) is scored s_w + s_a (independent perturbations
-add in power to first order; one run per narrow operand). `Probe.added_noise(choice)` measures
-a whole assignment at once (the check of tvmq.mixed.assign). Results are cached on disk under
-`<cache root>/sensitivity/`, keyed by the model, the samples, the grids and the widths.
+(tvmq.simulate.output_noise) over the samples, summed over the model's outputs; s at 8 bits
+is 0. Layers that read one quantizer share its s_a: the first of them carries it, the others 0
+(the program ties their a_bits). A layer at (w_bits, a_bits) is scored s_w + s_a
+(independent perturbations add in power to first order; one run per narrow operand).
+`Probe.added_noise(choice)` measures a whole assignment at once (the check of
+tvmq.mixed.assign). Results are cached on disk under `<cache root>/sensitivity/`, keyed by the
+model, the samples, the grids and the widths.
 
 Why every site, against the INT8 output (the second version fake-quantized conv2d/matmul
 inputs only, against the float model): on PP-OCRv4 rec that probe decoded the chosen plan at
@@ -53,6 +54,8 @@ from ..simulate import (
     disabled_table,
     fake_quant_module,
     fake_quant_weight,
+    model_outputs,
+    outputs_noise,
     site_row,
     site_tensor,
 )
@@ -79,33 +82,6 @@ class Sensitivity:
         """(L,) additive score of every layer at (w_bits, a_bits)."""
         return (self.weight[:, self.bits.index(w_bits)]
                 + self.activation[:, self.bits.index(a_bits)])
-
-
-def output_noise(references: list[np.ndarray], approx: list[np.ndarray]) -> float:
-    """Noise-to-signal power of one output over samples (1 / SQNR, linear):
-
-        sum_n ||t(y~_n) - t(y_n)||^2 / sum_n ||t(y_n)||^2
-
-    with t(p) = log p - mean(log p) along the last axis when the reference is a distribution
-    along it (softmax outputs: the logits up to their per-row shift, which a confident softmax
-    would hide), else t(y) = y."""
-    ref = [np.asarray(r, np.float64) for r in references]
-    out = [np.asarray(o, np.float64) for o in approx]
-    if all(_is_distribution(r) for r in ref):
-        ref, out = [_centered_log(r) for r in ref], [_centered_log(o) for o in out]
-    noise = sum(float(np.sum((o - r) ** 2)) for r, o in zip(ref, out))
-    signal = sum(float(np.sum(r**2)) for r in ref)
-    return noise / max(signal, 1e-30)
-
-
-def _is_distribution(y: np.ndarray) -> bool:
-    return y.shape[-1] > 1 and bool(np.all(y >= 0)) and np.allclose(y.sum(-1), 1.0, atol=1e-3)
-
-
-def _centered_log(p: np.ndarray) -> np.ndarray:
-    """log p - mean(log p) along the last axis; p clipped at 1e-30 (float32 softmax underflow)."""
-    log = np.log(np.clip(p, 1e-30, None))
-    return log - log.mean(-1, keepdims=True)
 
 
 class Probe:
@@ -150,7 +126,7 @@ class Probe:
             for i, name in enumerate(self.layers):
                 ws[i] = self._weight(i, choice.get(name, (8, 8))[0])
         table = tvm.runtime.tensor(self.table(choice))
-        return [_outputs(self._vm["main"](x, table, *ws, *scales)) for x in self._xs]
+        return [model_outputs(self._vm["main"](x, table, *ws, *scales)) for x in self._xs]
 
     def table(self, choice: Choice | None) -> np.ndarray:
         """The site table of `choice` (rows in `site_list` order; None: every mask off)."""
@@ -167,16 +143,16 @@ class Probe:
 
     def noise(self, choice: Choice | None) -> float:
         """Output noise of `choice` against the float model, summed over the outputs."""
-        return _noise(self._float_outputs(), self.run(choice))
+        return outputs_noise(self._float_outputs(), self.run(choice))
 
     def added_noise(self, choice: Choice) -> float:
         """Output noise of `choice` against the INT8 model (every operand at 8 bits): the
         noise its narrow operands add, summed over the outputs."""
-        return _noise(self._int8_outputs(), self.run(choice))
+        return outputs_noise(self._int8_outputs(), self.run(choice))
 
     def int8_noise(self) -> float:
         """noise({}) from the INT8 outputs `added_noise` compares with (run once)."""
-        return _noise(self._float_outputs(), self._int8_outputs())
+        return outputs_noise(self._float_outputs(), self._int8_outputs())
 
     def _float_outputs(self) -> list[list[np.ndarray]]:
         if self._reference is None:
@@ -210,12 +186,6 @@ class Probe:
             self._fq[(i, bits)] = tvm.runtime.tensor(
                 fake_quant_weight(self.weights[i], bits, self.per_channel))
         return self._fq[(i, bits)]
-
-
-def _noise(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-    """output_noise summed over the model's outputs (samples x outputs lists)."""
-    return sum(output_noise([r[k] for r in reference], [g[k] for g in got])
-               for k in range(len(got[0])))
 
 
 def measure(probe: Probe, *, cache_dir: Path | None = None,
@@ -254,12 +224,6 @@ def measure(probe: Probe, *, cache_dir: Path | None = None,
         np.savez(tmp, weight=s_w, activation=s_a, int8=int8)
         tmp.rename(path)
     return Sensitivity(tuple(layers), bits, s_w, s_a, int8, time.perf_counter() - start)
-
-
-def _outputs(out) -> list[np.ndarray]:
-    if isinstance(out, tvm.runtime.Tensor):
-        return [out.numpy()]
-    return [o.numpy() for o in out]
 
 
 def _cache_key(annotated, weights, samples, sites, bits, per_channel) -> str:
