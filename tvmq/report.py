@@ -127,7 +127,9 @@ class Report:
                    "bytes in float32" + ("" if f["accel_cycles"] is None else
                                           f", {f['accel_cycles']} accelerator cycles") + ")"
                    if f["raised"] else ""))
-        if self.bias_correction is not None:
+        if self.bias_correction is not None and not self.bias_correction["layers"]:
+            lines.append("bias correction: no layer to correct (each conv/matmul is a head)")
+        elif self.bias_correction is not None:
             b = self.bias_correction
             sim = b["simulated_sqnr_db"]
             change = f"{_fmt_db(sim['before'])} -> {_fmt_db(sim['after'])} dB"

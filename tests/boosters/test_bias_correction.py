@@ -143,6 +143,9 @@ def test_a_model_of_heads_only_is_left_as_it_is():
     xs = [rng.normal(size=SHAPE).astype(np.float32)]
     result = correct_biases(annotated, layers, sites, xs, nearest_weights(layers))
     assert result.biases == {} and not result.kept
+    cm = tvmq.compile(model, calib=rng.normal(size=(4, *SHAPE[1:])).astype(np.float32),
+                      progress=False)
+    assert "bias correction: no layer to correct" in str(cm.report())
 
 
 def test_a_layer_an_output_reads_through_other_ops_is_a_head_even_if_a_layer_reads_it_too():
