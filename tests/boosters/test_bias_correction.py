@@ -11,10 +11,12 @@ import tvmq
 from tests.conftest import make_onnx
 from tvmq.boosters.bias_correction import BiasCorrection, correct_biases, nearest_weights
 from tvmq.frontend import import_model
+from tvmq.ir import RequantChain, bindings_of
 from tvmq.layers import find_layers
 from tvmq.numerics import QParams, dequantize, quantize
-from tvmq.numerics.weights import quantize_weight
+from tvmq.numerics.weights import quantize_bias, quantize_weight
 from tvmq.oracle import conv2d
+from tvmq.realize import input_qparams
 
 SHAPE = (1, 4, 7, 7)
 PAD = (1, 1, 1, 1)
@@ -108,7 +110,7 @@ def test_nearest_weights_are_the_weights_realize_quantizes(per_channel, bits):
     assert len(np.unique(np.round(got / qp.scale.reshape(-1, 1, 1, 1)))) <= 2 ** bits - 1
 
 
-def test_compile_cancels_the_mean_error_and_stays_exact():
+def test_compile_cancels_the_mean_error_and_stays_exact(monkeypatch):
     """Per-tensor weights of a conv whose channels span 100x: the small channels round coarsely
     with a mean error that reaches the output; corrected, the output's mean error falls."""
     rng = np.random.default_rng(4)
@@ -118,6 +120,9 @@ def test_compile_cancels_the_mean_error_and_stays_exact():
     annotated, _ = _annotated(model)
     reference = build(annotated)
     float_out = np.concatenate([reference.run(x[None]) for x in calib])
+    corrections = []
+    monkeypatch.setattr("tvmq.compiler.correct_biases",
+                        lambda *args: corrections.append(correct_biases(*args)) or corrections[-1])
     mean_error = {}
     for on in (False, True):
         cfg = tvmq.QuantConfig(per_channel_weights=False, bias_correction=on, sqnr_samples=0)
@@ -127,10 +132,26 @@ def test_compile_cancels_the_mean_error_and_stays_exact():
         if on:
             summary = cm.report().bias_correction
             assert summary["kept"] and summary["layers"] == 2
+            _assert_realized_biases(cm, corrections[-1].biases)
             assert "bias correction: 2 layer(s)" in str(cm.report())
         got = np.concatenate([cm.run(x[None]) for x in calib])
         mean_error[on] = np.abs((got - float_out).mean(axis=(0, 2, 3)))
     assert mean_error[True].max() < 0.2 * mean_error[False].max(), mean_error
+
+
+def _assert_realized_biases(cm, biases):
+    """Each corrected layer's int32 bias is quantize_bias of its corrected float bias."""
+    bindings = bindings_of(cm.quant_mod["main"])
+    qparams = input_qparams(cm.layers, cm.act_qparams)
+    for layer in cm.layers:
+        if layer.name not in biases:
+            continue
+        requant = next(v for k, v in bindings.items() if k.name == f"{layer.name}_q")
+        chain = RequantChain(requant, bindings, cm.quant_mod)
+        _, wq = quantize_weight(layer.weight, axis=0, per_channel=False)
+        want = quantize_bias(biases[layer.name], float(qparams[layer.name].scale),
+                             np.broadcast_to(wq.scale, biases[layer.name].shape))
+        np.testing.assert_array_equal(chain.bias.reshape(-1), want, err_msg=layer.name)
 
 
 def test_a_model_of_heads_only_is_left_as_it_is():
