@@ -59,11 +59,19 @@ def fake_quant_weight(w: np.ndarray, bits: int, per_channel: bool = True) -> np.
     return dequantize(q, qp).astype(np.float32)
 
 
-def site_tensor(annotated: tvm.IRModule, site: Site) -> relax.Var:
-    """The tensor a site rounds: the layer's output or its input."""
-    binding = next(b for block in annotated["main"].body.blocks for b in block.bindings
-                   if b.var.name == site[0])
-    return binding.var if site[1] is None else binding.value.args[site[1]]
+def site_tensors(annotated: tvm.IRModule, sites) -> dict[Site, relax.Var]:
+    """The tensor each site rounds: its layer's output or input (one scan of `main`)."""
+    bindings = {b.var.name: b for block in annotated["main"].body.blocks
+                for b in block.bindings}
+    return {site: bindings[site[0]].var if site[1] is None
+            else bindings[site[0]].value.args[site[1]] for site in sites}
+
+
+def channel_scale(qp: QParams, shape, ones: bool = False) -> np.ndarray:
+    """A per-channel site's float32 scale vector (`ones`: the float model's), shaped to
+    broadcast along its axis of a tensor of `shape`."""
+    scale = np.ones_like(qp.scale) if ones else qp.scale
+    return np.asarray(scale, np.float32).reshape(channel_shape(shape, qp.axis))
 
 
 def output_noise(references: list[np.ndarray], approx: list[np.ndarray]) -> float:

@@ -58,14 +58,14 @@ from ..passes.insert_taps import InsertTaps
 from ..simulate import (
     MAC_KINDS,
     Site,
-    channel_shape,
+    channel_scale,
     disabled_table,
     fake_quant_module,
     fake_quant_weight,
     model_outputs,
     outputs_noise,
     site_row,
-    site_tensor,
+    site_tensors,
 )
 from ..targets.host import build
 
@@ -135,15 +135,13 @@ def correct_biases(annotated: tvm.IRModule, layers: list[Layer], sites: dict[Sit
                 total[i] = total[i] + _channel_mean(out[1 + i].numpy(), axis)
         return [t / len(xs) for t in total], outputs
 
-    shapes = {site: site_tensor(annotated, site).ty.shape for site in channel_sites}
-    ones = [np.ones(channel_shape(shapes[s], sites[s].axis), np.float32) for s in channel_sites]
+    tensors = site_tensors(annotated, channel_sites)
+    ones, scales = ([channel_scale(sites[s], tensors[s].ty.shape, unit) for s in channel_sites]
+                    for unit in (True, False))
     reference, float_outputs = run(disabled_table(len(sites)),
                                    [np.asarray(layer.weight, np.float32) for layer in chosen],
                                    ones)
     table = np.array([site_row(qp) for qp in sites.values()], np.float32)
-    scales = [np.asarray(sites[s].scale, np.float32).reshape(channel_shape(shapes[s],
-                                                                           sites[s].axis))
-              for s in channel_sites]
     weights = [quantized_weights[name] for name in names]
     depth = _depths(annotated, set(names))
     noise_before = None

@@ -50,14 +50,14 @@ from tqdm import tqdm
 from ..numerics import QParams
 from ..simulate import (
     Site,
-    channel_shape,
+    channel_scale,
     disabled_table,
     fake_quant_module,
     fake_quant_weight,
     model_outputs,
     outputs_noise,
     site_row,
-    site_tensor,
+    site_tensors,
 )
 from ..targets.host import build
 
@@ -101,7 +101,7 @@ class Probe:
         self.layers = [layer.name for layer in macs]
         self.input_root = {layer.name: roots[layer.inputs[0]] for layer in macs}
         self.sites, self.per_channel = sites, per_channel
-        tensors = {site: site_tensor(annotated, site) for site in sites[8]}
+        tensors = site_tensors(annotated, sites[8])
         self.shape = {site: tensor.ty.shape for site, tensor in tensors.items()}
         self.site_root = {site: roots[tensor.name] for site, tensor in tensors.items()}
         self.site_list = list(sites[8])
@@ -176,10 +176,7 @@ class Probe:
 
     def _scale(self, site: Site, bits: int, ones: bool = False) -> tvm.runtime.Tensor:
         """A per-channel site's scale vector, shaped to broadcast along its axis."""
-        qp = self.sites[bits][site]
-        scale = np.ones_like(qp.scale) if ones else qp.scale
-        return tvm.runtime.tensor(np.asarray(scale, np.float32).reshape(
-            channel_shape(self.shape[site], qp.axis)))
+        return tvm.runtime.tensor(channel_scale(self.sites[bits][site], self.shape[site], ones))
 
     def _weight(self, i: int, bits: int) -> tvm.runtime.Tensor:
         if (i, bits) not in self._fq:
