@@ -20,9 +20,12 @@ def test_compile_then_report(tmp_path, capsys, digits):
     np.savez(calib, calib=digits[0][:16])
     out = tmp_path / "build"
     assert main(["compile", str(data.digits_model_path()), "--calib", str(calib), "--requant",
-                 "fp32", "--observer", "percentile", "--out", str(out), "--quiet"]) == 0
+                 "fp32", "--observer", "percentile", "--out", str(out), "--quiet",
+                 "--timings"]) == 0
     assert (out / "model.so").is_file()
-    capsys.readouterr()
+    timings = capsys.readouterr().out.split("compile time by phase:\n")[1]
+    for phase in ("import", "calibrate", "bias correction", "build", "codegen", "load"):
+        assert f"  {phase} " in timings
     assert main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert "int8 fp32, observer percentile" in text and "conv2d_0" in text

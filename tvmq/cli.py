@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after compiling, check the compiled model against the oracle bit for "
                    "bit on the first N calibration samples, print the table, and exit 1 (after "
                    "writing --out) when they differ (default 0: no check)")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the compile's time went, phase by phase")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_quant_args(p)
 
@@ -270,6 +272,7 @@ def cmd_compile(args) -> int:
     from .compiler import compile
     from .output_folder import check_output_folder
     from .targets.mcu import McuConfig
+    from .timings import timings_table
 
     config = _config(args)  # usage errors first
     if args.verify < 0:
@@ -282,6 +285,9 @@ def cmd_compile(args) -> int:
                  input_shape=args.input_shape, accel=args.accel, mcu=mcu,
                  progress=not args.quiet)
     print(cm.report())
+    if args.timings:
+        print("compile time by phase:\n" + timings_table(cm.report().timings,
+                                                         cm.report().compile_seconds))
     out = cm.export(args.out, overwrite=args.force)
     print(f"wrote {args.out.rstrip('/')}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     if not args.verify:

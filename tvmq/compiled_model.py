@@ -67,12 +67,14 @@ class CompiledModel:
     def benchmark(self, x: np.ndarray | None = None, runs: int = 50, warmup: int = 5) -> Benchmark:
         """Latency of the compiled model on this machine, batch 1: the whole VM call (median
         of `runs` calls after `warmup`; `run` adds the numpy conversions, a few us) and each
-        kernel (median over the runs). `x` defaults to zeros."""
+        kernel (median over the runs) with its kind and schedule ("loops": TVM's loops, no
+        tvmq schedule). `x` defaults to zeros."""
         x = np.zeros(self.input.shape, np.float32) if x is None else np.asarray(x, np.float32)
         if x.shape != self.input.shape:
             raise ValueError(f"benchmark input of shape {x.shape}: use the model input shape "
                              f"{self.input.shape}")
-        return benchmark(self.host.vm, x, runs=runs, warmup=warmup)
+        return benchmark(self.host.vm, x, runs=runs, warmup=warmup,
+                         schedules=self.host.schedules)
 
     def oracle(self) -> Oracle:
         return Oracle(self.quant_mod)

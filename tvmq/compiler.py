@@ -52,6 +52,7 @@ from .realize import (
 from .report import Report, sqnr_db
 from .targets.host import HostModule, build
 from .targets.target import LowerInfo, Target, get, options
+from .timings import Timings, phase, recording
 
 __all__ = ["CompiledModel", "Layer", "compile", "find_layers"]
 
@@ -150,40 +151,58 @@ class _Pipeline:
         self.stages.set_description_str(f"tvmq compile: {name:<9}")
 
     def run(self, model, calib, input_shape, start: float) -> CompiledModel:
+        with recording(Timings()) as timings:
+            cm = self.phases(model, calib, input_shape)
+        cm.report().timings = timings.seconds
+        cm.report().compile_seconds = time.perf_counter() - start
+        self.stages.n = len(STAGES)
+        self.stages.refresh()
+        return cm
+
+    def phases(self, model, calib, input_shape) -> CompiledModel:
         self.stage("import")
-        float_mod, inp, outputs = import_model(model, input_shape)
+        with phase("import"):
+            float_mod, inp, outputs = import_model(model, input_shape)
         if self.config.bias_absorption:
             calib = list(iter_samples(calib, inp))  # read twice: by absorption and calibration
-        annotated, layers, float_ops = self.annotate(float_mod, calib)
+        with phase("annotate"):
+            annotated, layers, float_ops = self.annotate(float_mod, calib)
         self.stage("calibrate")
         stream = calib
         first: list[np.ndarray] = []  # AdaRound's, bias correction's, the mixed sensitivity's
-        if (self.config.weight_rounding == "adaround" or self.config.is_mixed
-                or self.config.corrects_biases):
-            first, stream = self.observed_samples(calib, inp)
-        calibrated = self.calibrate(annotated, layers, stream, inp)
+        with phase("calibrate"):
+            if (self.config.weight_rounding == "adaround" or self.config.is_mixed
+                    or self.config.corrects_biases):
+                first, stream = self.observed_samples(calib, inp)
+            calibrated = self.calibrate(annotated, layers, stream, inp)
         plan = None
         if self.config.is_mixed:
             self.stage("bits")
-            plan = self.assign_bits(annotated, layers, calibrated, inp,
-                                    first[:self.config.sensitivity_samples])
+            with phase("bits"):
+                plan = self.assign_bits(annotated, layers, calibrated, inp,
+                                        first[:self.config.sensitivity_samples])
         self.stage("quantize")
         weights = None
         if self.config.weight_rounding == "adaround":
-            weights = self.adaround(annotated, layers, calibrated, inp, plan, first)
+            with phase("adaround"):
+                weights = self.adaround(annotated, layers, calibrated, inp, plan, first)
         correction = None
         if self.config.corrects_biases:
-            correction = self.bias_correction(annotated, layers, calibrated, inp, plan,
-                                              weights, first)
+            with phase("bias correction"):
+                correction = self.bias_correction(annotated, layers, calibrated, inp, plan,
+                                                  weights, first)
         biases = correction.biases if correction is not None and correction.kept else None
-        realized = self.realize(annotated, layers, calibrated, inp, plan, weights, biases)
+        with phase("realize"):
+            realized = self.realize(annotated, layers, calibrated, inp, plan, weights, biases)
         self.stage("build")
         info = LowerInfo(tuple(float_ops), tuple(o.name for o in outputs),
                          self.operand_bits(layers, plan))
-        lowered = self.target.lower(realized.module, info)
+        with phase("lower"):
+            lowered = self.target.lower(realized.module, info)
         # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
         taps = [f"{layer.name}_q" for layer in layers]
-        host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
+        with phase("build"):
+            host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
         self.stage("report")
         report = Report(model=model_name(model), target=self.target.name,
                         config=self.config.to_dict(), float_ops=float_ops)
@@ -193,12 +212,11 @@ class _Pipeline:
         if correction is not None:
             report.bias_correction = correction.summary()
         if self.config.sqnr_samples and calibrated.inputs:
-            measure_sqnr(report, layers, realized, calibrated, self.config.sqnr_samples, host,
-                         outputs)
-        self.target.add_to_report(report, host, inp)
-        report.compile_seconds = time.perf_counter() - start
-        self.stages.n = len(STAGES)
-        self.stages.refresh()
+            with phase("sqnr"):
+                measure_sqnr(report, layers, realized, calibrated, self.config.sqnr_samples,
+                             host, outputs)
+        with phase("target report"):
+            self.target.add_to_report(report, host, inp)
         return CompiledModel(name=report.model, target=self.target, config=self.config,
                              inp=inp, outputs=outputs, float_mod=annotated,
                              quant_mod=realized.module, host=host, report=report,

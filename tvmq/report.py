@@ -52,6 +52,7 @@ class Report:
     sqnr_samples: int | None = None  # calibration samples the SQNR columns are measured on,
     sqnr_held_back: bool | None = None  # held back from setting the ranges (else observed too)
     compile_seconds: float | None = None
+    timings: dict[str, float] | None = None  # seconds per compile phase (tvmq.timings)
     accel: dict | None = None  # config, cycles, latency_us, host_layers {layer: why}
     mixed: dict | None = None  # mixed precision: tvmq.mixed.assign.MixedPlan.summary()
     mcu: dict | None = None  # target "mcu": tvmq.targets.mcu.McuBuild.summary()

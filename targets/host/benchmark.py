@@ -5,15 +5,22 @@ kernel: the VM's instrument hook brackets every packed call (kernels and VM buil
 `vm.builtin.alloc_tensor`) with a clock read; per kernel the median over the runs of its summed
 time in one run. The hook itself costs a few microseconds per call, so the per-kernel sum is a
 little above the whole-model median, which is measured without it.
+
+Each kernel carries how the build scheduled it (build.KernelSchedule: its kind, and "tuned",
+"default" or "loops" for TVM's default loops); VM builtins and kernels of a loaded model.so
+have none. `loops_share` is the part of the kernels' time spent on TVM's loops.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
+
+from .build import LOOPS, KernelSchedule
 
 
 @dataclass
@@ -21,6 +28,8 @@ class KernelTime:
     name: str
     calls: int
     ms: float            # median over runs of the kernel's total time in one run
+    kind: str = ""       # schedules.FuncInfo.kind; "" for a VM builtin or an unknown kernel
+    schedule: str = ""   # "tuned" | "default" | LOOPS; "" when unknown
 
 
 @dataclass
@@ -32,25 +41,43 @@ class Benchmark:
     runs: int
     kernels: list[KernelTime]
 
+    @property
+    def loops_share(self) -> float:
+        """Share of the kernels' summed time spent in kernels on TVM's loops."""
+        total = sum(k.ms for k in self.kernels)
+        return sum(k.ms for k in self.kernels if k.schedule == LOOPS) / total if total else 0.0
+
     def table(self, top: int = 20) -> str:
-        head = f"{'kernel':<60} {'calls':>5} {'ms':>9} {'share':>6}"
+        """The `top` slowest kernels with their kind and schedule ("loops": TVM's loops), the
+        rest summed, the time on TVM's loops, the whole model."""
+        head = (f"{'kernel':<56} {'kind':<11} {'schedule':<8} {'calls':>5} {'ms':>9} "
+                f"{'share':>6}")
         total = sum(k.ms for k in self.kernels) or 1.0
         lines = [head, "-" * len(head)]
         for k in self.kernels[:top]:
-            lines.append(f"{k.name[:60]:<60} {k.calls:>5} {k.ms:>9.4f} {k.ms / total:>6.1%}")
+            lines.append(f"{k.name[:56]:<56} {k.kind:<11} {k.schedule:<8} {k.calls:>5} "
+                         f"{k.ms:>9.4f} {k.ms / total:>6.1%}")
         if len(self.kernels) > top:
             rest = self.kernels[top:]
-            lines.append(f"{f'({len(rest)} more)':<60} {sum(k.calls for k in rest):>5} "
-                         f"{sum(k.ms for k in rest):>9.4f} "
-                         f"{sum(k.ms for k in rest) / total:>6.1%}")
+            lines.append(self._sum_line(f"({len(rest)} more)", rest, total))
+        loops = [k for k in self.kernels if k.schedule == LOOPS]
+        if loops:
+            lines.append(self._sum_line(f"on TVM's loops ({len(loops)} kernels)", loops, total))
         label = f"whole model (median of {self.runs} runs, no hook)"
-        lines.append(f"{label:<60} {'':>5} {self.ms:>9.4f}")
+        lines.append(f"{label:<56} {'':<11} {'':<8} {'':>5} {self.ms:>9.4f}")
         return "\n".join(lines)
 
+    @staticmethod
+    def _sum_line(label: str, kernels: list[KernelTime], total: float) -> str:
+        ms = sum(k.ms for k in kernels)
+        return (f"{label:<56} {'':<11} {'':<8} {sum(k.calls for k in kernels):>5} {ms:>9.4f} "
+                f"{ms / total:>6.1%}")
 
-def benchmark(vm, x: np.ndarray, runs: int = 50, warmup: int = 5,
-              function: str = "main") -> Benchmark:
-    """Time `vm[function](x)`: whole model over `runs` calls, then per kernel over `runs`."""
+
+def benchmark(vm, x: np.ndarray, runs: int = 50, warmup: int = 5, function: str = "main",
+              schedules: Mapping[str, KernelSchedule] | None = None) -> Benchmark:
+    """Time `vm[function](x)`: whole model over `runs` calls, then per kernel over `runs`;
+    `schedules` (HostModule.schedules) labels each kernel with its kind and schedule."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     arg = tvm.runtime.tensor(np.ascontiguousarray(x))
@@ -84,7 +111,10 @@ def benchmark(vm, x: np.ndarray, runs: int = 50, warmup: int = 5,
             per_run.append(dict(current))
     finally:
         vm.set_instrument(None)
-    kernels = [KernelTime(name, n, float(np.median([r.get(name, 0.0) for r in per_run])) * 1e3)
+    schedules = schedules or {}
+    unknown = KernelSchedule("", "")
+    kernels = [KernelTime(name, n, float(np.median([r.get(name, 0.0) for r in per_run])) * 1e3,
+                          schedules.get(name, unknown).kind, schedules.get(name, unknown).schedule)
                for name, n in calls.items()]
     kernels.sort(key=lambda k: -k.ms)
     return Benchmark(float(np.median(times)) * 1e3, float(np.min(times)) * 1e3, runs, kernels)

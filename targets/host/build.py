@@ -21,11 +21,14 @@ import functools
 import logging
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+from tvmq.timings import phase
 
 from . import schedules
 from .pad_columns import PadMatmulColumns
@@ -47,9 +50,22 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu_name, "mattr": ["-fma"]})
 
 
+LOOPS = "loops"  # a kernel on TVM's default loops (no tvmq schedule applied)
+
+
+@dataclass(frozen=True)
+class KernelSchedule:
+    """How one fused PrimFunc of a host build was scheduled: its kind (schedules.FuncInfo) and
+    "tuned" (the tuning cache's parameters), "default" (default_params) or LOOPS."""
+
+    kind: str
+    schedule: str
+
+
 class HostModule:
     """A compiled module: `run(x)` -> the numpy output of `main` (or of another Relax function):
     an array for a tensor result, a tuple (nested like the Relax tuple) for a tuple result.
+    `schedules`: kernel name -> KernelSchedule for a build (empty for a loaded model.so).
 
     `run` copies the input into a 64-byte-aligned staging array that TVM reads in place
     (`from_dlpack`, no allocation) and copies the outputs out through DLPack: on the digits
@@ -57,9 +73,11 @@ class HostModule:
     `.numpy()`) to 3 us. A lock makes concurrent `run`s take turns (the VM is not
     thread-safe)."""
 
-    def __init__(self, executable: tvm.runtime.Executable):
+    def __init__(self, executable: tvm.runtime.Executable,
+                 schedules: dict[str, KernelSchedule] | None = None):
         use_physical_cores()
         self.executable = executable
+        self.schedules = schedules or {}
         self.vm = relax.VirtualMachine(executable, tvm.cpu())
         self._functions: dict[str, tvm.runtime.PackedFunc] = {}
         self._staging: dict[tuple, tuple[np.ndarray, tvm.runtime.Tensor]] = {}
@@ -108,41 +126,50 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRMo
         return tvm.transform.Sequential(passes)(mod)
 
 
-def schedule_host(cache: TuningCache | None = None) -> tvm.transform.Pass:
+def schedule_host(cache: TuningCache | None = None,
+                  record: dict[str, KernelSchedule] | None = None) -> tvm.transform.Pass:
     """Module pass: every PrimFunc gets tvmq's schedule, with the tuned parameters from `cache`
     when it has them, else the defaults. A tuned schedule that does not apply falls back to the
     default (logged as a warning); a function the default does not apply to keeps its loops
-    (logged at debug level)."""
+    (logged at debug level). `record`, when given, receives each function's KernelSchedule."""
+    record = {} if record is None else record
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current() or host_target()
         out = mod.clone()
         for gv, func in mod.functions_items():
-            if not isinstance(func, tvm.tirx.PrimFunc):
-                continue
-            tuned = cache.lookup(func, target) if cache is not None else None
-            if tuned == UNSCHEDULED:
-                continue
-            if tuned is not None:
-                try:
-                    out.update_func(gv, schedules.schedule(func, tuned))
-                    continue
-                except SCHEDULE_ERRORS as err:
-                    log.warning("%s: the tuned schedule (%s) no longer applies: %s; using the "
-                                "default schedule (run `tvmq tune` again)", gv.name_hint,
-                                tuned, _reason(err))
-            default = schedules.default_params(schedules.describe(func))
-            if default is None:
-                continue
-            try:
-                out.update_func(gv, schedules.schedule(func, default))
-            except SCHEDULE_ERRORS as err:
-                log.debug("%s: the default schedule (%s) does not apply: %s; keeping TVM's "
-                          "loops", gv.name_hint, default, _reason(err))
+            if isinstance(func, tvm.tirx.PrimFunc):
+                info = schedules.describe(func)
+                scheduled, how = _schedule_one(gv.name_hint, func, info, cache, target)
+                out.update_func(gv, scheduled)
+                record[gv.name_hint] = KernelSchedule(info.kind, how)
         return out
 
     return _pass
+
+
+def _schedule_one(name: str, func: tvm.tirx.PrimFunc, info: schedules.FuncInfo,
+                  cache: TuningCache | None, target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
+    """(`func` scheduled, how: "tuned", "default" or LOOPS)."""
+    tuned = cache.lookup(func, target) if cache is not None else None
+    if tuned == UNSCHEDULED:
+        return func, LOOPS
+    if tuned is not None:
+        try:
+            return schedules.schedule(func, tuned), "tuned"
+        except SCHEDULE_ERRORS as err:
+            log.warning("%s: the tuned schedule (%s) no longer applies: %s; using the "
+                        "default schedule (run `tvmq tune` again)", name, tuned, _reason(err))
+    default = schedules.default_params(info)
+    if default is None:
+        return func, LOOPS
+    try:
+        return schedules.schedule(func, default), "default"
+    except SCHEDULE_ERRORS as err:
+        log.debug("%s: the default schedule (%s) does not apply: %s; keeping TVM's loops",
+                  name, default, _reason(err))
+        return func, LOOPS
 
 
 def _reason(err: Exception) -> str:
@@ -158,15 +185,23 @@ def build(mod: tvm.IRModule, use_schedules: bool = True,
     """Compile `mod` for this CPU: fuse, schedule (tuned parameters from `cache`, default: the
     on-disk tuning cache), lower, build."""
     target = host_target()
-    scheduling = [schedule_host(cache or TuningCache())] if use_schedules else []
+    record: dict[str, KernelSchedule] = {}
+    scheduling = [schedule_host(cache or TuningCache(), record)] if use_schedules else []
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.HostLowering")
     def lowering(m: tvm.IRModule, _ctx) -> tvm.IRModule:  # after `fuse`
         with target:
-            seq = scheduling + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+            with phase("schedule"):
+                m = tvm.transform.Sequential(scheduling)(m)
+            seq = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
             return tvm.transform.Sequential(seq)(m)
 
-    return HostModule(tvm.compile(fuse(mod, target), target=target, relax_pipeline=lowering))
+    with phase("fuse"):
+        fused = fuse(mod, target)
+    with phase("codegen"):  # lowering (schedules included) and LLVM code generation
+        executable = tvm.compile(fused, target=target, relax_pipeline=lowering)
+    with phase("load"):  # the VM: LLVM compiles the module to machine code here
+        return HostModule(executable, record)
 
 
 def load(path: str | os.PathLike) -> HostModule:

@@ -366,6 +366,28 @@ def test_benchmark_reports_model_and_kernels():
         cm.benchmark(np.zeros((1, 2)))
 
 
+def test_benchmark_marks_the_kernels_left_on_tvm_loops(tmp_path, monkeypatch):
+    """Each kernel carries its kind and how the build scheduled it; the table sums the time
+    of the kernels on TVM's loops."""
+    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))  # no tuned entry
+    _, cm, calib = _compiled("conv3x3_odd")
+    kernels = {k.name: k for k in cm.benchmark(runs=3, warmup=1).kernels}
+    (conv,) = [k for name, k in kernels.items() if name.startswith("fused_conv2d")]
+    assert (conv.kind, conv.schedule) == ("conv2d", "default")
+    assert all(k.schedule == "" for name, k in kernels.items() if name.startswith("vm."))
+    assert {n for n in kernels if not n.startswith("vm.")} <= set(cm.host.schedules)
+
+    monkeypatch.setattr(schedules, "default_params", lambda info: None)
+    cm.host = host_build.build(cm.quant_mod)
+    bench = cm.benchmark(runs=3, warmup=1)
+    fused = [k for k in bench.kernels if k.name.startswith("fused_")]
+    assert fused and all(k.schedule == host_build.LOOPS for k in fused)
+    assert bench.loops_share == pytest.approx(
+        sum(k.ms for k in fused) / sum(k.ms for k in bench.kernels))
+    assert f"on TVM's loops ({len(fused)} kernels)" in bench.table()
+    np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
+
+
 def test_cli_tune(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "conv.onnx"
