@@ -116,7 +116,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRMo
     float tails of 8-bit values become table lookups (tabulate.py)."""
     target = target or host_target()
     mod = relax.transform.InlinePrivateFunctions()(mod)
-    mod = TabulateTails()(PadMatmulColumns()(mod))
+    mod = TabulateTails(target)(PadMatmulColumns()(mod))
     with target:
         passes = cpu.library_dispatch_passes(target)
         for p in cpu.legalize_passes(target):

@@ -30,6 +30,7 @@ from tvm import s_tir
 from tvm.script import from_source
 
 LANES = 8  # int32 lanes of one vpmaddwd (AVX2, 256 bit)
+PACK_LANES = 32  # int16 lanes of the pair packing's vectors (two AVX2 registers)
 MARK = "tvmq_pair_dot"  # block annotation: emit() rewrites this block's body
 
 
@@ -75,7 +76,10 @@ def pack_input(sch, conv, parallel: int) -> None:
         n, c, h, w = sch.get_loops(block)
         c_o, c_i = sch.split(c, factors=[None, 2])
         sch.reorder(n, c_o, h, w, c_i)
-        sch.vectorize(sch.fuse(w, c_i))
+        row = sch.fuse(w, c_i)  # vectors of PACK_LANES: one of the whole row took LLVM 1.4 s
+        extent = int(sch.get(row).extent)
+        lanes = max(d for d in range(1, PACK_LANES + 1) if extent % d == 0)
+        sch.vectorize(sch.split(row, factors=[None, lanes])[1])
         outer = [lp for lp in (n, c_o, h) if int(sch.get(lp).extent) > 1][:parallel]
         if outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])

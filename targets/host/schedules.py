@@ -36,6 +36,7 @@ VECTOR_LANES = 16  # default columns per tile: int32 lanes of two AVX2 registers
 PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measured crossover)
 PARALLEL_POOLING = 1 << 14  # default: a pooling sum's threads from this many inputs (measured)
 MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
+ROOT_VECTOR_LANES = 32  # widest vector of a stage at the root (padding)
 
 
 @dataclass(frozen=True)
@@ -388,9 +389,15 @@ def _schedule_padding(sch, block, depth: int) -> None:
 
 
 def _schedule_elementwise(sch, block, depth: int) -> None:
-    """A stage left at the root (padding): parallel outer loops, vectorized innermost."""
+    """A stage left at the root (padding): parallel outer loops, the innermost vectorized in
+    vectors of at most ROOT_VECTOR_LANES (LLVM took seconds to compile a 322-lane vector)."""
     loops = sch.get_loops(block)
-    sch.vectorize(loops[-1])
+    inner = loops[-1]
+    lanes = _largest_divisor(_extent(sch, inner), ROOT_VECTOR_LANES)
+    if lanes < _extent(sch, inner):
+        inner = sch.split(inner, factors=[None, lanes])[1]
+        loops = sch.get_loops(block)[:-1]
+    sch.vectorize(inner)
     outer = [lp for lp in loops[:-1] if _extent(sch, lp) > 1][:depth]
     if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])

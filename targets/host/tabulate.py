@@ -7,9 +7,9 @@ position (its other operands are scalar constants), so it takes at most 256 valu
 
     t = f(s)   ->   t = table[s + 128],   table = f(arange(-128, 128))
 
-The table is the same Relax ops applied to a constant, folded at compile time by TVM's
-FoldConstant (LLVM float ops without FMA, like the kernels: the same bits as computing f per
-element). One gather per element replaces the chain: on PP-OCRv4's depthwise convs the tail
+The table is the same Relax ops applied to every source value, all of a module's tables
+computed by one build for the kernels' target (`evaluate_tables`: LLVM float ops without FMA,
+like the kernels: the same bits as computing f per element). One gather per element replaces the chain: on PP-OCRv4's depthwise convs the tail
 took 60% of the kernel (three divides per element).
 
 A tail is tabulated where its value leaves the tail (a non-elementwise consumer or the
@@ -24,6 +24,8 @@ lookup itself as a scalar loop.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import tvm
@@ -78,6 +80,15 @@ class _Tail:
         self.source, self.cone = source, cone
 
 
+class _Recipe(NamedTuple):
+    """How to compute one table: the source var, the cone's (var, call) bindings in program
+    order, and the tabulated var (the last of them)."""
+
+    source: relax.Var
+    bindings: list[tuple[relax.Var, relax.Call]]
+    var: relax.Var
+
+
 @relax.expr_functor.mutator
 class _Tabulator(relax.PyExprMutator):
     def __init__(self, mod):
@@ -85,13 +96,22 @@ class _Tabulator(relax.PyExprMutator):
         self.tails: dict[relax.Var, _Tail] = {}
         self.values: dict[relax.Var, relax.Call] = {}
         self.tabulate: set[relax.Var] = set()
+        self.tables: dict[relax.Var, np.ndarray] = {}  # every function's, by tabulated var
 
-    def rewrite(self, func: relax.Function) -> relax.Function:
+    def analyze(self, func: relax.Function) -> list[_Recipe]:
+        """Find `func`'s tails and the ones to tabulate; their recipes."""
         self.tails, self.values = {}, {}
         for block in func.body.blocks:
             for binding in block.bindings:
                 self._classify(binding.var, binding.value)
         self.tabulate = self._outputs(func)
+        return [_Recipe(tail.source, [(m, self.values[m]) for m in self.tails if m in tail.cone],
+                        var) for var, tail in self.tails.items() if var in self.tabulate]
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        """`func` with its tails replaced by lookups into `self.tables` (filled by the caller
+        from `analyze`'s recipes)."""
+        self.analyze(func)
         return self.visit_expr(func)
 
     def _source_of(self, expr) -> relax.Var | None:
@@ -141,26 +161,42 @@ class _Tabulator(relax.PyExprMutator):
             emit_like(self, binding.var, self.visit_expr(binding.value))
             return
         tail = self.tails[binding.var]
-        table = self.builder_.emit(self._table(binding.var, tail))
         dtype = str(binding.var.ty.dtype)
         gv = self.builder_.add_func(lookup_func(shape_of(binding.var), str(
             tail.source.ty.dtype), dtype), "tvmq_lookup")
         emit_like(self, binding.var, relax.call_tir(
-            gv, [self.visit_expr(tail.source), table],
+            gv, [self.visit_expr(tail.source), relax.const(self.tables[binding.var])],
             relax.TensorType(shape_of(binding.var), dtype)))
 
-    def _table(self, var: relax.Var, tail: _Tail) -> relax.Expr:
-        """f(every source value), shape (256,): the tail's ops on a constant (folded later)."""
-        rank = len(shape_of(tail.source))
-        values = SOURCE_VALUES[str(tail.source.ty.dtype)].astype(str(tail.source.ty.dtype))
-        on_table = {tail.source: relax.const(values.reshape((1,) * (rank - 1) + (256,)))}
-        for member in self.tails:  # bindings in program order
-            if member in tail.cone:
-                value = self.values[member]
-                args = [on_table.get(a, a) for a in value.args]
-                on_table[member] = self.builder_.normalize(
-                    relax.Call(value.op, args, value.attrs, value.ty_args))
-        return relax.op.reshape(on_table[var], (256,))
+
+def evaluate_tables(recipes: list[_Recipe], target: tvm.target.Target) -> list[np.ndarray]:
+    """Each recipe's ops applied to every source value, shape (256,): one Relax function
+    computing all the tables, built once for `target` and run once. The source values come
+    in as shape (1, ..., 1, 256) parameters, one per (dtype, rank), so that the ops broadcast
+    as in the model and nothing is constant-folded (folding built one module per op: 12 s of
+    a recognizer's compile)."""
+    if not recipes:
+        return []
+    keys = sorted({(str(r.source.ty.dtype), len(shape_of(r.source))) for r in recipes})
+    params = [relax.Var(f"{dtype}_rank{rank}", relax.TensorType((1,) * (rank - 1) + (256,), dtype))
+              for dtype, rank in keys]
+    bb = relax.BlockBuilder()
+    with bb.function("tables", params):
+        with bb.dataflow():
+            outs = []
+            for recipe in recipes:
+                key = (str(recipe.source.ty.dtype), len(shape_of(recipe.source)))
+                on_table = {recipe.source: params[keys.index(key)]}
+                for var, call in recipe.bindings:
+                    args = [on_table.get(a, a) for a in call.args]
+                    on_table[var] = bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+                outs.append(bb.emit(relax.op.reshape(on_table[recipe.var], (256,))))
+            result = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(result)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+    sources = [tvm.runtime.tensor(SOURCE_VALUES[dtype].astype(dtype).reshape(
+        (1,) * (rank - 1) + (256,))) for dtype, rank in keys]
+    return [t.numpy() for t in vm["tables"](*sources)]
 
 
 def _cost(values) -> int:
@@ -169,7 +205,17 @@ def _cost(values) -> int:
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.TabulateTails")
 class TabulateTails:
-    """Replace costly elementwise tails of 8-bit values by table lookups (module docs)."""
+    """Replace costly elementwise tails of 8-bit values by table lookups (module docs); the
+    tables are computed for `target` (default: the current target, else llvm)."""
+
+    def __init__(self, target: tvm.target.Target | None = None):
+        self.target = target
 
     def transform_module(self, mod, ctx):
-        return rewrite_each_function(mod, _Tabulator(mod))  # drops the tails' dead bindings
+        tabulator = _Tabulator(mod)
+        recipes = [recipe for func in mod.functions.values() if isinstance(func, relax.Function)
+                   for recipe in tabulator.analyze(func)]
+        target = self.target or tvm.target.Target.current() or tvm.target.Target("llvm")
+        tables = evaluate_tables(recipes, target)
+        tabulator.tables = {recipe.var: table for recipe, table in zip(recipes, tables)}
+        return rewrite_each_function(mod, tabulator)  # drops the tails' dead bindings
