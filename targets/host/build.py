@@ -34,6 +34,7 @@ from . import schedules
 from .pad_columns import PadMatmulColumns
 from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
+from .transposed_conv import TransposedConvAsShuffle
 from .tune import UNSCHEDULED, TuningCache
 from .tvm_log import drop_scope_lines
 
@@ -112,11 +113,13 @@ def _to_numpy(value):
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
     """TVM's CPU legalization and fusion: the module whose PrimFuncs get scheduled (and tuned).
-    Matmuls whose output columns do not vectorize are padded first (pad_columns.py) and costly
-    float tails of 8-bit values become table lookups (tabulate.py)."""
+    First, transposed convs with kernel == stride become a 1x1 conv and a pixel shuffle
+    (transposed_conv.py), matmuls whose output columns do not vectorize are padded
+    (pad_columns.py) and costly float tails of 8-bit values become table lookups
+    (tabulate.py)."""
     target = target or host_target()
     mod = relax.transform.InlinePrivateFunctions()(mod)
-    mod = TabulateTails(target)(PadMatmulColumns()(mod))
+    mod = TabulateTails(target)(PadMatmulColumns()(TransposedConvAsShuffle()(mod)))
     with target:
         passes = cpu.library_dispatch_passes(target)
         for p in cpu.legalize_passes(target):
