@@ -29,7 +29,10 @@ evaluation set; ``exact``, samples bit-exact between the host build and the NumP
 ops``, ops tvmq left in float (its report); ``compile s``; ``ms``, host latency at batch 1
 (every row's runtime takes turns on the same input, ``--rounds`` rounds of ``--runs`` calls,
 each turn after a pause and warm-up calls; the median), and ``/ORT int8``, that latency over
-ORT INT8's (this machine is shared: compare the ratios of one run). A row that fails prints
+ORT INT8's (this machine is shared: compare the ratios of one run); ``loops %``, the share of
+a tvmq host build's kernel time spent in kernels left on TVM's default loops (no tvmq
+schedule; ``CompiledModel.benchmark``). The JSON also keeps each tvmq row's compile time by
+phase (``report.timings``). A row that fails prints
 ``failed: <reason>`` (its traceback goes to stderr) and the run goes on.
 
 ``--quick`` runs one model (``digits`` unless ``--models`` says) with the tasks' quick sizes;
@@ -105,6 +108,8 @@ class Row:
     float_ops: int | None = None
     compile_s: float = math.nan
     ms: float = math.nan
+    loops_pct: float = math.nan  # tvmq host: share of the kernels' time on TVM's loops
+    timings: dict[str, float] | None = None  # tvmq: compile seconds by phase (report.timings)
     error: str | None = None
     run: Callable[[np.ndarray], object] | None = field(default=None, repr=False)
 
@@ -242,8 +247,12 @@ def _tvmq(task: Task, target: str, config: tvmq.QuantConfig, n_verify: int
     exact = f"{min(o.exact for o in check.outputs)}/{check.outputs[0].samples}"
     report = cm.report()
     timed = cm.run if target == "host" else None  # the emulator's wall time means nothing
+    loops = math.nan
+    if target == "host":
+        loops = 100.0 * cm.benchmark(task.x_test[:1], runs=5, warmup=1).loops_share
     return Row("", "", exact=exact, float_ops=len(report.float_ops),
-               compile_s=report.compile_seconds, run=timed), out
+               compile_s=report.compile_seconds, loops_pct=loops, timings=report.timings,
+               run=timed), out
 
 
 def _title(task: Task) -> str:
@@ -253,7 +262,7 @@ def _title(task: Task) -> str:
 
 
 HEAD = ("model", "config", "metric", "Δ pts", "agree %", "SQNR dB", "exact", "float ops",
-        "compile s", "ms", "/ORT int8")
+        "compile s", "ms", "/ORT int8", "loops %")
 
 
 def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], list[list[str]]]:
@@ -281,6 +290,7 @@ def _cells(rows: list[Row], task: Task | None = None) -> tuple[tuple[str, ...], 
             "" if math.isnan(r.compile_s) else f"{r.compile_s:.1f}",
             _ms(r.ms),
             f"{r.ms / ort8[r.model]:.2f}x" if r.model in ort8 and not math.isnan(r.ms) else "",
+            "" if math.isnan(r.loops_pct) else f"{r.loops_pct:.1f}",
         ])
     head = HEAD if task is None else (*HEAD[:2], _metric_name(task), *HEAD[3:])
     return head, cells
@@ -316,7 +326,7 @@ def read_rows(path: Path) -> tuple[list[Row], dict[str, str]]:
     rows = []
     for record in results["rows"]:
         row = Row(**record)
-        for name in ("score", "agree", "sqnr_db", "compile_s", "ms"):
+        for name in ("score", "agree", "sqnr_db", "compile_s", "ms", "loops_pct"):
             if getattr(row, name) is None:
                 setattr(row, name, math.nan)
         rows.append(row)

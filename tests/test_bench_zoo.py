@@ -15,7 +15,8 @@ def _rows():
         zoo.Row("rec", "int8 ort", "exact %", 70.0, {"CER %": 4.0}, agree=75.0, sqnr_db=9.5,
                 compile_s=4.4, ms=4.0),
         zoo.Row("rec", "tvmq int8", "exact %", 78.0, {"CER %": 3.0}, agree=90.0, sqnr_db=11.25,
-                exact="8/8", float_ops=273, compile_s=104.0, ms=2742.4),
+                exact="8/8", float_ops=273, compile_s=104.0, ms=2742.4, loops_pct=12.34,
+                timings={"build": 60.0, "build/codegen": 40.0}),
         zoo.Row("rec", "tvmq mixed", "exact %", error="CompileError: budget cannot be met"),
     ]
 
@@ -29,7 +30,7 @@ def test_markdown_names_each_metric_and_compares_with_ort_int8():
     lines = zoo.markdown(_rows(), {"yolo": "no network"}).splitlines()
     assert lines[0].startswith("| model | config | metric | Δ pts |")
     assert lines[4] == ("| rec | tvmq int8 | exact %: 78.00, CER 3.00 | -2.00 | 90.0 | 11.2 | 8/8 "
-                        "| 273 | 104.0 | 2742 | 685.60x |")
+                        "| 273 | 104.0 | 2742 | 685.60x | 12.3 |")
     assert lines[5].startswith("| rec | tvmq mixed | failed: CompileError: budget cannot be met |")
     assert lines[-1] == "yolo: skipped: no network"
 
