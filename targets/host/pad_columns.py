@@ -1,9 +1,10 @@
 """PadMatmulColumns: widen a quantized matmul whose output columns do not vectorize.
 
 The host schedule vectorizes a matmul over its output columns N with a vector width that
-divides N. A column count with no divisor from 8 to 16 (PP-OCRv4's classifier head has
-N = 6625 = 5^3 * 53) leaves 5-wide vectors, or predicated scalar code for a split that does
-not divide: 7.6 ms for that head, against 0.9 ms once N is padded to 6640. So before fusion,
+divides N. A column count that is not a multiple of 8 (PP-OCRv4's classifier head has
+N = 6625 = 5^3 * 53, ddddocr's 8210 = 821 * 10) leaves 5- or 10-wide vectors, or predicated
+scalar code for a split that does not divide: 7.6 ms for the first head, against 0.9 ms
+once N is padded to 6640. So before fusion,
 every chain
 
     acc = matmul(x, W[K, N]) [+ bias[N]] -> requant(acc, params[N])
@@ -37,13 +38,13 @@ from tvmq.ir import (
 
 OPAQUE = 8  # relax FuseOps pattern kOpaque: never fused with its neighbours
 COLUMN_MULTIPLE = 16  # padded N: a multiple of the default vector width (16 int32 lanes)
-GOOD_VECTOR = 8       # N with a divisor in [GOOD_VECTOR, 16] vectorizes well: left alone
+GOOD_VECTOR = 8       # N a multiple of GOOD_VECTOR (int32 lanes of AVX2) is left alone
 
 
 def needs_padding(columns: int) -> bool:
-    """Does a matmul with `columns` output columns lack a divisor in [8, 16]?"""
-    return columns >= COLUMN_MULTIPLE and not any(
-        columns % d == 0 for d in range(GOOD_VECTOR, COLUMN_MULTIPLE + 1))
+    """Is a matmul with `columns` output columns (at least 16) not a whole number of 8-lane
+    vectors? (8210 = 821 x 10 ran in 10-lane vectors, one AVX2 register and a remainder.)"""
+    return columns >= COLUMN_MULTIPLE and columns % GOOD_VECTOR != 0
 
 
 def padded(columns: int) -> int:

@@ -15,6 +15,9 @@ matmul weight, so no weight repacking is needed. The register tile is a second o
 (`tile_axis`): a conv's output channels share the input vector (one load, `tile` multiply-adds).
 With `pairs`, a regular conv's reduction runs on input-channel pairs with vpmaddwd instead
 (pair_dot.py: its input stage is stored as interleaved pairs, its weights packed per call).
+A large 2-D matmul (a recognizer's vocabulary head) instead streams its weight rows
+(`stream`): per output row, `for k: acc[cols] += x[k] * W[k, cols]`, so W is read
+contiguously rather than one cache line per k for every column tile.
 `ScheduleParams` are the knobs the tuner searches; `default_params` picks them from the shape.
 Every schedule only reorders the same integer arithmetic, so results stay bit-exact; a function
 the schedule does not understand keeps TVM's default loops.
@@ -37,6 +40,7 @@ PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measur
 PARALLEL_POOLING = 1 << 14  # default: a pooling sum's threads from this many inputs (measured)
 MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
 ROOT_VECTOR_LANES = 32  # widest vector of a stage at the root (padding)
+STREAM_WEIGHT = 1 << 18  # default: matmuls streaming from this many weight elements (~L2 size)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class ScheduleParams:
     parallel:  how many outer loops (of extent > 1) are fused into one parallel loop; 0 = none.
     pairs:     a conv multiplies input-channel pairs with vpmaddwd (pair_dot.py); vec is then
                a multiple of 8.
+    stream:    a matmul streams its weight rows (`_schedule_stream`): per output row, the
+               reduction runs outside the columns, so each weight row is read contiguously;
+               `parallel` then splits the columns into that many chunks, one per thread
+               (tile and tile_axis unused).
     """
 
     vec: int
@@ -57,10 +65,11 @@ class ScheduleParams:
     tile_axis: int = 2
     parallel: int = 0
     pairs: bool = False
+    stream: bool = False
 
     def to_dict(self) -> dict:
         return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
-                "parallel": self.parallel, "pairs": self.pairs}
+                "parallel": self.parallel, "pairs": self.pairs, "stream": self.stream}
 
 
 @dataclass(frozen=True)
@@ -126,8 +135,10 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     tile): single-threaded it measured no faster than TVM's loops. An elementwise function
     (its side stages at the root, see `_is_side`) is vectorized over its columns when at
     least MIN_ELEMENTWISE_VEC divide them; a pooling sum goes parallel over its outputs from
-    PARALLEL_POOLING inputs. Everything else keeps TVM's loops until the tuner
-    finds better (None)."""
+    PARALLEL_POOLING inputs; a 2-D matmul with at least STREAM_WEIGHT weight elements and no
+    row tile streams its weight rows (`_streams`, `_schedule_stream`: one column chunk per
+    thread). Everything else keeps
+    TVM's loops until the tuner finds better (None)."""
     if info.kind == "pooling":
         return ScheduleParams(1, parallel=int(info.macs >= PARALLEL_POOLING
                                               and threads.physical_cores() > 1))
@@ -144,6 +155,10 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
             return None
         return ScheduleParams(vec=vec, tile=_largest_divisor(info.out_shape[1], 2), tile_axis=3,
                               parallel=1)
+    if _streams(info):
+        chunks = 1 + parallel
+        return ScheduleParams(vec=_largest_divisor(info.out_shape[-1] // chunks, VECTOR_LANES),
+                              parallel=chunks, stream=True)
     axis = 3 if len(info.out_shape) == 4 else 2
     tile = _largest_divisor(info.out_shape[-axis], 4)
     pair_vecs = _pair_vecs(info)
@@ -151,6 +166,21 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
         return ScheduleParams(vec=max(v for v in pair_vecs if v <= VECTOR_LANES), tile=tile,
                               tile_axis=axis, parallel=parallel, pairs=True)
     return ScheduleParams(vec=vec, tile=tile, tile_axis=axis, parallel=parallel)
+
+
+def _streams(info: FuncInfo) -> bool:
+    """Default to the streaming matmul schedule: a 2-D matmul output whose weight has at least
+    STREAM_WEIGHT elements (a recognizer's vocabulary head), whose rows leave the tile
+    schedule no row tile (no divisor from 2 to 4: each weight vector would be loaded once per
+    row, down a column) and whose columns split into two chunks of whole vectors. (With a row
+    tile the tile schedule measured faster: PP-OCRv5's 40 x 120 x 18400 head 2.8 ms against
+    4.5 ms streamed; without, ddddocr's 25 x 1024 x 8210 head 24 ms against 13 ms.)"""
+    if info.kind != "matmul" or len(info.out_shape) != 2:
+        return False
+    rows, columns = info.out_shape
+    return (info.macs // max(rows, 1) >= STREAM_WEIGHT and _largest_divisor(rows, 4) == 1
+            and columns % 2 == 0
+            and _largest_divisor(columns // 2, VECTOR_LANES) >= MIN_ELEMENTWISE_VEC)
 
 
 def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
@@ -173,7 +203,11 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
                         for vec in vecs for parallel in (0, 1, 2)}
     out |= {ScheduleParams(vec, tile, 3, parallel, pairs=True) for vec in _pair_vecs(info)
             for tile in (1, 2, 4, 8) if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
-    return sorted(out, key=lambda p: (p.pairs, p.tile_axis, p.vec, p.tile, p.parallel))
+    if info.kind == "matmul" and rank == 2:
+        out |= {ScheduleParams(vec, parallel=chunks, stream=True) for chunks in (1, 2)
+                for vec in _divisors_upto(last // chunks, 32) if vec >= 4 and last % chunks == 0}
+    return sorted(out, key=lambda p: (p.stream, p.pairs, p.tile_axis, p.vec, p.tile,
+                                      p.parallel))
 
 
 def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
@@ -185,6 +219,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     if sch.get(out).init is not None:
         return _schedule_pooling(sch, root, out, params)
     out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
+    if params.stream:
+        return _schedule_stream(sch, root, out_shape, params)
     conv = _pair_conv(sch, root) if params.pairs else None
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
     # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
@@ -378,6 +414,46 @@ def _schedule_pooling(sch, root, out, params: ScheduleParams) -> tvm.tirx.PrimFu
     for block in reversed(intermediates(sch, root)):
         sch.compute_at(block, loops[spatial - 1], preserve_unit_loops=True)
     _parallel_outer(sch, loops, loops[spatial], params.parallel)
+    return sch.mod["main"]
+
+
+def _schedule_stream(sch, root, out_shape: tuple, params: ScheduleParams) -> tvm.tirx.PrimFunc:
+    """A matmul whose weight (K, N) is read row by row: the output's columns split into
+    `parallel` chunks (a parallel loop), then per output row every stage computed on the
+    chunk, the reduction with k outside the columns (vectorized by vec): acc[n] += x[k] *
+    W[k, n] reads W's row k contiguously. The tile schedule instead reads a column tile of W
+    down all K rows, one cache line per row, again for every output row."""
+    matmuls = [b for b in sch.get_child_blocks(root) if sch.get(b).init is not None
+               and not _is_side(sch, b, out_shape)]
+    if len(matmuls) != 1 or len(out_shape) != 2 or len(_reduce_vars(sch, matmuls[0])) != 1:
+        raise s_tir.ScheduleError("stream: not a matmul with a 2-D output")
+    chunks = max(params.parallel, 1)
+    if out_shape[1] % (chunks * params.vec):
+        raise s_tir.ScheduleError(f"stream: {chunks} chunks of vec {params.vec} do not divide "
+                                  f"{out_shape[1]} columns")
+    inline_single_reads(sch, root, keep=lambda b: _is_side(sch, b, out_shape)
+                        or _is_lookup(sch, b) or any(_is_lookup(sch, c)
+                                                     for c in sch.get_consumers(b)))
+    (out,) = sch.get_output_blocks(root)
+    row, col = sch.get_loops(out)
+    chunk, col = sch.split(col, factors=[chunks, None])
+    sch.reorder(chunk, row, col)
+    for block in reversed(intermediates(sch, root)):
+        if not _is_side(sch, block, out_shape):
+            sch.compute_at(block, row, preserve_unit_loops=True)
+    if chunks > 1:
+        sch.parallel(chunk)
+    for block in sch.get_child_blocks(row):
+        inner = sch.get_loops(block)[_depth(sch, block, row):]
+        if sch.get(block).init is not None:  # [unit row, columns, k]
+            col, k = inner[-2:]
+            col_o, col_i = sch.split(col, factors=[None, params.vec])
+            sch.reorder(k, col_o, col_i)
+            sch.vectorize(col_i)
+            init = sch.decompose_reduction(block, k)
+            sch.vectorize(sch.split(sch.get_loops(init)[-1], factors=[None, params.vec])[1])
+        elif inner and not _is_lookup(sch, block):
+            sch.vectorize(sch.split(inner[-1], factors=[None, params.vec])[1])
     return sch.mod["main"]
 
 

@@ -105,6 +105,8 @@ MODELS = {
     "matmul_13": (lambda: _matmul_model(20, 13), (20,)),
     # 37 columns (prime): padded to 48 before fusion (pad_columns.py), then sliced
     "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
+    # a 512 x 544 weight (a recognizer's vocabulary head): streamed row by row
+    "matmul_stream": (lambda: _rows_matmul_model(5, 512, 544), (5, 512)),
 }
 
 
@@ -403,7 +405,8 @@ def test_cli_tune(tmp_path, capsys, monkeypatch):
 
 def test_matmul_columns_without_vector_divisor_are_padded():
     from tvmq.targets.host.pad_columns import needs_padding, padded
-    assert [n for n in (13, 16, 37, 40, 6625, 6640) if needs_padding(n)] == [37, 6625]
+    assert [n for n in (13, 16, 20, 37, 40, 6625, 6640, 8210) if needs_padding(n)] == [
+        20, 37, 6625, 8210]
     assert (padded(37), padded(6625)) == (48, 6640)
     _, cm, calib = _compiled("matmul_rows_37")
     tasks = tasks_of(host_build.fuse(cm.quant_mod))
@@ -412,3 +415,19 @@ def test_matmul_columns_without_vector_divisor_are_padded():
     assert [info.out_shape for info in matmuls] == [(6, 48)]
     assert schedules.default_params(matmuls[0]).vec == 16
     np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
+
+
+def test_a_large_matmul_streams_its_weight_rows():
+    """From STREAM_WEIGHT weight elements a matmul's default schedule reads the weight row by
+    row (columns in two parallel chunks when threads are used); bit-exact."""
+    _, cm, calib = _compiled("matmul_stream")
+    (info,) = [t.info for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "matmul"]
+    params = schedules.default_params(info)
+    assert params.stream and params.vec == 16
+    assert params.parallel == (2 if threads.physical_cores() > 1 else 1)
+    assert any(p.stream for p in schedules.candidate_params(info))
+    small = schedules.FuncInfo("matmul", (5, 544), macs=5 * 544 * 64)
+    row_tiled = schedules.FuncInfo("matmul", (4, 544), macs=4 * 544 * 512)
+    assert not schedules.default_params(small).stream
+    assert not schedules.default_params(row_tiled).stream  # 4 rows share each weight load
+    np.testing.assert_array_equal(cm.run(calib[:2]), cm.oracle().run(calib[:2]))
