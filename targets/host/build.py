@@ -153,7 +153,8 @@ def schedule_host(cache: TuningCache | None = None,
 
 
 def _schedule_one(name: str, func: tvm.tirx.PrimFunc, info: schedules.FuncInfo,
-                  cache: TuningCache | None, target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
+                  cache: TuningCache | None,
+                  target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
     """(`func` scheduled, how: "tuned", "default" or LOOPS)."""
     tuned = cache.lookup(func, target) if cache is not None else None
     if tuned == UNSCHEDULED:

@@ -9,8 +9,9 @@ position (its other operands are scalar constants), so it takes at most 256 valu
 
 The table is the same Relax ops applied to every source value, all of a module's tables
 computed by one build for the kernels' target (`evaluate_tables`: LLVM float ops without FMA,
-like the kernels: the same bits as computing f per element). One gather per element replaces the chain: on PP-OCRv4's depthwise convs the tail
-took 60% of the kernel (three divides per element).
+like the kernels: the same bits as computing f per element). One gather per element replaces
+the chain: on PP-OCRv4's depthwise convs the tail took 60% of the kernel (three divides per
+element).
 
 A tail is tabulated where its value leaves the tail (a non-elementwise consumer or the
 function's result) and its ops cost at least MIN_COST (a divide, exp or sigmoid counts
