@@ -42,6 +42,8 @@ class Target:
     name: ClassVar[str]
     option: ClassVar[str | None] = None
     build_products: tuple[str, ...] = ()  # files an exported project's own build writes
+    # the host build of `lower`'s module may come from the build cache (host/build_cache.py)
+    reuses_builds: ClassVar[bool] = True
 
     def __init__(self, quant: QuantConfig, setting=None):
         """Validate `setting` (the value of `compile(..., <option>=)`) against `quant`; raise

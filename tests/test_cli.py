@@ -15,7 +15,8 @@ def test_help_lists_commands(capsys):
     assert all(cmd in out for cmd in ("compile", "demo", "report"))
 
 
-def test_compile_then_report(tmp_path, capsys, digits):
+def test_compile_then_report(tmp_path, capsys, digits, monkeypatch):
+    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path / "cache"))  # cold: phases all timed
     calib = tmp_path / "calib.npz"
     np.savez(calib, calib=digits[0][:16])
     out = tmp_path / "build"

@@ -39,11 +39,12 @@ def test_phase_records_nothing_outside_a_recording():
     assert timings.seconds == {}
 
 
-def test_a_compile_reports_its_phases(digits):
+def test_a_compile_reports_its_phases(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("TVMQ_CACHE_DIR", str(tmp_path))  # cold: nothing in the build cache
     cm = tvmq.compile(tvmq.data.digits_model_path(), calib=digits[0][:16], progress=False)
     report = cm.report()
     for name in ("import", "calibrate", "bias correction", "realize", "build", "build/fuse",
-                 "build/codegen", "build/codegen/schedule", "build/load", "sqnr"):
+                 "build/codegen", "build/codegen/schedule", "build/cache", "build/load", "sqnr"):
         assert name in report.timings
     top = sum(s for name, s in report.timings.items() if "/" not in name)
     assert 0.5 * report.compile_seconds < top <= report.compile_seconds

@@ -202,7 +202,8 @@ class _Pipeline:
         # One build serves `run` (main) and the per-layer SQNR measurement (main_taps).
         taps = [f"{layer.name}_q" for layer in layers]
         with phase("build"):
-            host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered))
+            host = build(InsertTaps(taps, function=TAPS_FUNCTION)(lowered),
+                         reuse=self.target.reuses_builds)
         self.stage("report")
         report = Report(model=model_name(model), target=self.target.name,
                         config=self.config.to_dict(), float_ops=float_ops)

@@ -24,6 +24,7 @@ from .lower import AccelRuntime, LowerToAccel
 class AccelTarget(Target):
     name = "accel"
     option = "accel"  # tvmq.compile(..., accel="npu-mid" or AccelConfig(...))
+    reuses_builds = False  # model.so is linked against the emulator at export (`write`)
 
     def __init__(self, quant: QuantConfig, setting=None):
         super().__init__(quant, setting)

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -30,7 +31,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvmq.timings import phase
 
-from . import schedules
+from . import build_cache, schedules
 from .pad_columns import PadMatmulColumns
 from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
@@ -67,6 +68,7 @@ class HostModule:
     """A compiled module: `run(x)` -> the numpy output of `main` (or of another Relax function):
     an array for a tensor result, a tuple (nested like the Relax tuple) for a tuple result.
     `schedules`: kernel name -> KernelSchedule for a build (empty for a loaded model.so).
+    `library`: the shared library a build from the build cache was loaded from, else None.
 
     `run` copies the input into a 64-byte-aligned staging array that TVM reads in place
     (`from_dlpack`, no allocation) and copies the outputs out through DLPack: on the digits
@@ -75,10 +77,12 @@ class HostModule:
     thread-safe)."""
 
     def __init__(self, executable: tvm.runtime.Executable,
-                 schedules: dict[str, KernelSchedule] | None = None):
+                 schedules: dict[str, KernelSchedule] | None = None,
+                 library: Path | None = None):
         use_physical_cores()
         self.executable = executable
         self.schedules = schedules or {}
+        self.library = library  # the shared library it was loaded from (the build cache)
         self.vm = relax.VirtualMachine(executable, tvm.cpu())
         self._functions: dict[str, tvm.runtime.PackedFunc] = {}
         self._staging: dict[tuple, tuple[np.ndarray, tvm.runtime.Tensor]] = {}
@@ -130,12 +134,15 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRMo
 
 
 def schedule_host(cache: TuningCache | None = None,
-                  record: dict[str, KernelSchedule] | None = None) -> tvm.transform.Pass:
+                  record: dict[str, KernelSchedule] | None = None,
+                  infos: dict[str, schedules.FuncInfo] | None = None) -> tvm.transform.Pass:
     """Module pass: every PrimFunc gets tvmq's schedule, with the tuned parameters from `cache`
     when it has them, else the defaults. A tuned schedule that does not apply falls back to the
     default (logged as a warning); a function the default does not apply to keeps its loops
-    (logged at debug level). `record`, when given, receives each function's KernelSchedule."""
+    (logged at debug level). `record`, when given, receives each function's KernelSchedule;
+    `infos` may give functions' `schedules.describe` already computed."""
     record = {} if record is None else record
+    infos = infos or {}
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -143,7 +150,7 @@ def schedule_host(cache: TuningCache | None = None,
         out = mod.clone()
         for gv, func in mod.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc):
-                info = schedules.describe(func)
+                info = infos.get(gv.name_hint) or schedules.describe(func)
                 scheduled, how = _schedule_one(gv.name_hint, func, info, cache, target)
                 out.update_func(gv, scheduled)
                 record[gv.name_hint] = KernelSchedule(info.kind, how)
@@ -184,13 +191,31 @@ def _reason(err: Exception) -> str:
                  if line.startswith("Error message: ")), lines[0])
 
 
-def build(mod: tvm.IRModule, use_schedules: bool = True,
-          cache: TuningCache | None = None) -> HostModule:
+def build(mod: tvm.IRModule, use_schedules: bool = True, cache: TuningCache | None = None,
+          reuse: bool = True) -> HostModule:
     """Compile `mod` for this CPU: fuse, schedule (tuned parameters from `cache`, default: the
-    on-disk tuning cache), lower, build."""
+    on-disk tuning cache), lower, build. With `reuse` (and TVMQ_BUILD_CACHE not 0) a build
+    made before with the same fused module, schedule choices and tvmq source is loaded from
+    the build cache (build_cache.py), and a new one is stored there."""
     target = host_target()
+    tuning = cache or TuningCache()
+    with phase("fuse"):
+        fused = fuse(mod, target)
+    infos = {gv.name_hint: schedules.describe(f) for gv, f in fused.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc)} if use_schedules else {}
+    builds = key = None
+    if reuse and build_cache.enabled():
+        with phase("cache"):
+            builds = build_cache.BuildCache()
+            key = builds.key(fused, _choices(fused, infos, tuning, target), target)
+            hit = builds.lookup(key)
+        if hit is not None:
+            library, stored = hit
+            with phase("load"):
+                return _load_library(library, {name: KernelSchedule(**s)
+                                               for name, s in stored.items()})
     record: dict[str, KernelSchedule] = {}
-    scheduling = [schedule_host(cache or TuningCache(), record)] if use_schedules else []
+    scheduling = [schedule_host(tuning, record, infos)] if use_schedules else []
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.HostLowering")
     def lowering(m: tvm.IRModule, _ctx) -> tvm.IRModule:  # after `fuse`
@@ -200,12 +225,35 @@ def build(mod: tvm.IRModule, use_schedules: bool = True,
             seq = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
             return tvm.transform.Sequential(seq)(m)
 
-    with phase("fuse"):
-        fused = fuse(mod, target)
     with phase("codegen"):  # lowering (schedules included) and LLVM code generation
         executable = tvm.compile(fused, target=target, relax_pipeline=lowering)
+    if builds is not None:
+        with phase("cache"):  # the export makes the machine code the VM would JIT
+            library = builds.store(key, executable, {n: vars(s) for n, s in record.items()})
+        if library is not None:
+            with phase("load"):
+                return _load_library(library, record)
     with phase("load"):  # the VM: LLVM compiles the module to machine code here
         return HostModule(executable, record)
+
+
+def _choices(fused: tvm.IRModule, infos: dict[str, schedules.FuncInfo], tuning: TuningCache,
+             target: tvm.target.Target) -> dict[str, str]:
+    """Each kernel's schedule choice as text (the build cache's key): the tuned parameters,
+    else the default ones, else LOOPS."""
+    choices = {}
+    for gv, func in fused.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            info = infos.get(gv.name_hint)
+            tuned = tuning.lookup(func, target) if info is not None else UNSCHEDULED
+            choice = tuned if tuned is not None else schedules.default_params(info)
+            choices[gv.name_hint] = str(choice if choice not in (None, UNSCHEDULED) else LOOPS)
+    return choices
+
+
+def _load_library(library: Path, kernel_schedules: dict[str, KernelSchedule]) -> HostModule:
+    with drop_scope_lines():
+        return HostModule(tvm.runtime.load_module(str(library)), kernel_schedules, library)
 
 
 def load(path: str | os.PathLike) -> HostModule:

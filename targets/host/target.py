@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,21 @@ from .tvm_log import drop_scope_lines
 
 
 def export_library(host, path: Path, options: list[str] | None = None) -> None:
-    """Write a host build's executable as a shared library TVM's VM loads (`targets.host.load`)."""
-    with drop_scope_lines():  # TVM prints a line per constant (tvm_log.py)
-        host.executable.export_library(str(path), options=options or [])
+    """Write a host build's executable as a shared library TVM's VM loads (`targets.host.load`);
+    a build loaded from the build cache is that library already: copied."""
+    if host.library is not None:
+        if options:
+            raise ValueError("a host build from the build cache cannot be linked again with "
+                             f"{options}: build it with reuse=False")
+        shutil.copyfile(host.library, path)
+        return
+    export_executable(host.executable, path, options)
+
+
+def export_executable(executable, path: Path, options: list[str] | None = None) -> None:
+    """`executable.export_library(path)`, without TVM's line per constant (tvm_log.py)."""
+    with drop_scope_lines():
+        executable.export_library(str(path), options=options or [])
 
 
 @register
