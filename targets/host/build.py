@@ -68,7 +68,8 @@ class HostModule:
     """A compiled module: `run(x)` -> the numpy output of `main` (or of another Relax function):
     an array for a tensor result, a tuple (nested like the Relax tuple) for a tuple result.
     `schedules`: kernel name -> KernelSchedule for a build (empty for a loaded model.so).
-    `library`: the shared library a build from the build cache was loaded from, else None.
+    `library`: the bytes of the shared library a build from the build cache was loaded from
+    (kept: the cache may drop its file while this module lives), else None.
 
     `run` copies the input into a 64-byte-aligned staging array that TVM reads in place
     (`from_dlpack`, no allocation) and copies the outputs out through DLPack: on the digits
@@ -78,7 +79,7 @@ class HostModule:
 
     def __init__(self, executable: tvm.runtime.Executable,
                  schedules: dict[str, KernelSchedule] | None = None,
-                 library: Path | None = None):
+                 library: bytes | None = None):
         use_physical_cores()
         self.executable = executable
         self.schedules = schedules or {}
@@ -253,7 +254,8 @@ def _choices(fused: tvm.IRModule, infos: dict[str, schedules.FuncInfo], tuning: 
 
 def _load_library(library: Path, kernel_schedules: dict[str, KernelSchedule]) -> HostModule:
     with drop_scope_lines():
-        return HostModule(tvm.runtime.load_module(str(library)), kernel_schedules, library)
+        return HostModule(tvm.runtime.load_module(str(library)), kernel_schedules,
+                          library.read_bytes())
 
 
 def load(path: str | os.PathLike) -> HostModule:

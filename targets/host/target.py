@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,12 @@ from .tvm_log import drop_scope_lines
 
 def export_library(host, path: Path, options: list[str] | None = None) -> None:
     """Write a host build's executable as a shared library TVM's VM loads (`targets.host.load`);
-    a build loaded from the build cache is that library already: copied."""
+    a build loaded from the build cache is that library already: written as it is."""
     if host.library is not None:
         if options:
             raise ValueError("a host build from the build cache cannot be linked again with "
                              f"{options}: build it with reuse=False")
-        shutil.copyfile(host.library, path)
+        Path(path).write_bytes(host.library)
         return
     export_executable(host.executable, path, options)
 
