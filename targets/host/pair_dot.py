@@ -15,6 +15,18 @@ pair is the reduction inside one instruction. It applies to regular (groups = 1)
 stride 1 along the width, an even number of input channels and a tile width that is a multiple
 of 8.
 
+With the lanes on output channels instead (`channel lanes`), one pair of input values is
+broadcast and the weights are the vector:
+
+    weights       w_lanes[f // 8, c // 2, ry, rx, f % 8] = w[f, c + 1] << 16 | w[f, c]   (int32)
+    conv          for c2, ry, rx: for tile columns x: for 8-channel groups f0:
+                      acc[f0, y, x, 0:8] += pmaddwd(broadcast(pairs[n, c2, y', 2 x' : +2]),
+                                                    w_lanes[f0, c2, ry, rx, 0:8])
+
+with the accumulator (and every stage of the epilogue) stored as 8-channel groups,
+[n, f // 8, h, w, f % 8]. It needs no condition on the width or the stride (any output width,
+stride 2), only an even number of input channels and output channels in groups of 8.
+
 TVM 0.27's `tensorize` crashes (it deep-copies the intrinsic through JSON, which segfaults in
 this wheel), so the vector statement is written into the blockized 8 x 2 block by a TVMScript
 round trip of the scheduled function: same loops, same buffers, one statement replaced.
@@ -32,6 +44,7 @@ from tvm.script import from_source
 LANES = 8  # int32 lanes of one vpmaddwd (AVX2, 256 bit)
 PACK_LANES = 32  # int16 lanes of the pair packing's vectors (two AVX2 registers)
 MARK = "tvmq_pair_dot"  # block annotation: emit() rewrites this block's body
+ON_COLUMNS, ON_CHANNELS = 1, 2  # MARK's value: the vector lanes are output columns / channels
 
 
 def target_has_avx2(target: tvm.target.Target | None = None) -> bool:
@@ -65,6 +78,26 @@ def applies(sch, conv) -> bool:
         return False
     width = str(data.region[-1].min)
     return re.fullmatch(r"v_xx \+ v_rx", width) is not None and len(sch.get_producers(conv)) == 1
+
+
+def applies_on_channels(sch, conv) -> bool:
+    """Whether the conv block can run on channel pairs with output channels as the lanes:
+    int16 x int8 -> int32, groups = 1, an even number of input channels, output channels a
+    multiple of 8 (any stride and width)."""
+    block = sch.get(conv)
+    if not block.name_hint.startswith("conv2d_nchw") or block.init is None:
+        return False
+    data, weight = _operands(block)
+    if data is None or str(data.source.dtype) != "int16" or str(weight.source.dtype) != "int8":
+        return False
+    channels_out, channels_in = (int(d) for d in weight.source.shape[:2])
+    return (channels_in % 2 == 0 and channels_out % LANES == 0
+            and len(sch.get_producers(conv)) == 1)
+
+
+def lanes_layout(n, c, h, w):
+    """A stage's layout when output channels are the lanes: [n, c // 8, h, w, c % 8]."""
+    return n, c // LANES, h, w, c % LANES
 
 
 def pack_input(sch, conv, parallel: int) -> None:
@@ -112,6 +145,23 @@ def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
     return update
 
 
+def split_channel_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
+    """Channel lanes: inside one output tile (`inner_loops`: n, channels, row, columns, rc,
+    ry, rx) order (rc // 2, ry, rx, columns, channel groups, 8 channels, rc % 2), decompose
+    the init and blockize the 8 x 2 update, marked for `emit`. Returns the update block."""
+    n, channels, row, columns, rc, ry, rx = inner_loops
+    rc_o, rc_i = sch.split(rc, factors=[None, 2])
+    group, lane = sch.split(channels, factors=[None, LANES])
+    sch.reorder(rc_o, ry, rx, n, row, columns, group, lane, rc_i)
+    init = sch.decompose_reduction(conv, rc_o)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for lp in (columns, group):
+        sch.unroll(lp)
+    update = sch.blockize(lane)
+    sch.annotate(update, MARK, ON_CHANNELS)
+    return update
+
+
 def emit(sch) -> tvm.tirx.PrimFunc:
     """The scheduled function with every marked block's body replaced by its vpmaddwd
     statement, and a stage at the top that packs each weight pair into one int32 (the
@@ -131,13 +181,15 @@ def emit(sch) -> tvm.tirx.PrimFunc:
                 out.append(lines[i])
             i += 1
         block = sch.get(sch.get_sblock(name.group(1)))
+        on_channels = int(block.annotations[MARK]) == ON_CHANNELS
         weight = _operands(block)[1].source
-        weights[weight.name] = weight
-        out.append(" " * indent + _statement(block))
+        weights[weight.name] = (weight, on_channels)
+        out.append(" " * indent + (_channel_statement if on_channels else _statement)(block))
     root = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
         root += 1
-    stages = [text for w in weights.values() for text in _weight_pairs_stage(w)]
+    stages = [text for w, on_channels in weights.values()
+              for text in (_weight_lanes_stage if on_channels else _weight_pairs_stage)(w)]
     out[root + 2:root + 2] = stages
     mod = from_source("\n".join(out))
     return mod["main"] if isinstance(mod, tvm.IRModule) else mod
@@ -212,4 +264,51 @@ def _statement(block) -> str:
     product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
                f'{vector(data, 2 * LANES)}, {pair})')
     target = vector(acc, LANES)
+    return f"{target} = {target} + {product}"
+
+
+def _lanes_name(weight) -> str:
+    return f"{weight.name}_lanes"
+
+
+def _weight_lanes_stage(weight) -> list[str]:
+    """TVMScript lines: lanes[f // 8, c2, ry, rx, f % 8] = w[f, 2 c2 + 1, ry, rx] << 16 |
+    uint16(w[f, 2 c2, ry, rx]): 8 output channels' pairs, one vector operand of vpmaddwd."""
+    f, c, kh, kw = (int(d) for d in weight.shape)
+    shape = (f"(T.int64({f // LANES}), T.int64({c // 2}), T.int64({kh}), T.int64({kw}), "
+             f"T.int64({LANES}))")
+    w, lanes = weight.name, _lanes_name(weight)
+    channel = f"f * T.int64({LANES}) + l"
+    low = (f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[{channel}, c * T.int64(2), '
+           'y, x])))')
+    high = (f'T.shift_left(T.Cast("int32", {w}[{channel}, c * T.int64(2) + T.int64(1), y, x]), '
+            '16)')
+    return [
+        f'    {lanes} = T.sblock_alloc_buffer({shape}, "int32")',
+        f"    for f0, c0, y0, x0, l0 in T.grid(T.int64({f // LANES}), T.int64({c // 2}), "
+        f"T.int64({kh}), T.int64({kw}), T.int64({LANES})):",
+        f'        with T.sblock("{lanes}"):',
+        '            f, c, y, x, l = T.axis.remap("SSSSS", [f0, c0, y0, x0, l0])',
+        f"            {lanes}[f, c, y, x, l] = T.bitwise_or({low}, {high})",
+    ]
+
+
+def _channel_statement(block) -> str:
+    """acc[n, f0, y, x, 0:8] += pmaddwd(broadcast(pairs[n, c2, y', 2 x' : +2] as int32),
+    w_lanes[f0, c2, ry, rx, 0:8])."""
+    data, weight = _operands(block)
+    acc = block.writes[0]
+    idx = [str(r.min) for r in acc.region]
+    idx[-1] = f"T.Ramp({idx[-1]}, T.int64(1), {LANES})"
+    target = f"{acc.source.name}[{', '.join(idx)}]"
+    idx = [str(r.min) for r in data.region]
+    idx[-1] = f"T.Ramp({idx[-1]}, T.int64(1), 2)"
+    pair = f'T.reinterpret("int32", {data.source.name}[{", ".join(idx)}])'
+    value = f'T.reinterpret("int16x{2 * LANES}", T.Broadcast({pair}, {LANES}))'
+    f0, c0, ry, rx = (str(r.min) for r in weight.region)
+    lanes = (f'T.reinterpret("int16x{2 * LANES}", {_lanes_name(weight.source)}[({f0}) // '
+             f'T.int64({LANES}), ({c0}) // T.int64(2), {ry}, {rx}, T.Ramp(T.int64(0), '
+             f'T.int64(1), {LANES})])')
+    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
+               f'{value}, {lanes})')
     return f"{target} = {target} + {product}"

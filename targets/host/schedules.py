@@ -41,6 +41,9 @@ PARALLEL_POOLING = 1 << 14  # default: a pooling sum's threads from this many in
 MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
 ROOT_VECTOR_LANES = 32  # widest vector of a stage at the root (padding)
 STREAM_WEIGHT = 1 << 18  # default: matmuls streaming from this many weight elements (~L2 size)
+CHANNEL_TILE = 16  # default output channels per tile with channel lanes (two AVX2 registers)
+CHANNEL_COLUMNS = (5, 4, 6, 7, 8, 3, 2, 1)  # default columns per channel-lane tile: the first
+                                            # dividing the width (16 x 5 measured best)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class ScheduleParams:
                reduction runs outside the columns, so each weight row is read contiguously;
                `parallel` then splits the columns into that many chunks, one per thread
                (tile and tile_axis unused).
+    channels:  a conv on input-channel pairs with output channels as the vector lanes
+               (`_schedule_channels`, pair_dot.py): `tile` output channels (a multiple of 8)
+               x `vec` output columns per tile, columns unrolled (tile_axis unused).
     """
 
     vec: int
@@ -66,10 +72,12 @@ class ScheduleParams:
     parallel: int = 0
     pairs: bool = False
     stream: bool = False
+    channels: bool = False
 
     def to_dict(self) -> dict:
         return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
-                "parallel": self.parallel, "pairs": self.pairs, "stream": self.stream}
+                "parallel": self.parallel, "pairs": self.pairs, "stream": self.stream,
+                "channels": self.channels}
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class FuncInfo:
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
     macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents);
                          # elementwise: output elements x stages
+    channels: bool = False  # a conv pair_dot applies to with output channels as the lanes
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
@@ -95,7 +104,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     out_shape = ()
     if len(outputs) == 1:
         out_shape = tuple(int(d) for d in sch.get(outputs[0]).writes[0].source.shape)
-    kind, pairs, macs = "elementwise", False, 0
+    kind, pairs, channels, macs = "elementwise", False, False, 0
     for block in sch.get_child_blocks(root):
         name = sch.get(block).name_hint
         if sch.get(block).init is None or _is_side(sch, block, out_shape):
@@ -109,6 +118,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
             depthwise = name.startswith("group") and _is_depthwise(sch, block)
             kind = "depthwise" if depthwise else "conv2d"
             pairs = pair_dot.applies(sch, block)
+            channels = pair_dot.applies_on_channels(sch, block)
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
         elif len(outputs) == 1 and _same(sch, block, outputs[0]):
@@ -121,8 +131,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     if kind == "elementwise":
         stages = [b for b in sch.get_child_blocks(root) if not _is_side(sch, b, out_shape)]
         macs = math.prod(out_shape) * len(stages)
-    return FuncInfo(kind, out_shape, pairs and kind == "conv2d" and pair_dot.target_has_avx2(),
-                    macs)
+    avx2 = kind == "conv2d" and pair_dot.target_has_avx2()
+    return FuncInfo(kind, out_shape, pairs and avx2, macs, channels and avx2)
 
 
 def default_params(info: FuncInfo) -> ScheduleParams | None:
@@ -142,9 +152,14 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     if info.kind == "pooling":
         return ScheduleParams(1, parallel=int(info.macs >= PARALLEL_POOLING
                                               and threads.physical_cores() > 1))
+    parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
+    if info.channels:
+        channels, width = info.out_shape[1], info.out_shape[-1]
+        return ScheduleParams(vec=next(v for v in CHANNEL_COLUMNS if width % v == 0),
+                              tile=CHANNEL_TILE if channels % CHANNEL_TILE == 0
+                              else pair_dot.LANES, parallel=parallel, channels=True)
     if len(info.out_shape) < 2 or info.out_shape[-1] < 4:
         return None
-    parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
     vec = _largest_divisor(info.out_shape[-1], VECTOR_LANES)
     if info.kind == "elementwise":
         return ScheduleParams(vec=vec, parallel=parallel) if vec >= MIN_ELEMENTWISE_VEC else None
@@ -190,7 +205,8 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
     are multiples of 8."""
     if info.kind == "pooling":
         return [ScheduleParams(1, parallel=parallel) for parallel in (0, 1)]
-    if not info.out_shape or info.kind == "other" or info.out_shape[-1] < 4:
+    if not info.out_shape or info.kind == "other" or (info.out_shape[-1] < 4
+                                                      and not info.channels):
         return []
     rank = len(info.out_shape)
     last = info.out_shape[-1]
@@ -203,11 +219,15 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
                         for vec in vecs for parallel in (0, 1, 2)}
     out |= {ScheduleParams(vec, tile, 3, parallel, pairs=True) for vec in _pair_vecs(info)
             for tile in (1, 2, 4, 8) if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
+    if info.channels:
+        out |= {ScheduleParams(vec, tile, parallel=parallel, channels=True)
+                for vec in _divisors_upto(last, 10) for tile in (8, 16, 32)
+                if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
     if info.kind == "matmul" and rank == 2:
         out |= {ScheduleParams(vec, parallel=chunks, stream=True) for chunks in (1, 2)
                 for vec in _divisors_upto(last // chunks, 32) if vec >= 4 and last % chunks == 0}
-    return sorted(out, key=lambda p: (p.stream, p.pairs, p.tile_axis, p.vec, p.tile,
-                                      p.parallel))
+    return sorted(out, key=lambda p: (p.stream, p.channels, p.pairs, p.tile_axis, p.vec,
+                                      p.tile, p.parallel))
 
 
 def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
@@ -221,6 +241,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
     if params.stream:
         return _schedule_stream(sch, root, out_shape, params)
+    if params.channels:
+        return _schedule_channels(sch, root, out_shape, params)
     conv = _pair_conv(sch, root) if params.pairs else None
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
     # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
@@ -455,6 +477,62 @@ def _schedule_stream(sch, root, out_shape: tuple, params: ScheduleParams) -> tvm
         elif inner and not _is_lookup(sch, block):
             sch.vectorize(sch.split(inner[-1], factors=[None, params.vec])[1])
     return sch.mod["main"]
+
+
+def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams
+                       ) -> tvm.tirx.PrimFunc:
+    """A conv with output channels as the vector lanes (pair_dot.py, channel lanes): the output
+    tile is `tile` channels x `vec` columns of one row; inside it the conv accumulates 8
+    channels per vector (columns and channel groups unrolled) and every epilogue stage runs
+    vectorized over 8 channels. The tile's stages are stored as 8-channel groups
+    (pair_dot.lanes_layout), so a vector is contiguous; the output, NCHW, is written with
+    8-lane strided stores."""
+    convs = [b for b in sch.get_child_blocks(root) if sch.get(b).init is not None
+             and not _is_side(sch, b, out_shape)]
+    if len(convs) != 1 or len(out_shape) != 4 or not pair_dot.applies_on_channels(sch, convs[0]):
+        raise s_tir.ScheduleError("channels: not a conv on int16 channel pairs with output "
+                                  "channels in groups of 8")
+    if not pair_dot.target_has_avx2():
+        raise s_tir.ScheduleError("channels: the target has no AVX2")
+    if params.tile % pair_dot.LANES or out_shape[1] % params.tile or out_shape[3] % params.vec:
+        raise s_tir.ScheduleError(f"channels: a tile of {params.tile} channels x {params.vec} "
+                                  f"columns does not divide {out_shape}")
+    (conv,) = convs
+    (stage,) = sch.get_producers(conv)
+
+    def at_root(block) -> bool:
+        return _is_padding(sch, block) or _is_side(sch, block, out_shape) or _same(sch, block,
+                                                                                   stage)
+
+    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _is_lookup(sch, b) or any(
+        _is_lookup(sch, c) for c in sch.get_consumers(b)))
+    (out,) = sch.get_output_blocks(root)
+    tiled = [b for b in intermediates(sch, root) if not at_root(b)]
+    for block in tiled:
+        if tuple(int(d) for d in sch.get(block).writes[0].source.shape) == out_shape:
+            sch.transform_layout(block, ("write", 0), pair_dot.lanes_layout)
+    n, channels, row, columns = sch.get_loops(out)
+    channel_o, channel_i = sch.split(channels, factors=[None, params.tile])
+    column_o, column_i = sch.split(columns, factors=[None, params.vec])
+    sch.reorder(n, channel_o, row, column_o, channel_i, column_i)
+    for block in reversed(tiled):
+        sch.compute_at(block, column_o, preserve_unit_loops=True)
+    _parallel_outer(sch, sch.get_loops(out), column_o, params.parallel)
+    pair_dot.pack_input(sch, conv, params.parallel)
+    for block in sch.get_child_blocks(column_o):
+        inner = sch.get_loops(block)[_depth(sch, block, column_o):]
+        if _same(sch, block, conv):
+            pair_dot.split_channel_reduction(sch, block, inner)
+        elif not _is_lookup(sch, block):  # 8 channels a vector
+            # a stage computed at the tile: [n, channels, row, columns]; the output: the
+            # tile's [channels, columns]
+            channel, column = (inner[1], inner[3]) if len(inner) == 4 else inner
+            group, lane = sch.split(channel, factors=[None, pair_dot.LANES])
+            sch.reorder(column, group, lane)
+            sch.vectorize(lane)
+            for lp in (column, group):
+                sch.unroll(lp)
+    return pair_dot.emit(sch)
 
 
 def _schedule_padding(sch, block, depth: int) -> None:

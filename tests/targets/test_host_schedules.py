@@ -99,6 +99,10 @@ MODELS = {
     "depthwise_5x5": (lambda: _conv_model(4, 4, (6, 24), k=5, pad=2, group=4), (4, 6, 24)),
     # channel pairs with a table lookup in the epilogue (tabulate.py)
     "conv3x3_hard_swish": (lambda: _conv_hard_swish_model(4, 6, (5, 16)), (4, 5, 16)),
+    # output channels as the lanes (stride 2, output width 10: no columns in 8s)
+    "conv3x3_channels": (lambda: _conv_model(6, 16, (9, 20), stride=2), (6, 9, 20)),
+    # channel lanes with a table lookup in the epilogue, 8 channels
+    "conv3x3_channels_hard_swish": (lambda: _conv_hard_swish_model(4, 8, (5, 12)), (4, 5, 12)),
     # the excite scale (a 1x1 conv on pooled channels) broadcast into a 4x16 map
     "squeeze_excite": (lambda: _squeeze_excite_model(8, (4, 16)), (8, 4, 16)),
     "pool": (lambda: _pool_model(8, (4, 16)), (8, 4, 16)),
@@ -144,7 +148,9 @@ def test_every_candidate_schedule_is_bit_exact(compiled):
         default = schedules.default_params(task.info)
         assert candidates or task.info.out_shape[-1] < 4
         pairs = [p for p in candidates if p.pairs]
+        lanes = [p for p in candidates if p.channels]
         picks = candidates[:: max(1, len(candidates) // 6)] + pairs[:: max(1, len(pairs) // 4)]
+        picks += lanes[:: max(1, len(lanes) // 4)]
         picks += [default] if default else []
         args = random_args(task.func, seed=3)
         want = _run(task.func, target, args)
@@ -157,24 +163,50 @@ def test_every_candidate_schedule_is_bit_exact(compiled):
     assert checked >= 1
 
 
-def test_pair_dot_conv_is_bit_exact_on_full_range_inputs():
-    """vpmaddwd on channel pairs against TVM's loops, with activations at +-255 and weights at
-    -128/127 (the extremes of a zero-point-subtracted int8 and an int8 weight)."""
-    _, cm, _ = _compiled("conv3x3_pairs")
-    target = host_build.host_target()
-    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "conv2d"]
-    assert task.info.pairs and schedules.default_params(task.info).pairs
-    args = random_args(task.func, seed=5)
-    rng = np.random.default_rng(5)
+def _full_range_args(func, seed: int) -> list:
+    """Random arguments with the conv's activations at +-255 and weights at -128/127 (the
+    extremes of a zero-point-subtracted int8 and an int8 weight)."""
+    args = random_args(func, seed=seed)
+    rng = np.random.default_rng(seed)
     for i, arg in enumerate(args[:2]):  # the int16 input and the int8 weight
         value = arg.numpy()
         lo, hi = (-255, 255) if value.dtype == np.int16 else (-128, 127)
         args[i] = tvm.runtime.tensor(rng.choice([lo, hi, 0, 1], size=value.shape).astype(
             value.dtype))
+    return args
+
+
+def test_pair_dot_conv_is_bit_exact_on_full_range_inputs():
+    """vpmaddwd on channel pairs (lanes = output columns) against TVM's loops."""
+    _, cm, _ = _compiled("conv3x3_pairs")
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "conv2d"]
+    assert task.info.pairs and schedules.default_params(task.info).pairs
+    args = _full_range_args(task.func, seed=5)
     want = _run(task.func, target, args)
     for params in [p for p in schedules.candidate_params(task.info) if p.pairs]:
         scheduled = schedules.schedule(task.func, params)
         assert "pmadd.wd" in scheduled.script(), params
+        np.testing.assert_array_equal(_run(scheduled, target, args), want, err_msg=str(params))
+
+
+@pytest.mark.parametrize("name", ["conv3x3_channels", "conv3x3_channels_hard_swish"])
+def test_channel_lanes_conv_is_bit_exact_on_full_range_inputs(name):
+    """vpmaddwd on channel pairs with output channels as the lanes (stride 2 and a width of 10,
+    a lookup epilogue) against TVM's loops, for every tile the tuner may try; it is the
+    default for such convs."""
+    _, cm, _ = _compiled(name)
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "conv2d"]
+    assert task.info.channels and schedules.default_params(task.info).channels
+    args = _full_range_args(task.func, seed=6)
+    want = _run(task.func, target, args)
+    lanes = [p for p in schedules.candidate_params(task.info) if p.channels]
+    assert {p.tile for p in lanes} >= {8} and len({p.vec for p in lanes}) >= 3
+    for params in lanes:
+        scheduled = schedules.schedule(task.func, params)
+        assert "pmadd.wd" in scheduled.script(), params
+        assert 8 in _vectorized_loops(scheduled), params
         np.testing.assert_array_equal(_run(scheduled, target, args), want, err_msg=str(params))
 
 
@@ -183,6 +215,16 @@ def test_pair_dot_needs_even_channels_and_unit_stride():
         _, cm, _ = _compiled(name)
         for task in tasks_of(host_build.fuse(cm.quant_mod)):
             assert not task.info.pairs, (name, task.info)
+
+
+def test_channel_lanes_need_even_input_channels_and_output_channels_in_eights():
+    for name in ("conv3x3_odd", "conv1x1_12ch", "conv3x3_pairs", "depthwise"):  # 3 in, 12, 10
+        _, cm, _ = _compiled(name)
+        for task in tasks_of(host_build.fuse(cm.quant_mod)):
+            assert not task.info.channels, (name, task.info)
+    _, cm, _ = _compiled("conv3x3_stride2")  # 4 -> 8 channels, stride 2
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "conv2d"]
+    assert task.info.channels
 
 
 VECTORIZED = tvm.tirx.ForKind.VECTORIZED
