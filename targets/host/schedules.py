@@ -15,9 +15,13 @@ matmul weight, so no weight repacking is needed. The register tile is a second o
 (`tile_axis`): a conv's output channels share the input vector (one load, `tile` multiply-adds).
 With `pairs`, a regular conv's reduction runs on input-channel pairs with vpmaddwd instead
 (pair_dot.py: its input stage is stored as interleaved pairs, its weights packed per call).
+With `channels` (the default for a regular conv with even input channels and output channels
+in 8s) the vector lanes are 8 output channels instead of columns: the tile is output channels
+x columns, its stages stored in 8-channel groups, so neither the width nor the stride limits
+the vector (`_schedule_channels`).
 A large 2-D matmul (a recognizer's vocabulary head) instead streams its weight rows
-(`stream`): per output row, `for k: acc[cols] += x[k] * W[k, cols]`, so W is read
-contiguously rather than one cache line per k for every column tile.
+(`stream`): per block of columns, `for k: for rows: acc[row, cols] += x[row, k] * W[k, cols]`,
+so W is read contiguously and once, rather than one cache line per k for every tile of rows.
 `ScheduleParams` are the knobs the tuner searches; `default_params` picks them from the shape.
 Every schedule only reorders the same integer arithmetic, so results stay bit-exact; a function
 the schedule does not understand keeps TVM's default loops.
@@ -40,6 +44,7 @@ PARALLEL_MACS = 1 << 16  # default: threads from this many multiply-adds (measur
 PARALLEL_POOLING = 1 << 14  # default: a pooling sum's threads from this many inputs (measured)
 MIN_ELEMENTWISE_VEC = 8  # narrower vectors measured slower than TVM's loops on copies
 ROOT_VECTOR_LANES = 32  # widest vector of a stage at the root (padding)
+PARALLEL_ROOTS = 1 << 13  # default: stage-by-stage threads from this many output elements
 STREAM_WEIGHT = 1 << 18  # default: matmuls streaming from this many weight elements (~L2 size)
 CHANNEL_TILE = 16  # default output channels per tile with channel lanes (two AVX2 registers)
 CHANNEL_COLUMNS = (5, 4, 6, 7, 8, 3, 2, 1)  # default columns per channel-lane tile: the first
@@ -57,10 +62,14 @@ class ScheduleParams:
     parallel:  how many outer loops (of extent > 1) are fused into one parallel loop; 0 = none.
     pairs:     a conv multiplies input-channel pairs with vpmaddwd (pair_dot.py); vec is then
                a multiple of 8.
-    stream:    a matmul streams its weight rows (`_schedule_stream`): per output row, the
-               reduction runs outside the columns, so each weight row is read contiguously;
-               `parallel` then splits the columns into that many chunks, one per thread
-               (tile and tile_axis unused).
+    stream:    a matmul streams its weight rows (`_schedule_stream`): per block of `tile`
+               columns (all rows; `tile` 1: per output row), the reduction runs outside the
+               rows and columns, so each weight row is read contiguously; `parallel` then
+               splits the columns into that many chunks, one per thread (tile_axis unused).
+    roots:     every stage on its own at the root (`_schedule_roots`): its outer loops
+               parallel (`parallel` > 0), its innermost data-parallel loop vectorized by `vec`
+               where vec divides it (vec 1: not vectorized); the arithmetic order unchanged
+               (a softmax, layer norm, a mean, a slice).
     channels:  a conv on input-channel pairs with output channels as the vector lanes
                (`_schedule_channels`, pair_dot.py): `tile` output channels (a multiple of 8)
                x `vec` output columns per tile, columns unrolled (tile_axis unused).
@@ -73,11 +82,12 @@ class ScheduleParams:
     pairs: bool = False
     stream: bool = False
     channels: bool = False
+    roots: bool = False
 
     def to_dict(self) -> dict:
         return {"vec": self.vec, "tile": self.tile, "tile_axis": self.tile_axis,
                 "parallel": self.parallel, "pairs": self.pairs, "stream": self.stream,
-                "channels": self.channels}
+                "channels": self.channels, "roots": self.roots}
 
 
 @dataclass(frozen=True)
@@ -147,8 +157,11 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     least MIN_ELEMENTWISE_VEC divide them; a pooling sum goes parallel over its outputs from
     PARALLEL_POOLING inputs; a 2-D matmul with at least STREAM_WEIGHT weight elements and no
     row tile streams its weight rows (`_streams`, `_schedule_stream`: one column chunk per
-    thread). Everything else keeps
-    TVM's loops until the tuner finds better (None)."""
+    thread). A regular conv with even input channels and output channels in 8s takes channel
+    lanes (16 channels x 5 columns per tile where they divide; `_schedule_channels`). A large
+    softmax, layer norm or unvectorizable elementwise function runs stage by stage, each
+    parallel (`_on_roots`). Everything else keeps TVM's loops until the tuner finds better
+    (None)."""
     if info.kind == "pooling":
         return ScheduleParams(1, parallel=int(info.macs >= PARALLEL_POOLING
                                               and threads.physical_cores() > 1))
@@ -158,6 +171,8 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
         return ScheduleParams(vec=next(v for v in CHANNEL_COLUMNS if width % v == 0),
                               tile=CHANNEL_TILE if channels % CHANNEL_TILE == 0
                               else pair_dot.LANES, parallel=parallel, channels=True)
+    if _on_roots(info):
+        return ScheduleParams(vec=_root_vec(info.out_shape[-1]), parallel=1, roots=True)
     if len(info.out_shape) < 2 or info.out_shape[-1] < 4:
         return None
     vec = _largest_divisor(info.out_shape[-1], VECTOR_LANES)
@@ -183,6 +198,26 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
     return ScheduleParams(vec=vec, tile=tile, tile_axis=axis, parallel=parallel)
 
 
+def _on_roots(info: FuncInfo) -> bool:
+    """Default to the stage-by-stage schedule (`_schedule_roots`): a function with one output
+    of at least PARALLEL_ROOTS elements on a multi-core CPU that the tile schedule does not
+    take: a reduction into a smaller shape (a softmax, a layer norm), a reduction that is not
+    a conv, matmul or pooling sum, or an elementwise function whose columns do not vectorize.
+    (PP-OCRv5's softmax over 40 x 18385 classes: 1.9 -> 1.0 ms.)"""
+    if not info.out_shape or math.prod(info.out_shape) < PARALLEL_ROOTS:
+        return False
+    if threads.physical_cores() < 2:
+        return False
+    if info.kind == "elementwise":
+        return _largest_divisor(info.out_shape[-1], VECTOR_LANES) < MIN_ELEMENTWISE_VEC
+    return info.kind in ("other", "reduce")
+
+
+def _root_vec(extent: int) -> int:
+    """The widest of 16, 8 or 4 lanes that divides `extent`, else 1 (not vectorized)."""
+    return next((v for v in (16, 8, 4) if extent % v == 0), 1)
+
+
 def _streams(info: FuncInfo) -> bool:
     """Default to the streaming matmul schedule: a 2-D matmul output whose weight has at least
     STREAM_WEIGHT elements (a recognizer's vocabulary head), whose rows leave the tile
@@ -205,6 +240,9 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
     are multiples of 8."""
     if info.kind == "pooling":
         return [ScheduleParams(1, parallel=parallel) for parallel in (0, 1)]
+    if _on_roots(info):
+        return [ScheduleParams(vec, parallel=parallel, roots=True) for vec in (1, 4, 8, 16)
+                if info.out_shape[-1] % vec == 0 for parallel in (0, 1, 2)]
     if not info.out_shape or info.kind == "other" or (info.out_shape[-1] < 4
                                                       and not info.channels):
         return []
@@ -235,6 +273,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     apply; the build's `schedule_host` pass then keeps TVM's loops)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
+    if params.roots:
+        return _schedule_roots(sch, root, params)
     (out,) = sch.get_output_blocks(root)
     if sch.get(out).init is not None:
         return _schedule_pooling(sch, root, out, params)
@@ -441,42 +481,89 @@ def _schedule_pooling(sch, root, out, params: ScheduleParams) -> tvm.tirx.PrimFu
 
 def _schedule_stream(sch, root, out_shape: tuple, params: ScheduleParams) -> tvm.tirx.PrimFunc:
     """A matmul whose weight (K, N) is read row by row: the output's columns split into
-    `parallel` chunks (a parallel loop), then per output row every stage computed on the
-    chunk, the reduction with k outside the columns (vectorized by vec): acc[n] += x[k] *
-    W[k, n] reads W's row k contiguously. The tile schedule instead reads a column tile of W
-    down all K rows, one cache line per row, again for every output row."""
+    `parallel` chunks (a parallel loop), then every stage computed per output row on the
+    chunk (`tile` 1) or on blocks of `tile` columns of all rows, the reduction with k outside
+    the rows and columns (vectorized by vec): acc[r, n] += x[r, k] * W[k, n] reads W's row k
+    contiguously, once per output row (`tile` 1) or once in all (blocks, whose accumulators,
+    rows x tile, stay in the L1 cache). The tile schedule instead reads a column tile of W
+    down all K rows, one cache line per row, again for every tile of rows."""
     matmuls = [b for b in sch.get_child_blocks(root) if sch.get(b).init is not None
                and not _is_side(sch, b, out_shape)]
     if len(matmuls) != 1 or len(out_shape) != 2 or len(_reduce_vars(sch, matmuls[0])) != 1:
         raise s_tir.ScheduleError("stream: not a matmul with a 2-D output")
     chunks = max(params.parallel, 1)
-    if out_shape[1] % (chunks * params.vec):
-        raise s_tir.ScheduleError(f"stream: {chunks} chunks of vec {params.vec} do not divide "
-                                  f"{out_shape[1]} columns")
+    block_columns = max(params.tile, params.vec)
+    if out_shape[1] % (chunks * block_columns) or block_columns % params.vec:
+        raise s_tir.ScheduleError(f"stream: {chunks} chunks of {block_columns} columns in "
+                                  f"vectors of {params.vec} do not divide {out_shape[1]} "
+                                  "columns")
     inline_single_reads(sch, root, keep=lambda b: _is_side(sch, b, out_shape)
                         or _is_lookup(sch, b) or any(_is_lookup(sch, c)
                                                      for c in sch.get_consumers(b)))
     (out,) = sch.get_output_blocks(root)
     row, col = sch.get_loops(out)
     chunk, col = sch.split(col, factors=[chunks, None])
-    sch.reorder(chunk, row, col)
+    if params.tile > 1:
+        unit, col = sch.split(col, factors=[None, block_columns])
+        sch.reorder(chunk, unit, row, col)
+    else:
+        sch.reorder(chunk, row, col)
+        unit = row
     for block in reversed(intermediates(sch, root)):
         if not _is_side(sch, block, out_shape):
-            sch.compute_at(block, row, preserve_unit_loops=True)
+            sch.compute_at(block, unit, preserve_unit_loops=True)
     if chunks > 1:
         sch.parallel(chunk)
-    for block in sch.get_child_blocks(row):
-        inner = sch.get_loops(block)[_depth(sch, block, row):]
-        if sch.get(block).init is not None:  # [unit row, columns, k]
-            col, k = inner[-2:]
+    for block in sch.get_child_blocks(unit):
+        inner = sch.get_loops(block)[_depth(sch, block, unit):]
+        if sch.get(block).init is not None:  # [rows, columns, k]
+            rows, col, k = inner[-3:]
             col_o, col_i = sch.split(col, factors=[None, params.vec])
-            sch.reorder(k, col_o, col_i)
+            sch.reorder(k, rows, col_o, col_i)
             sch.vectorize(col_i)
             init = sch.decompose_reduction(block, k)
             sch.vectorize(sch.split(sch.get_loops(init)[-1], factors=[None, params.vec])[1])
         elif inner and not _is_lookup(sch, block):
             sch.vectorize(sch.split(inner[-1], factors=[None, params.vec])[1])
     return sch.mod["main"]
+
+
+def _schedule_roots(sch, root, params: ScheduleParams) -> tvm.tirx.PrimFunc:
+    """Every stage on its own at the root, each element computed in the same order: its outer
+    data-parallel loops fused and parallel (up to `params.parallel` of them), its innermost
+    data-parallel loop vectorized by `params.vec` (when vec > 1 divides it). A reduction
+    whose reduced loops are not innermost (a softmax over channels) has them moved outside
+    its innermost data-parallel loop, which then vectorizes; each output element still sums
+    in the same order, so float results do not change."""
+    for block in sch.get_child_blocks(root):
+        loops = sch.get_loops(block)
+        kinds = [int(v.iter_type) for v in sch.get(block).iter_vars]
+        if len(kinds) != len(loops) or not loops:
+            raise s_tir.ScheduleError(f"roots: {sch.get(block).name_hint} is not one loop per "
+                                      "axis")
+        spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
+        reduce = [lp for lp, kind in zip(loops, kinds) if kind != 0]
+        # the innermost loop when data-parallel (a sum along the innermost axis stays as it
+        # is: moving it out would read the rows in strides)
+        inner = loops[-1] if kinds[-1] == 0 else None
+        outer = [lp for lp in spatial if inner is None or not _same(sch, lp, inner)]
+        if reduce:
+            sch.reorder(*outer, *reduce, *([inner] if inner is not None else []))
+            if inner is not None:
+                init = sch.decompose_reduction(block, reduce[0])
+                _vectorize_by(sch, sch.get_loops(init)[-1], params.vec)
+        if inner is not None:
+            _vectorize_by(sch, inner, params.vec)
+        outer = [lp for lp in outer if _extent(sch, lp) > 1][:params.parallel]
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    return sch.mod["main"]
+
+
+def _vectorize_by(sch, loop, vec: int) -> None:
+    if vec > 1 and _extent(sch, loop) % vec == 0:
+        sch.vectorize(sch.split(loop, factors=[None, vec])[1] if _extent(sch, loop) > vec
+                      else loop)
 
 
 def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams

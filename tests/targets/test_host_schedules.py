@@ -87,6 +87,22 @@ def _rows_matmul_model(rows, k, n):
     return make_onnx(nodes, init, [1, rows, k], [1, rows, n])
 
 
+def _softmax_model(shape, axis):
+    """conv (4-D) or MatMul (3-D) -> Softmax over `axis`: a float softmax after an integer
+    layer."""
+    if len(shape) == 4:
+        c = shape[1]
+        first = helper.make_node("Conv", ["input", "w", "b"], ["m"], pads=[1] * 4)
+        init = {"w": RNG.normal(size=(c, c, 3, 3)), "b": RNG.normal(size=c)}
+        out = list(shape)
+    else:
+        first = helper.make_node("MatMul", ["input", "w"], ["m"])
+        init = {"w": RNG.normal(size=(shape[-1], 232))}
+        out = [*shape[:-1], 232]
+    softmax = helper.make_node("Softmax", ["m"], ["output"], axis=axis)
+    return make_onnx([first, softmax], init, list(shape), out, opset=17)
+
+
 MODELS = {
     # output width 7 and 5 channels: nothing divides the 16-lane vector or the 4-row tile
     "conv3x3_odd": (lambda: _conv_model(3, 5, (6, 7)), (3, 6, 7)),
@@ -111,6 +127,10 @@ MODELS = {
     "matmul_rows_37": (lambda: _rows_matmul_model(6, 24, 37), (6, 24)),
     # a 512 x 544 weight (a recognizer's vocabulary head): streamed row by row
     "matmul_stream": (lambda: _rows_matmul_model(5, 512, 544), (5, 512)),
+    # softmax over channels of a 16 x 24 x 24 map and over 232 classes of 40 rows: stage by
+    # stage, parallel (`_schedule_roots`)
+    "softmax_channels": (lambda: _softmax_model((1, 16, 24, 24), 1), (16, 24, 24)),
+    "softmax_classes": (lambda: _softmax_model((1, 40, 256), -1), (40, 256)),
 }
 
 
@@ -208,6 +228,31 @@ def test_channel_lanes_conv_is_bit_exact_on_full_range_inputs(name):
         assert "pmadd.wd" in scheduled.script(), params
         assert 8 in _vectorized_loops(scheduled), params
         np.testing.assert_array_equal(_run(scheduled, target, args), want, err_msg=str(params))
+
+
+@pytest.mark.parametrize("name", ["softmax_channels", "softmax_classes"])
+def test_softmax_runs_stage_by_stage_with_the_same_float_results(name):
+    """A softmax too large for one thread gets the stage-by-stage schedule by default; every
+    candidate gives TVM's float32 results bit for bit (each sum in its order), and it is
+    parallel."""
+    _, cm, _ = _compiled(name)
+    target = host_build.host_target()
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if "softmax" in t.name]
+    default = schedules.default_params(task.info)
+    if threads.physical_cores() > 1:
+        assert default is not None and default.roots and default.parallel
+    args = random_args(task.func, seed=4)
+    want = _run(task.func, target, args)
+    candidates = schedules.candidate_params(task.info)
+    assert len(candidates) >= 3 or threads.physical_cores() < 2
+    for params in candidates:
+        scheduled = schedules.schedule(task.func, params)
+        if params.parallel:
+            assert tvm.tirx.ForKind.PARALLEL in {
+                kind for nest in loop_nests(scheduled).values() for kind, _ in nest}, params
+        got = _run(scheduled, target, args)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32),
+                                      err_msg=str(params))
 
 
 def test_pair_dot_needs_even_channels_and_unit_stride():
