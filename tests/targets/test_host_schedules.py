@@ -506,13 +506,22 @@ def test_matmul_columns_without_vector_divisor_are_padded():
 
 def test_a_large_matmul_streams_its_weight_rows():
     """From STREAM_WEIGHT weight elements a matmul's default schedule reads the weight row by
-    row (columns in two parallel chunks when threads are used); bit-exact."""
+    row, in blocks of 16 columns of all rows (columns in two parallel chunks when threads are
+    used); every streaming candidate, per row or in blocks, is bit-exact."""
     _, cm, calib = _compiled("matmul_stream")
-    (info,) = [t.info for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "matmul"]
+    (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "matmul"]
+    info = task.info
     params = schedules.default_params(info)
-    assert params.stream and params.vec == 16
+    assert params.stream and (params.vec, params.tile) == (8, schedules.STREAM_BLOCK)
     assert params.parallel == (2 if threads.physical_cores() > 1 else 1)
-    assert any(p.stream for p in schedules.candidate_params(info))
+    streams = [p for p in schedules.candidate_params(info) if p.stream]
+    assert {1, 16} <= {p.tile for p in streams}
+    target = host_build.host_target()
+    args = random_args(task.func, seed=8)
+    want = _run(task.func, target, args)
+    for p in [params, *streams[::max(1, len(streams) // 6)]]:
+        got = _run(schedules.schedule(task.func, p), target, args)
+        np.testing.assert_array_equal(got, want, err_msg=str(p))
     small = schedules.FuncInfo("matmul", (5, 544), macs=5 * 544 * 64)
     row_tiled = schedules.FuncInfo("matmul", (4, 544), macs=4 * 544 * 512)
     assert not schedules.default_params(small).stream
