@@ -31,7 +31,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvmq.timings import phase
 
-from . import build_cache, schedules
+from . import build_cache, packed_weights, pair_dot, schedules
 from .pad_columns import PadMatmulColumns
 from .tabulate import TabulateTails, mark_lookups_elementwise
 from .threads import use_physical_cores
@@ -148,28 +148,34 @@ def schedule_host(cache: TuningCache | None = None,
     @tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleHost")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current() or host_target()
-        out = mod.clone()
+        constants = packed_weights.constant_params(mod)
+        out, packed = mod.clone(), {}
         for gv, func in mod.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc):
                 info = infos.get(gv.name_hint) or schedules.describe(func)
-                scheduled, how = _schedule_one(gv.name_hint, func, info, cache, target)
+                scheduled, how = _schedule_one(gv.name_hint, func, info, cache, target,
+                                               constants.get(gv.name_hint, frozenset()))
                 out.update_func(gv, scheduled)
                 record[gv.name_hint] = KernelSchedule(info.kind, how)
-        return out
+                layouts = pair_dot.packed_params(func, scheduled)
+                if layouts:
+                    packed[gv.name_hint] = layouts
+        return packed_weights.pack_call_sites(out, packed) if packed else out
 
     return _pass
 
 
 def _schedule_one(name: str, func: tvm.tirx.PrimFunc, info: schedules.FuncInfo,
-                  cache: TuningCache | None,
-                  target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
-    """(`func` scheduled, how: "tuned", "default" or LOOPS)."""
+                  cache: TuningCache | None, target: tvm.target.Target,
+                  constants: frozenset[str] = frozenset()) -> tuple[tvm.tirx.PrimFunc, str]:
+    """(`func` scheduled, how: "tuned", "default" or LOOPS). `constants`: its parameters that
+    are constants at every call (a channel-pair kernel takes them packed, packed_weights.py)."""
     tuned = cache.lookup(func, target) if cache is not None else None
     if tuned == UNSCHEDULED:
         return func, LOOPS
     if tuned is not None:
         try:
-            return schedules.schedule(func, tuned), "tuned"
+            return schedules.schedule(func, tuned, constants), "tuned"
         except SCHEDULE_ERRORS as err:
             log.warning("%s: the tuned schedule (%s) no longer applies: %s; using the "
                         "default schedule (run `tvmq tune` again)", name, tuned, _reason(err))
@@ -177,7 +183,7 @@ def _schedule_one(name: str, func: tvm.tirx.PrimFunc, info: schedules.FuncInfo,
     if default is None:
         return func, LOOPS
     try:
-        return schedules.schedule(func, default), "default"
+        return schedules.schedule(func, default, constants), "default"
     except SCHEDULE_ERRORS as err:
         log.debug("%s: the default schedule (%s) does not apply: %s; keeping TVM's loops",
                   name, default, _reason(err))

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Collection
 
+import numpy as np
 import tvm
 from tvm import s_tir
 from tvm.script import from_source
@@ -162,10 +164,13 @@ def split_channel_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
     return update
 
 
-def emit(sch) -> tvm.tirx.PrimFunc:
+def emit(sch, constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
     """The scheduled function with every marked block's body replaced by its vpmaddwd
     statement, and a stage at the top that packs each weight pair into one int32 (the
-    broadcast operand). A TVMScript round trip: every other loop, buffer and block unchanged."""
+    operand). A weight parameter named in `constants` (a constant at every call) is not packed
+    in the function: the parameter becomes the packed int32 buffer (`packed_params`), which
+    the caller computes once with `pack_weight`. A TVMScript round trip: every other loop,
+    buffer and block unchanged."""
     lines = sch.mod["main"].script().split("\n")
     out, weights, i = [], {}, 0
     while i < len(lines):
@@ -188,14 +193,64 @@ def emit(sch) -> tvm.tirx.PrimFunc:
     root = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
         root += 1
-    stages = [text for w, on_channels in weights.values()
-              for text in (_weight_lanes_stage if on_channels else _weight_pairs_stage)(w)]
+    signature = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
+    stages = []
+    for w, on_channels in weights.values():
+        layout = LANES_LAYOUT if on_channels else PAIRS_LAYOUT
+        declared = f'{w.name}: T.Buffer(({_dims(w.shape)}), "int8")'
+        if w.name in constants and declared in out[signature]:
+            shape = packed_shape(tuple(int(d) for d in w.shape), layout)
+            out[signature] = out[signature].replace(
+                declared, f'{_packed_name(w.name, layout)}: T.Buffer(({_dims(shape)}), "int32")')
+        else:
+            stages += (_weight_lanes_stage if on_channels else _weight_pairs_stage)(w)
     out[root + 2:root + 2] = stages
     mod = from_source("\n".join(out))
     return mod["main"] if isinstance(mod, tvm.IRModule) else mod
 
 
+PAIRS_LAYOUT, LANES_LAYOUT = "pairs", "lanes"  # packed weights: [f, c2, ry, rx] | [f // 8, ...]
+
+
+def packed_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """The int32 packed weight's shape for an (F, C, kh, kw) int8 weight."""
+    f, c, kh, kw = shape
+    return (f, c // 2, kh, kw) if layout == PAIRS_LAYOUT else (f // LANES, c // 2, kh, kw, LANES)
+
+
+def pack_weight(weight: np.ndarray, layout: str) -> np.ndarray:
+    """The operand the kernel reads, from an (F, C, kh, kw) int8 weight:
+    pairs[f, c2, ry, rx] = w[f, 2 c2 + 1, ry, rx] << 16 | uint16(w[f, 2 c2, ry, rx]) (int32),
+    in the layout `emit` declared: PAIRS_LAYOUT as is, LANES_LAYOUT with 8 output channels
+    innermost, [f // 8, c2, ry, rx, f % 8]. The same value as the in-function stage."""
+    low = weight[:, 0::2].astype(np.int16).view(np.uint16).astype(np.int32)
+    pairs = (weight[:, 1::2].astype(np.int32) << 16) | low
+    if layout == PAIRS_LAYOUT:
+        return np.ascontiguousarray(pairs)
+    f = weight.shape[0]
+    return np.ascontiguousarray(pairs.reshape(f // LANES, LANES, *pairs.shape[1:])
+                                .transpose(0, 2, 3, 4, 1))
+
+
+def packed_params(before: tvm.tirx.PrimFunc, after: tvm.tirx.PrimFunc) -> dict[int, str]:
+    """Parameter index -> layout of each weight `emit` turned into a packed parameter."""
+    out = {}
+    for i, (old, new) in enumerate(zip(before.params, after.params)):
+        for layout in (PAIRS_LAYOUT, LANES_LAYOUT):
+            if new.name == _packed_name(old.name, layout):
+                out[i] = layout
+    return out
+
+
 # ----------------------------------------------------------------------------- helpers
+
+
+def _packed_name(name: str, layout: str) -> str:
+    return f"{name}_{layout}"
+
+
+def _dims(shape) -> str:
+    return ", ".join(f"T.int64({int(d)})" for d in shape)
 
 
 def _operands(block):
@@ -226,7 +281,7 @@ def _is_binding(line: str) -> bool:
 
 
 def _pairs_name(weight) -> str:
-    return f"{weight.name}_pairs"
+    return _packed_name(weight.name, PAIRS_LAYOUT)
 
 
 def _weight_pairs_stage(weight) -> list[str]:
@@ -268,7 +323,7 @@ def _statement(block) -> str:
 
 
 def _lanes_name(weight) -> str:
-    return f"{weight.name}_lanes"
+    return _packed_name(weight.name, LANES_LAYOUT)
 
 
 def _weight_lanes_stage(weight) -> list[str]:

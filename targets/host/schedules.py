@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import tvm
@@ -275,9 +276,12 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
                                       p.tile, p.parallel))
 
 
-def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFunc:
+def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams,
+             constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
     """`func` with the output-tile schedule applied (raises s_tir.ScheduleError if it does not
-    apply; the build's `schedule_host` pass then keeps TVM's loops)."""
+    apply; the build's `schedule_host` pass then keeps TVM's loops). A channel-pair conv whose
+    weight parameter is named in `constants` takes that weight packed by the caller
+    (pair_dot.emit, pair_dot.pack_weight)."""
     sch = _schedule(func)
     root = sch.get_sblock("root")
     if params.roots:
@@ -289,7 +293,7 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     if params.stream:
         return _schedule_stream(sch, root, out_shape, params)
     if params.channels:
-        return _schedule_channels(sch, root, out_shape, params)
+        return _schedule_channels(sch, root, out_shape, params, constants)
     conv = _pair_conv(sch, root) if params.pairs else None
     # a copy-only pad is inlined; padding with a border stays (its test would sit in the
     # conv's inner loop); a pair_dot conv's input stage stays (it is stored as pairs); so do
@@ -337,7 +341,7 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams) -> tvm.tirx.PrimFu
     for block in reductions:  # last: parallel and vectorize need complete blocks
         loops = sch.get_loops(block)
         sch.decompose_reduction(block, loops[_depth(sch, block, tile_loop)])  # 1st reduce loop
-    return pair_dot.emit(sch) if conv is not None else sch.mod["main"]
+    return pair_dot.emit(sch, constants) if conv is not None else sch.mod["main"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -573,8 +577,8 @@ def _vectorize_by(sch, loop, vec: int) -> None:
                       else loop)
 
 
-def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams
-                       ) -> tvm.tirx.PrimFunc:
+def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams,
+                       constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
     """A conv with output channels as the vector lanes (pair_dot.py, channel lanes): the output
     tile is `tile` channels x `vec` columns of one row; inside it the conv accumulates 8
     channels per vector (columns and channel groups unrolled) and every epilogue stage runs
@@ -626,7 +630,7 @@ def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams
             sch.vectorize(lane)
             for lp in (column, group):
                 sch.unroll(lp)
-    return pair_dot.emit(sch)
+    return pair_dot.emit(sch, constants)
 
 
 def _schedule_padding(sch, block, depth: int) -> None:

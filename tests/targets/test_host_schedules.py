@@ -12,7 +12,7 @@ import tvm
 import tvm_ffi
 from onnx import helper
 from tvm import te
-from tvmq.targets.host import schedules, threads
+from tvmq.targets.host import packed_weights, pair_dot, schedules, threads
 from tvmq.targets.host.schedules import ScheduleParams
 from tvmq.targets.host.tune import TuningCache, random_args, tasks_of, tune_model
 
@@ -260,6 +260,38 @@ def test_pair_dot_needs_even_channels_and_unit_stride():
         _, cm, _ = _compiled(name)
         for task in tasks_of(host_build.fuse(cm.quant_mod)):
             assert not task.info.pairs, (name, task.info)
+
+
+@pytest.mark.parametrize("name", ["conv3x3_pairs", "conv3x3_channels"])
+def test_a_constant_weight_is_packed_once_at_build_time(name):
+    """A channel-pair kernel whose weight is a constant takes it packed (pair_dot.pack_weight)
+    as its parameter: equal to the kernel that packs it per call, for every such candidate;
+    in a build, every call passes the packed constant."""
+    _, cm, _ = _compiled(name)
+    target = host_build.host_target()
+    fused = host_build.fuse(cm.quant_mod)
+    (task,) = [t for t in tasks_of(fused) if t.info.kind == "conv2d"]
+    constants = packed_weights.constant_params(fused)[task.name]
+    weight = task.func.params[1].name
+    assert weight in constants
+    args = _full_range_args(task.func, seed=9)
+    want = _run(task.func, target, args)
+    for params in [p for p in schedules.candidate_params(task.info) if p.pairs or p.channels]:
+        packed = schedules.schedule(task.func, params, constants)
+        ((index, layout),) = pair_dot.packed_params(task.func, packed).items()
+        assert index == 1 and layout == (pair_dot.LANES_LAYOUT if params.channels
+                                         else pair_dot.PAIRS_LAYOUT)
+        packed_args = list(args)
+        packed_args[1] = tvm.runtime.tensor(pair_dot.pack_weight(args[1].numpy(), layout))
+        np.testing.assert_array_equal(_run(packed, target, packed_args), want,
+                                      err_msg=str(params))
+    with target:
+        scheduled = host_build.schedule_host()(fused)
+    kernel = scheduled[task.name]
+    assert str(kernel.params[1].ty.dtype) == "int32"
+    calls = [line for line in scheduled.script(show_meta=False).split("\n")
+             if f"R.call_tir({task.name}," in line or f"R.call_tir(cls.{task.name}," in line]
+    assert calls and all("metadata" in line for line in calls)
 
 
 def test_channel_lanes_need_even_input_channels_and_output_channels_in_eights():
