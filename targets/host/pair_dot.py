@@ -46,7 +46,8 @@ from tvm.script import from_source
 LANES = 8  # int32 lanes of one vpmaddwd (AVX2, 256 bit)
 PACK_LANES = 32  # int16 lanes of the pair packing's vectors (two AVX2 registers)
 MARK = "tvmq_pair_dot"  # block annotation: emit() rewrites this block's body
-ON_COLUMNS, ON_CHANNELS = 1, 2  # MARK's value: the vector lanes are output columns / channels
+ON_COLUMNS, ON_CHANNELS, ON_MATMUL = 1, 2, 3  # MARK's value: the lanes are a conv's output
+                                              # columns / channels, a matmul's columns
 
 
 def target_has_avx2(target: tvm.target.Target | None = None) -> bool:
@@ -95,6 +96,37 @@ def applies_on_channels(sch, conv) -> bool:
     channels_out, channels_in = (int(d) for d in weight.source.shape[:2])
     return (channels_in % 2 == 0 and channels_out % LANES == 0
             and len(sch.get_producers(conv)) == 1)
+
+
+def applies_to_matmul(sch, matmul) -> bool:
+    """Whether a matmul block x[rows, k] @ w[k, columns] (int16 or int8 x, int8 w, int32
+    accumulator) can run on pairs of k with 8 output columns as the lanes: k even, columns a
+    multiple of 8."""
+    block = sch.get(matmul)
+    if not block.name_hint.startswith(("matmul", "T_matmul")) or block.init is None:
+        return False
+    data, weight = _matmul_operands(block, check_axes=True)
+    if data is None or str(data.source.dtype) not in ("int8", "int16"):
+        return False
+    k, columns = (int(d) for d in weight.source.shape)
+    return str(weight.source.dtype) == "int8" and k % 2 == 0 and columns % LANES == 0
+
+
+def split_matmul_reduction(sch, matmul, inner_loops) -> s_tir.SBlockRV:
+    """Matmul lanes: inside one output tile (`inner_loops`: rows, columns, k) order (k // 2,
+    rows, column groups, 8 columns, k % 2), decompose the init and blockize the 8 x 2 update,
+    marked for `emit`. Returns the update block."""
+    rows, columns, k = inner_loops
+    k_o, k_i = sch.split(k, factors=[None, 2])
+    group, lane = sch.split(columns, factors=[None, LANES])
+    sch.reorder(k_o, rows, group, lane, k_i)
+    init = sch.decompose_reduction(matmul, k_o)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for lp in (rows, group):
+        sch.unroll(lp)
+    update = sch.blockize(lane)
+    sch.annotate(update, MARK, ON_MATMUL)
+    return update
 
 
 def lanes_layout(n, c, h, w):
@@ -186,43 +218,53 @@ def emit(sch, constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
                 out.append(lines[i])
             i += 1
         block = sch.get(sch.get_sblock(name.group(1)))
-        on_channels = int(block.annotations[MARK]) == ON_CHANNELS
-        weight = _operands(block)[1].source
-        weights[weight.name] = (weight, on_channels)
-        out.append(" " * indent + (_channel_statement if on_channels else _statement)(block))
+        lanes = int(block.annotations[MARK])
+        layout, statement, stage = _EMITTERS[lanes]
+        weight = (_matmul_operands if lanes == ON_MATMUL else _operands)(block)[1].source
+        weights[weight.name] = (weight, layout, stage)
+        out.append(" " * indent + statement(block))
     root = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
         root += 1
     signature = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     stages = []
-    for w, on_channels in weights.values():
-        layout = LANES_LAYOUT if on_channels else PAIRS_LAYOUT
-        declared = f'{w.name}: T.Buffer(({_dims(w.shape)}), "int8")'
-        if w.name in constants and declared in out[signature]:
+    for w, layout, stage in weights.values():
+        declared = next((text for text in (f'{w.name}: T.Buffer(({dims}), "int8")' for dims in (
+            _dims(w.shape), ", ".join(str(int(d)) for d in w.shape))) if text in out[signature]),
+            None)
+        if w.name in constants and declared is not None:
             shape = packed_shape(tuple(int(d) for d in w.shape), layout)
             out[signature] = out[signature].replace(
                 declared, f'{_packed_name(w.name, layout)}: T.Buffer(({_dims(shape)}), "int32")')
         else:
-            stages += (_weight_lanes_stage if on_channels else _weight_pairs_stage)(w)
+            stages += stage(w)
     out[root + 2:root + 2] = stages
     mod = from_source("\n".join(out))
     return mod["main"] if isinstance(mod, tvm.IRModule) else mod
 
 
-PAIRS_LAYOUT, LANES_LAYOUT = "pairs", "lanes"  # packed weights: [f, c2, ry, rx] | [f // 8, ...]
+# packed weights: [f, c2, ry, rx] | [f // 8, c2, ry, rx, f % 8] | a matmul's [n // 8, k2, n % 8]
+PAIRS_LAYOUT, LANES_LAYOUT, MATMUL_LAYOUT = "pairs", "lanes", "mlanes"
 
 
 def packed_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-    """The int32 packed weight's shape for an (F, C, kh, kw) int8 weight."""
+    """The int32 packed weight's shape for an (F, C, kh, kw) conv weight or a (K, N) matmul
+    weight (int8)."""
+    if layout == MATMUL_LAYOUT:
+        k, n = shape
+        return (n // LANES, k // 2, LANES)
     f, c, kh, kw = shape
     return (f, c // 2, kh, kw) if layout == PAIRS_LAYOUT else (f // LANES, c // 2, kh, kw, LANES)
 
 
 def pack_weight(weight: np.ndarray, layout: str) -> np.ndarray:
-    """The operand the kernel reads, from an (F, C, kh, kw) int8 weight:
+    """The operand the kernel reads, from an (F, C, kh, kw) int8 conv weight:
     pairs[f, c2, ry, rx] = w[f, 2 c2 + 1, ry, rx] << 16 | uint16(w[f, 2 c2, ry, rx]) (int32),
     in the layout `emit` declared: PAIRS_LAYOUT as is, LANES_LAYOUT with 8 output channels
-    innermost, [f // 8, c2, ry, rx, f % 8]. The same value as the in-function stage."""
+    innermost, [f // 8, c2, ry, rx, f % 8]; from a (K, N) matmul weight (MATMUL_LAYOUT), the
+    same with f = n and c = k: [n // 8, k2, n % 8]. The same value as the in-function stage."""
+    if layout == MATMUL_LAYOUT:
+        return pack_weight(weight.T[:, :, None, None], LANES_LAYOUT)[:, :, 0, 0, :]
     low = weight[:, 0::2].astype(np.int16).view(np.uint16).astype(np.int32)
     pairs = (weight[:, 1::2].astype(np.int32) << 16) | low
     if layout == PAIRS_LAYOUT:
@@ -236,7 +278,7 @@ def packed_params(before: tvm.tirx.PrimFunc, after: tvm.tirx.PrimFunc) -> dict[i
     """Parameter index -> layout of each weight `emit` turned into a packed parameter."""
     out = {}
     for i, (old, new) in enumerate(zip(before.params, after.params)):
-        for layout in (PAIRS_LAYOUT, LANES_LAYOUT):
+        for layout in (PAIRS_LAYOUT, LANES_LAYOUT, MATMUL_LAYOUT):
             if new.name == _packed_name(old.name, layout):
                 out[i] = layout
     return out
@@ -260,6 +302,21 @@ def _operands(block):
     if len(reads) != 2 or len(reads[1].source.shape) != 4:
         return None, None
     return reads[0], reads[1]
+
+
+def _matmul_operands(block, check_axes: bool = False):
+    """(data region, weight region) of a matmul block x[row, k] * w[k, column], else
+    (None, None); `check_axes`: also that both read k at the block's reduce variable."""
+    acc = block.writes[0].source
+    reads = [r for r in block.reads if not r.source.same_as(acc)]
+    if len(reads) != 2 or len(acc.shape) != 2 or any(len(r.source.shape) != 2 for r in reads):
+        return None, None
+    data, weight = reads
+    reduce = [v.var for v in block.iter_vars if int(v.iter_type) != 0]
+    if check_axes and (len(reduce) != 1 or not (data.region[1].min.same_as(reduce[0])
+                                                and weight.region[0].min.same_as(reduce[0]))):
+        return None, None
+    return data, weight
 
 
 def _marked(sch, name: str) -> bool:
@@ -367,3 +424,52 @@ def _channel_statement(block) -> str:
     product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
                f'{value}, {lanes})')
     return f"{target} = {target} + {product}"
+
+
+def _weight_matmul_stage(weight) -> list[str]:
+    """TVMScript lines: lanes[n // 8, k2, n % 8] = w[2 k2 + 1, n] << 16 | uint16(w[2 k2, n])."""
+    k, n = (int(d) for d in weight.shape)
+    shape = f"(T.int64({n // LANES}), T.int64({k // 2}), T.int64({LANES}))"
+    w, lanes = weight.name, _packed_name(weight.name, MATMUL_LAYOUT)
+    column = f"f * T.int64({LANES}) + l"
+    low = (f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[c * T.int64(2), {column}'
+           '])))')
+    high = f'T.shift_left(T.Cast("int32", {w}[c * T.int64(2) + T.int64(1), {column}]), 16)'
+    return [
+        f'    {lanes} = T.sblock_alloc_buffer({shape}, "int32")',
+        f"    for f0, c0, l0 in T.grid(T.int64({n // LANES}), T.int64({k // 2}), "
+        f"T.int64({LANES})):",
+        f'        with T.sblock("{lanes}"):',
+        '            f, c, l = T.axis.remap("SSS", [f0, c0, l0])',
+        f"            {lanes}[f, c, l] = T.bitwise_or({low}, {high})",
+    ]
+
+
+def _matmul_statement(block) -> str:
+    """acc[r, n0:n0+8] += pmaddwd(broadcast(x[r, k : k+2] as int16 pair), lanes[n0 // 8,
+    k // 2, 0:8])."""
+    data, weight = _matmul_operands(block)
+    acc = block.writes[0]
+    row, column = (str(r.min) for r in acc.region)
+    target = f"{acc.source.name}[{row}, T.Ramp({column}, T.int64(1), {LANES})]"
+    x_row, k0 = (str(r.min) for r in data.region)
+    pair = f"{data.source.name}[{x_row}, T.Ramp({k0}, T.int64(1), 2)]"
+    if str(data.source.dtype) == "int8":
+        pair = f'T.Cast("int16x2", {pair})'
+    value = (f'T.reinterpret("int16x{2 * LANES}", T.Broadcast(T.reinterpret("int32", {pair}), '
+             f'{LANES}))')
+    k_w, n0 = (str(r.min) for r in weight.region)
+    lanes = (f'T.reinterpret("int16x{2 * LANES}", '
+             f'{_packed_name(weight.source.name, MATMUL_LAYOUT)}[({n0}) // T.int64({LANES}), '
+             f'({k_w}) // T.int64(2), T.Ramp(T.int64(0), T.int64(1), {LANES})])')
+    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
+               f'{value}, {lanes})')
+    return f"{target} = {target} + {product}"
+
+
+# MARK value -> (packed weight layout, statement, in-function packing stage)
+_EMITTERS = {
+    ON_COLUMNS: (PAIRS_LAYOUT, _statement, _weight_pairs_stage),
+    ON_CHANNELS: (LANES_LAYOUT, _channel_statement, _weight_lanes_stage),
+    ON_MATMUL: (MATMUL_LAYOUT, _matmul_statement, _weight_matmul_stage),
+}

@@ -74,7 +74,9 @@ class ScheduleParams:
                (a softmax, layer norm, a mean, a slice).
     channels:  a conv on input-channel pairs with output channels as the vector lanes
                (`_schedule_channels`, pair_dot.py): `tile` output channels (a multiple of 8)
-               x `vec` output columns per tile, columns unrolled (tile_axis unused).
+               x `vec` output columns per tile, columns unrolled (tile_axis unused); a 2-D
+               matmul on pairs of k with output columns as the lanes
+               (`_schedule_matmul_lanes`): `vec` rows x `tile` columns per tile.
     """
 
     vec: int
@@ -100,9 +102,11 @@ class FuncInfo:
     kind: str  # conv2d | depthwise | matmul | pooling | reduce | elementwise | other
     out_shape: tuple[int, ...]
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
+    # channels (below): a conv or 2-D matmul pair_dot applies to with output channels /
+    # columns as the lanes
     macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents);
                          # elementwise: output elements x stages
-    channels: bool = False  # a conv pair_dot applies to with output channels as the lanes
+    channels: bool = False
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
@@ -133,6 +137,7 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
             channels = pair_dot.applies_on_channels(sch, block)
         elif name.startswith("matmul") or name.startswith("T_matmul"):
             kind = "matmul"
+            channels = len(out_shape) == 2 and pair_dot.applies_to_matmul(sch, block)
         elif len(outputs) == 1 and _same(sch, block, outputs[0]):
             kind = "pooling"  # the sum is the output: a global pooling
         else:
@@ -143,8 +148,8 @@ def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
     if kind == "elementwise":
         stages = [b for b in sch.get_child_blocks(root) if not _is_side(sch, b, out_shape)]
         macs = math.prod(out_shape) * len(stages)
-    avx2 = kind == "conv2d" and pair_dot.target_has_avx2()
-    return FuncInfo(kind, out_shape, pairs and avx2, macs, channels and avx2)
+    avx2 = kind in ("conv2d", "matmul") and pair_dot.target_has_avx2()
+    return FuncInfo(kind, out_shape, pairs and avx2 and kind == "conv2d", macs, channels and avx2)
 
 
 def default_params(info: FuncInfo) -> ScheduleParams | None:
@@ -168,10 +173,11 @@ def default_params(info: FuncInfo) -> ScheduleParams | None:
         return ScheduleParams(1, parallel=int(info.macs >= PARALLEL_POOLING
                                               and threads.physical_cores() > 1))
     parallel = int(info.macs >= PARALLEL_MACS and threads.physical_cores() > 1)
-    if info.channels:
-        channels, width = info.out_shape[1], info.out_shape[-1]
-        return ScheduleParams(vec=next(v for v in CHANNEL_COLUMNS if width % v == 0),
-                              tile=CHANNEL_TILE if channels % CHANNEL_TILE == 0
+    if info.channels:  # a conv: channels x columns; a matmul: columns x rows
+        lanes, unrolled = ((info.out_shape[1], info.out_shape[-1]) if info.kind == "conv2d"
+                           else (info.out_shape[1], info.out_shape[0]))
+        return ScheduleParams(vec=next(v for v in CHANNEL_COLUMNS if unrolled % v == 0),
+                              tile=CHANNEL_TILE if lanes % CHANNEL_TILE == 0
                               else pair_dot.LANES, parallel=parallel, channels=True)
     if _on_roots(info):
         return ScheduleParams(vec=_root_vec(info.out_shape[-1]), parallel=1, roots=True)
@@ -263,9 +269,10 @@ def candidate_params(info: FuncInfo) -> list[ScheduleParams]:
                         for vec in vecs for parallel in (0, 1, 2)}
     out |= {ScheduleParams(vec, tile, 3, parallel, pairs=True) for vec in _pair_vecs(info)
             for tile in (1, 2, 4, 8) if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
-    if info.channels:
+    if info.channels:  # vec: a conv's columns or a matmul's rows; tile: the lanes' axis
+        unrolled = last if info.kind == "conv2d" else info.out_shape[0]
         out |= {ScheduleParams(vec, tile, parallel=parallel, channels=True)
-                for vec in _divisors_upto(last, 10) for tile in (8, 16, 32)
+                for vec in _divisors_upto(unrolled, 10) for tile in (8, 16, 32)
                 if info.out_shape[1] % tile == 0 for parallel in (0, 1, 2)}
     if info.kind == "matmul" and rank == 2:
         out |= {ScheduleParams(vec, block, parallel=chunks, stream=True) for chunks in (1, 2)
@@ -292,6 +299,8 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams,
     out_shape = tuple(int(d) for d in sch.get(out).writes[0].source.shape)
     if params.stream:
         return _schedule_stream(sch, root, out_shape, params)
+    if params.channels and len(out_shape) == 2:
+        return _schedule_matmul_lanes(sch, root, out_shape, params, constants)
     if params.channels:
         return _schedule_channels(sch, root, out_shape, params, constants)
     conv = _pair_conv(sch, root) if params.pairs else None
@@ -575,6 +584,47 @@ def _vectorize_by(sch, loop, vec: int) -> None:
     if vec > 1 and _extent(sch, loop) % vec == 0:
         sch.vectorize(sch.split(loop, factors=[None, vec])[1] if _extent(sch, loop) > vec
                       else loop)
+
+
+def _schedule_matmul_lanes(sch, root, out_shape: tuple, params: ScheduleParams,
+                           constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
+    """A 2-D matmul on pairs of k with 8 output columns as the vector lanes (pair_dot.py): the
+    output tile is `vec` rows x `tile` columns, column tiles outermost (each tile's packed
+    weight columns are read from memory once and reused by every row tile); inside a tile
+    the rows and column groups are unrolled, and the epilogue runs on 8-column vectors."""
+    matmuls = [b for b in sch.get_child_blocks(root) if sch.get(b).init is not None
+               and not _is_side(sch, b, out_shape)]
+    if len(matmuls) != 1 or not pair_dot.applies_to_matmul(sch, matmuls[0]):
+        raise s_tir.ScheduleError("channels: not a matmul on pairs of k with columns in 8s")
+    if not pair_dot.target_has_avx2():
+        raise s_tir.ScheduleError("channels: the target has no AVX2")
+    rows, columns = out_shape
+    if params.tile % pair_dot.LANES or columns % params.tile or rows % params.vec:
+        raise s_tir.ScheduleError(f"channels: a tile of {params.vec} rows x {params.tile} "
+                                  f"columns does not divide {out_shape}")
+    (matmul,) = matmuls
+    inline_single_reads(sch, root, keep=lambda b: _is_side(sch, b, out_shape)
+                        or _is_lookup(sch, b) or any(_is_lookup(sch, c)
+                                                     for c in sch.get_consumers(b)))
+    (out,) = sch.get_output_blocks(root)
+    row, column = sch.get_loops(out)
+    row_o, row_i = sch.split(row, factors=[None, params.vec])
+    column_o, column_i = sch.split(column, factors=[None, params.tile])
+    sch.reorder(column_o, row_o, row_i, column_i)
+    for block in reversed(intermediates(sch, root)):
+        if not _is_side(sch, block, out_shape):
+            sch.compute_at(block, row_o, preserve_unit_loops=True)
+    _parallel_outer(sch, sch.get_loops(out), row_o, params.parallel)
+    for block in sch.get_child_blocks(row_o):
+        inner = sch.get_loops(block)[_depth(sch, block, row_o):]
+        if _same(sch, block, matmul):
+            pair_dot.split_matmul_reduction(sch, block, inner)
+        elif not _is_lookup(sch, block):  # [rows, columns]: 8 columns a vector
+            group, lane = sch.split(inner[-1], factors=[None, pair_dot.LANES])
+            sch.vectorize(lane)
+            for lp in (*inner[:-1], group):
+                sch.unroll(lp)
+    return pair_dot.emit(sch, constants)
 
 
 def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams,

@@ -1,6 +1,7 @@
 """Host schedules and tuner: every schedule is bit-exact (odd shapes, stride 2, padding,
 depthwise, matmul), the tuning cache round-trips, benchmark() reports sane numbers."""
 
+import dataclasses
 import functools
 import importlib
 import logging
@@ -294,6 +295,46 @@ def test_a_constant_weight_is_packed_once_at_build_time(name):
     assert calls and all("metadata" in line for line in calls)
 
 
+def _te_matmul(rows, k, columns, x_dtype):
+    x = te.placeholder((rows, k), x_dtype, name="x")
+    w = te.placeholder((k, columns), "int8", name="w")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((rows, columns), lambda i, j: te.sum(
+        x[i, r].astype("int32") * w[r, j].astype("int32"), axis=r), name="matmul")
+    out = te.compute((rows, columns), lambda i, j: acc[i, j] + j, name="T_add")  # an epilogue
+    return te.create_prim_func([x, w, out])
+
+
+@pytest.mark.parametrize("x_dtype", ["int8", "int16"])
+def test_matmul_lanes_are_bit_exact_with_the_weight_packed_in_or_out(x_dtype):
+    """A matmul on pairs of k with 8 output columns as the lanes (an int8 input is widened
+    per pair, an int16 one read as is): every candidate equals TVM's loops on full-range
+    values, packing the weight per call or taking it packed (pair_dot.pack_weight)."""
+    func = _te_matmul(10, 24, 48, x_dtype)
+    info = schedules.describe(func)
+    assert info.kind == "matmul" and info.channels
+    default = schedules.default_params(info)
+    assert default.channels and (default.vec, default.tile) == (5, 16)
+    target = host_build.host_target()
+    rng = np.random.default_rng(11)
+    lo = -255 if x_dtype == "int16" else -128
+    x = rng.choice([lo, -lo - (x_dtype == "int8"), 0, 1], size=(10, 24)).astype(x_dtype)
+    w = rng.choice([-128, 127, 0, 1], size=(24, 48)).astype(np.int8)
+    args = [tvm.runtime.tensor(a) for a in (x, w, np.zeros((10, 48), np.int32))]
+    want = _run(func, target, args)
+    assert (want == x.astype(np.int64) @ w.astype(np.int64) + np.arange(48)).all()
+    lanes = [p for p in schedules.candidate_params(info) if p.channels]
+    assert {p.vec for p in lanes} == {1, 2, 5, 10} and {p.tile for p in lanes} == {8, 16}
+    for params in lanes:
+        np.testing.assert_array_equal(_run(schedules.schedule(func, params), target, args), want,
+                                      err_msg=str(params))
+        packed = schedules.schedule(func, params, {"w"})
+        assert pair_dot.packed_params(func, packed) == {1: pair_dot.MATMUL_LAYOUT}
+        packed_args = [args[0], tvm.runtime.tensor(pair_dot.pack_weight(w, "mlanes")), args[2]]
+        np.testing.assert_array_equal(_run(packed, target, packed_args), want,
+                                      err_msg=f"packed {params}")
+
+
 def test_channel_lanes_need_even_input_channels_and_output_channels_in_eights():
     for name in ("conv3x3_odd", "conv1x1_12ch", "conv3x3_pairs", "depthwise"):  # 3 in, 12, 10
         _, cm, _ = _compiled(name)
@@ -532,7 +573,8 @@ def test_matmul_columns_without_vector_divisor_are_padded():
     matmuls = [t.info for t in tasks if t.info.kind == "matmul"]
     # ORT's basic optimizer (import) makes the (1, 6, 24) matmul + bias a Gemm on (6, 24)
     assert [info.out_shape for info in matmuls] == [(6, 48)]
-    assert schedules.default_params(matmuls[0]).vec == 16
+    default = schedules.default_params(matmuls[0])  # 16 padded columns a tile, pairs of k
+    assert default.channels and default.tile == 16
     np.testing.assert_array_equal(cm.run(calib[:1]), cm.oracle().run(calib[:1]))
 
 
@@ -542,7 +584,8 @@ def test_a_large_matmul_streams_its_weight_rows():
     used); every streaming candidate, per row or in blocks, is bit-exact."""
     _, cm, calib = _compiled("matmul_stream")
     (task,) = [t for t in tasks_of(host_build.fuse(cm.quant_mod)) if t.info.kind == "matmul"]
-    info = task.info
+    assert schedules.default_params(task.info).channels  # pairs of k win where they apply
+    info = dataclasses.replace(task.info, channels=False)
     params = schedules.default_params(info)
     assert params.stream and (params.vec, params.tile) == (8, schedules.STREAM_BLOCK)
     assert params.parallel == (2 if threads.physical_cores() > 1 else 1)
