@@ -25,7 +25,13 @@ broadcast and the weights are the vector:
 
 with the accumulator (and every stage of the epilogue) stored as 8-channel groups,
 [n, f // 8, h, w, f % 8]. It needs no condition on the width or the stride (any output width,
-stride 2), only an even number of input channels and output channels in groups of 8.
+stride 2), only an even number of input channels and output channels in groups of 8. A 2-D
+matmul x[rows, k] @ w[k, n] runs the same way on pairs of k (adjacent in x's rows: no input
+packing) with 8 output columns as the lanes, its weight packed as w_lanes[n // 8, k // 2, n % 8].
+
+A weight that is a constant at every call is packed once at build time (`pack_weight`,
+packed_weights.py) and the kernel takes the packed buffer as its parameter; otherwise a stage
+at the top of the kernel packs it at every call.
 
 TVM 0.27's `tensorize` crashes (it deep-copies the intrinsic through JSON, which segfaults in
 this wheel), so the vector statement is written into the blockized 8 x 2 block by a TVMScript
@@ -223,15 +229,13 @@ def emit(sch, constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
         weight = (_matmul_operands if lanes == ON_MATMUL else _operands)(block)[1].source
         weights[weight.name] = (weight, layout, stage)
         out.append(" " * indent + statement(block))
-    root = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
+    signature = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
+    root = signature
     while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
         root += 1
-    signature = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     stages = []
     for w, layout, stage in weights.values():
-        declared = next((text for text in (f'{w.name}: T.Buffer(({dims}), "int8")' for dims in (
-            _dims(w.shape), ", ".join(str(int(d)) for d in w.shape))) if text in out[signature]),
-            None)
+        declared = _declaration(out[signature], w)
         if w.name in constants and declared is not None:
             shape = packed_shape(tuple(int(d) for d in w.shape), layout)
             out[signature] = out[signature].replace(
@@ -293,6 +297,16 @@ def _packed_name(name: str, layout: str) -> str:
 
 def _dims(shape) -> str:
     return ", ".join(f"T.int64({int(d)})" for d in shape)
+
+
+def _declaration(signature: str, weight) -> str | None:
+    """The text declaring the int8 parameter `weight` in a printed signature (shapes print as
+    T.int64(n) or as plain n), or None."""
+    for dims in (_dims(weight.shape), ", ".join(str(int(d)) for d in weight.shape)):
+        text = f'{weight.name}: T.Buffer(({dims}), "int8")'
+        if text in signature:
+            return text
+    return None
 
 
 def _operands(block):

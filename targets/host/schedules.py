@@ -14,11 +14,14 @@ features), which is contiguous in the output, in the conv input (stride 1) and i
 matmul weight, so no weight repacking is needed. The register tile is a second output axis
 (`tile_axis`): a conv's output channels share the input vector (one load, `tile` multiply-adds).
 With `pairs`, a regular conv's reduction runs on input-channel pairs with vpmaddwd instead
-(pair_dot.py: its input stage is stored as interleaved pairs, its weights packed per call).
+(pair_dot.py: its input stage is stored as interleaved pairs, its weights packed into int32
+pairs, once at build time where they are constants: packed_weights.py).
 With `channels` (the default for a regular conv with even input channels and output channels
 in 8s) the vector lanes are 8 output channels instead of columns: the tile is output channels
 x columns, its stages stored in 8-channel groups, so neither the width nor the stride limits
-the vector (`_schedule_channels`).
+the vector (`_schedule_channels`); a 2-D matmul likewise takes pairs of k with 8 output
+columns as the lanes (`_schedule_matmul_lanes`). A softmax or layer norm runs stage by stage,
+each stage parallel (`roots`, `_schedule_roots`).
 A large 2-D matmul (a recognizer's vocabulary head) instead streams its weight rows
 (`stream`): per block of columns, `for k: for rows: acc[row, cols] += x[row, k] * W[k, cols]`,
 so W is read contiguously and once, rather than one cache line per k for every tile of rows.
@@ -102,11 +105,10 @@ class FuncInfo:
     kind: str  # conv2d | depthwise | matmul | pooling | reduce | elementwise | other
     out_shape: tuple[int, ...]
     pairs: bool = False  # a conv that pair_dot applies to (on a CPU with AVX2)
-    # channels (below): a conv or 2-D matmul pair_dot applies to with output channels /
-    # columns as the lanes
     macs: int = 0        # multiply-adds of the reduction (output elements x reduce extents);
                          # elementwise: output elements x stages
-    channels: bool = False
+    channels: bool = False  # a conv or 2-D matmul pair_dot applies to with output channels
+                            # (columns) as the lanes (on a CPU with AVX2)
 
 
 def describe(func: tvm.tirx.PrimFunc) -> FuncInfo:
