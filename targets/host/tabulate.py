@@ -14,8 +14,10 @@ the chain: on PP-OCRv4's depthwise convs the tail took 60% of the kernel (three 
 element).
 
 A tail is tabulated where its value leaves the tail (a non-elementwise consumer or the
-function's result) and its ops cost at least MIN_COST (a divide, exp or sigmoid counts
-COSTLY_WEIGHT, other ops 1): shorter tails are cheaper as vector arithmetic than as a gather.
+function's result) and its ops cost at least MIN_COST (a divide or square root counts
+COSTLY_WEIGHT, other ops 1; an exp, sigmoid or tanh counts MIN_COST: it is a libm call per
+element, as the float bits must match the oracle's, so one is always worth a gather): shorter
+tails are cheaper as vector arithmetic than as a gather.
 
 The lookup must fuse into the producing kernel's epilogue. TVM's AnnotateTIROpPattern analyzes
 any table read as opaque (a kernel of its own; `take` would also read an int32 index tensor)
@@ -40,9 +42,10 @@ ELEMENTWISE = {
     "relax.nn.relu", "relax.negative", "relax.round", "relax.floor", "relax.ceil",
     "relax.sigmoid", "relax.tanh", "relax.exp", "relax.sqrt",
 }
-COSTLY = {"relax.divide", "relax.sigmoid", "relax.tanh", "relax.exp", "relax.sqrt"}
+COSTLY = {"relax.divide", "relax.sqrt"}
 COSTLY_WEIGHT = 4
 MIN_COST = 8
+LIBM = {"relax.sigmoid", "relax.tanh", "relax.exp"}  # cost MIN_COST: scalar calls per element
 SOURCE_VALUES = {"int8": np.arange(-128, 128), "uint8": np.arange(0, 256)}
 LOOKUP_ATTR = "tvmq.lookup"   # on the PrimFunc (for fusion)
 LOOKUP_BLOCK = "tvmq_lookup"  # on its block (for the schedule, after fusion)
@@ -201,7 +204,8 @@ def evaluate_tables(recipes: list[_Recipe], target: tvm.target.Target) -> list[n
 
 
 def _cost(values) -> int:
-    return sum(COSTLY_WEIGHT if op_name(v) in COSTLY else 1 for v in values)
+    return sum(MIN_COST if op_name(v) in LIBM else COSTLY_WEIGHT if op_name(v) in COSTLY else 1
+               for v in values)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.TabulateTails")

@@ -42,6 +42,14 @@ def _hard_swish_to_next_input(bb, s):
                                      relax.const(np.int16(-5))))
 
 
+def _silu_float(bb, s):
+    """YOLOv8's SiLU before a float op: dequantize, x * sigmoid(x), left in float32. Three
+    ops, but the sigmoid is a libm call per element: one float32 table lookup instead."""
+    d = bb.emit(relax.op.dequantize(s, relax.const(np.float32(0.05)),
+                                    relax.const(3, "int32"), axis=1))
+    return bb.emit(relax.op.multiply(d, bb.emit(relax.op.sigmoid(d))))
+
+
 def _requantize(bb, s):
     """dequantize -> quantize: two cheap ops, cheaper as vector arithmetic than a gather."""
     d = bb.emit(relax.op.dequantize(s, relax.const(np.float32(0.05)),
@@ -88,6 +96,17 @@ def test_hard_swish_tail_is_one_fused_lookup_with_the_same_bits():
     want = host_build.HostModule(tvm.compile(mod, target=host_build.host_target())).run(x)
     np.testing.assert_array_equal(host_build.build(mod).run(x), want)
     np.testing.assert_array_equal(host_build.build(mod, use_schedules=False).run(x), want)
+
+
+def test_a_sigmoid_tail_is_a_float_table_with_the_same_bits():
+    mod = _module(_silu_float)
+    tabulated = TabulateTails()(mod)
+    assert "relax.sigmoid" in _ops(mod) and "relax.sigmoid" not in _ops(tabulated)
+    x = _every_int8(np.random.default_rng(1))
+    want = host_build.HostModule(tvm.compile(mod, target=host_build.host_target())).run(x)
+    got = host_build.build(mod).run(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_cheap_or_per_channel_tails_stay_arithmetic():
