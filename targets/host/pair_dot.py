@@ -75,33 +75,34 @@ def _system_cpu() -> tvm.target.Target:
 
 
 def applies(sch, conv) -> bool:
-    """Whether the conv block can run on channel pairs: int16 x int8 -> int32, groups = 1,
-    stride 1 along the width, an even number of input channels."""
-    block = sch.get(conv)
-    if not block.name_hint.startswith("conv2d_nchw") or block.init is None:
-        return False
-    data, weight = _operands(block)
-    if data is None or str(data.source.dtype) != "int16" or str(weight.source.dtype) != "int8":
-        return False
-    if int(weight.source.shape[1]) % 2:
-        return False
-    width = str(data.region[-1].min)
-    return re.fullmatch(r"v_xx \+ v_rx", width) is not None and len(sch.get_producers(conv)) == 1
+    """Whether the conv block can run on channel pairs: int16 (or int8) x int8 -> int32,
+    groups = 1, stride 1 along the width, an even number of input channels."""
+    data = _pair_conv_input(sch, conv)
+    return data is not None and re.fullmatch(r"v_xx \+ v_rx", str(data.region[-1].min)) is not None
 
 
 def applies_on_channels(sch, conv) -> bool:
     """Whether the conv block can run on channel pairs with output channels as the lanes:
-    int16 x int8 -> int32, groups = 1, an even number of input channels, output channels a
-    multiple of 8 (any stride and width)."""
+    int16 (or int8) x int8 -> int32, groups = 1, an even number of input channels, output
+    channels a multiple of 8 (any stride and width)."""
+    data = _pair_conv_input(sch, conv)
+    return data is not None and int(_operands(sch.get(conv))[1].source.shape[0]) % LANES == 0
+
+
+def _pair_conv_input(sch, conv):
+    """The input region of a regular conv block (int16 or int8 input from one producer stage,
+    int8 weight, an even number of input channels), else None. An int8 input is widened to
+    int16 as it is read."""
     block = sch.get(conv)
     if not block.name_hint.startswith("conv2d_nchw") or block.init is None:
-        return False
+        return None
     data, weight = _operands(block)
-    if data is None or str(data.source.dtype) != "int16" or str(weight.source.dtype) != "int8":
-        return False
-    channels_out, channels_in = (int(d) for d in weight.source.shape[:2])
-    return (channels_in % 2 == 0 and channels_out % LANES == 0
-            and len(sch.get_producers(conv)) == 1)
+    if (data is None or str(data.source.dtype) not in ("int8", "int16")
+            or str(weight.source.dtype) != "int8"):
+        return None
+    if int(weight.source.shape[1]) % 2 or len(sch.get_producers(conv)) != 1:
+        return None
+    return data
 
 
 def applies_to_matmul(sch, matmul) -> bool:
@@ -126,13 +127,7 @@ def split_matmul_reduction(sch, matmul, inner_loops) -> s_tir.SBlockRV:
     k_o, k_i = sch.split(k, factors=[None, 2])
     group, lane = sch.split(columns, factors=[None, LANES])
     sch.reorder(k_o, rows, group, lane, k_i)
-    init = sch.decompose_reduction(matmul, k_o)
-    sch.vectorize(sch.get_loops(init)[-1])
-    for lp in (rows, group):
-        sch.unroll(lp)
-    update = sch.blockize(lane)
-    sch.annotate(update, MARK, ON_MATMUL)
-    return update
+    return _mark_update(sch, matmul, k_o, (rows, group), lane, ON_MATMUL)
 
 
 def lanes_layout(n, c, h, w):
@@ -176,13 +171,7 @@ def split_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
     col_o, col_i = sch.split(spatial[-1], factors=[None, LANES])
     rows = [lp for lp in spatial[:-1] if int(sch.get(lp).extent) > 1]
     sch.reorder(rc_o, ry, rx, *rows, col_o, col_i, rc_i)
-    init = sch.decompose_reduction(conv, rc_o)
-    sch.vectorize(sch.get_loops(init)[-1])
-    for lp in (*rows, col_o):
-        sch.unroll(lp)
-    update = sch.blockize(col_i)
-    sch.annotate(update, MARK, 1)
-    return update
+    return _mark_update(sch, conv, rc_o, (*rows, col_o), col_i, ON_COLUMNS)
 
 
 def split_channel_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
@@ -193,12 +182,19 @@ def split_channel_reduction(sch, conv, inner_loops) -> s_tir.SBlockRV:
     rc_o, rc_i = sch.split(rc, factors=[None, 2])
     group, lane = sch.split(channels, factors=[None, LANES])
     sch.reorder(rc_o, ry, rx, n, row, columns, group, lane, rc_i)
-    init = sch.decompose_reduction(conv, rc_o)
+    return _mark_update(sch, conv, rc_o, (columns, group), lane, ON_CHANNELS)
+
+
+def _mark_update(sch, block, first_reduce, unrolled, lane, lanes: int) -> s_tir.SBlockRV:
+    """Decompose `block`'s init before `first_reduce` (vectorized), unroll `unrolled`,
+    blockize the update from `lane` down and mark it for `emit` with `lanes` (ON_COLUMNS,
+    ON_CHANNELS or ON_MATMUL). Returns the update block."""
+    init = sch.decompose_reduction(block, first_reduce)
     sch.vectorize(sch.get_loops(init)[-1])
-    for lp in (columns, group):
+    for lp in unrolled:
         sch.unroll(lp)
     update = sch.blockize(lane)
-    sch.annotate(update, MARK, ON_CHANNELS)
+    sch.annotate(update, MARK, lanes)
     return update
 
 
@@ -388,9 +384,14 @@ def _statement(block) -> str:
     pair = (f'T.reinterpret("int16x16", T.Broadcast({_pairs_name(weight.source)}'
             f'[{", ".join(idx)}], {LANES}))')
     product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
-               f'{vector(data, 2 * LANES)}, {pair})')
+               f'{_int16(vector(data, 2 * LANES), data, 2 * LANES)}, {pair})')
     target = vector(acc, LANES)
     return f"{target} = {target} + {product}"
+
+
+def _int16(load: str, data, lanes: int) -> str:
+    """A vector load of `data`'s buffer as int16 lanes (an int8 input widened)."""
+    return load if str(data.source.dtype) == "int16" else f'T.Cast("int16x{lanes}", {load})'
 
 
 def _lanes_name(weight) -> str:
@@ -429,7 +430,8 @@ def _channel_statement(block) -> str:
     target = f"{acc.source.name}[{', '.join(idx)}]"
     idx = [str(r.min) for r in data.region]
     idx[-1] = f"T.Ramp({idx[-1]}, T.int64(1), 2)"
-    pair = f'T.reinterpret("int32", {data.source.name}[{", ".join(idx)}])'
+    load = f"{data.source.name}[{', '.join(idx)}]"
+    pair = f'T.reinterpret("int32", {_int16(load, data, 2)})'
     value = f'T.reinterpret("int16x{2 * LANES}", T.Broadcast({pair}, {LANES}))'
     f0, c0, ry, rx = (str(r.min) for r in weight.region)
     lanes = (f'T.reinterpret("int16x{2 * LANES}", {_lanes_name(weight.source)}[({f0}) // '
@@ -467,9 +469,7 @@ def _matmul_statement(block) -> str:
     row, column = (str(r.min) for r in acc.region)
     target = f"{acc.source.name}[{row}, T.Ramp({column}, T.int64(1), {LANES})]"
     x_row, k0 = (str(r.min) for r in data.region)
-    pair = f"{data.source.name}[{x_row}, T.Ramp({k0}, T.int64(1), 2)]"
-    if str(data.source.dtype) == "int8":
-        pair = f'T.Cast("int16x2", {pair})'
+    pair = _int16(f"{data.source.name}[{x_row}, T.Ramp({k0}, T.int64(1), 2)]", data, 2)
     value = (f'T.reinterpret("int16x{2 * LANES}", T.Broadcast(T.reinterpret("int32", {pair}), '
              f'{LANES}))')
     k_w, n0 = (str(r.min) for r in weight.region)
