@@ -221,23 +221,23 @@ def emit(sch, constants: Collection[str] = ()) -> tvm.tirx.PrimFunc:
             i += 1
         block = sch.get(sch.get_sblock(name.group(1)))
         lanes = int(block.annotations[MARK])
-        layout, statement, stage = _EMITTERS[lanes]
+        layout, statement = _EMITTERS[lanes]
         weight = (_matmul_operands if lanes == ON_MATMUL else _operands)(block)[1].source
-        weights[weight.name] = (weight, layout, stage)
+        weights[weight.name] = (weight, layout)
         out.append(" " * indent + statement(block))
     signature = next(k for k, text in enumerate(out) if text.strip().startswith("def main("))
     root = signature
     while not out[root + 1].strip().startswith(("T.func_attr", "# with T.sblock(\"root\")")):
         root += 1
     stages = []
-    for w, layout, stage in weights.values():
+    for w, layout in weights.values():
         declared = _declaration(out[signature], w)
         if w.name in constants and declared is not None:
             shape = packed_shape(tuple(int(d) for d in w.shape), layout)
             out[signature] = out[signature].replace(
                 declared, f'{_packed_name(w.name, layout)}: T.Buffer(({_dims(shape)}), "int32")')
         else:
-            stages += stage(w)
+            stages += _packing_stage(w, layout)
     out[root + 2:root + 2] = stages
     mod = from_source("\n".join(out))
     return mod["main"] if isinstance(mod, tvm.IRModule) else mod
@@ -351,22 +351,37 @@ def _pairs_name(weight) -> str:
     return _packed_name(weight.name, PAIRS_LAYOUT)
 
 
-def _weight_pairs_stage(weight) -> list[str]:
-    """TVMScript lines: pairs[f, c2, ry, rx] = w[f, 2 c2 + 1, ry, rx] << 16 | uint16(w[f, 2 c2,
-    ry, rx]): the 32-bit value whose broadcast is the vpmaddwd weight operand."""
-    f, c, kh, kw = (int(d) for d in weight.shape)
-    shape = f"(T.int64({f}), T.int64({c // 2}), T.int64({kh}), T.int64({kw}))"
-    w, pairs = weight.name, _pairs_name(weight)
-    low = f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[f, c * T.int64(2), y, x])))'
-    high = f'T.shift_left(T.Cast("int32", {w}[f, c * T.int64(2) + T.int64(1), y, x]), 16)'
+def _packing_stage(weight, layout: str) -> list[str]:
+    """TVMScript lines: the in-kernel packing of `weight` into `layout` (packed_shape), each
+    int32 = w[.., 2 c2 + 1, ..] << 16 | uint16(w[.., 2 c2, ..]) over the input-channel (conv)
+    or k (matmul) pair, the value `pack_weight` computes: the vpmaddwd weight operand."""
+    shape = packed_shape(tuple(int(d) for d in weight.shape), layout)
+    axes = "fcyxl"[:len(shape)] if layout != MATMUL_LAYOUT else "fcl"
+    channel = f"f * T.int64({LANES}) + l"
+
+    def source(odd: str) -> str:  # the int8 weight element of the pair's even/odd half
+        pair = f"c * T.int64(2){odd}"
+        index = {PAIRS_LAYOUT: ["f", pair, "y", "x"], LANES_LAYOUT: [channel, pair, "y", "x"],
+                 MATMUL_LAYOUT: [pair, channel]}[layout]
+        return f"{weight.name}[{', '.join(index)}]"
+
+    low = f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {source("")})))'
+    high = f'T.shift_left(T.Cast("int32", {source(" + T.int64(1)")}), 16)'
+    packed = _packed_name(weight.name, layout)
+    loops = ", ".join(f"{a}0" for a in axes)
     return [
-        f'    {pairs} = T.sblock_alloc_buffer({shape}, "int32")',
-        f"    for f0, c0, y0, x0 in T.grid(T.int64({f}), T.int64({c // 2}), T.int64({kh}), "
-        f"T.int64({kw})):",
-        f'        with T.sblock("{pairs}"):',
-        '            f, c, y, x = T.axis.remap("SSSS", [f0, c0, y0, x0])',
-        f"            {pairs}[f, c, y, x] = T.bitwise_or({low}, {high})",
+        f'    {packed} = T.sblock_alloc_buffer(({_dims(shape)}), "int32")',
+        f"    for {loops} in T.grid({_dims(shape)}):",
+        f'        with T.sblock("{packed}"):',
+        f'            {", ".join(axes)} = T.axis.remap("{"S" * len(axes)}", [{loops}])',
+        f"            {packed}[{', '.join(axes)}] = T.bitwise_or({low}, {high})",
     ]
+
+
+def _accumulate(target: str, data: str, weights: str) -> str:
+    """target += vpmaddwd(data, weights) (int16x16 operands, int32x8 result)."""
+    return (f'{target} = {target} + T.call_llvm_pure_intrin("int32x{LANES}", '
+            f'"llvm.x86.avx2.pmadd.wd", {data}, {weights})')
 
 
 def _statement(block) -> str:
@@ -383,10 +398,8 @@ def _statement(block) -> str:
     idx[1] = f"({idx[1]}) // T.int64(2)"
     pair = (f'T.reinterpret("int16x16", T.Broadcast({_pairs_name(weight.source)}'
             f'[{", ".join(idx)}], {LANES}))')
-    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
-               f'{_int16(vector(data, 2 * LANES), data, 2 * LANES)}, {pair})')
-    target = vector(acc, LANES)
-    return f"{target} = {target} + {product}"
+    return _accumulate(vector(acc, LANES), _int16(vector(data, 2 * LANES), data, 2 * LANES),
+                       pair)
 
 
 def _int16(load: str, data, lanes: int) -> str:
@@ -396,28 +409,6 @@ def _int16(load: str, data, lanes: int) -> str:
 
 def _lanes_name(weight) -> str:
     return _packed_name(weight.name, LANES_LAYOUT)
-
-
-def _weight_lanes_stage(weight) -> list[str]:
-    """TVMScript lines: lanes[f // 8, c2, ry, rx, f % 8] = w[f, 2 c2 + 1, ry, rx] << 16 |
-    uint16(w[f, 2 c2, ry, rx]): 8 output channels' pairs, one vector operand of vpmaddwd."""
-    f, c, kh, kw = (int(d) for d in weight.shape)
-    shape = (f"(T.int64({f // LANES}), T.int64({c // 2}), T.int64({kh}), T.int64({kw}), "
-             f"T.int64({LANES}))")
-    w, lanes = weight.name, _lanes_name(weight)
-    channel = f"f * T.int64({LANES}) + l"
-    low = (f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[{channel}, c * T.int64(2), '
-           'y, x])))')
-    high = (f'T.shift_left(T.Cast("int32", {w}[{channel}, c * T.int64(2) + T.int64(1), y, x]), '
-            '16)')
-    return [
-        f'    {lanes} = T.sblock_alloc_buffer({shape}, "int32")',
-        f"    for f0, c0, y0, x0, l0 in T.grid(T.int64({f // LANES}), T.int64({c // 2}), "
-        f"T.int64({kh}), T.int64({kw}), T.int64({LANES})):",
-        f'        with T.sblock("{lanes}"):',
-        '            f, c, y, x, l = T.axis.remap("SSSSS", [f0, c0, y0, x0, l0])',
-        f"            {lanes}[f, c, y, x, l] = T.bitwise_or({low}, {high})",
-    ]
 
 
 def _channel_statement(block) -> str:
@@ -437,28 +428,7 @@ def _channel_statement(block) -> str:
     lanes = (f'T.reinterpret("int16x{2 * LANES}", {_lanes_name(weight.source)}[({f0}) // '
              f'T.int64({LANES}), ({c0}) // T.int64(2), {ry}, {rx}, T.Ramp(T.int64(0), '
              f'T.int64(1), {LANES})])')
-    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
-               f'{value}, {lanes})')
-    return f"{target} = {target} + {product}"
-
-
-def _weight_matmul_stage(weight) -> list[str]:
-    """TVMScript lines: lanes[n // 8, k2, n % 8] = w[2 k2 + 1, n] << 16 | uint16(w[2 k2, n])."""
-    k, n = (int(d) for d in weight.shape)
-    shape = f"(T.int64({n // LANES}), T.int64({k // 2}), T.int64({LANES}))"
-    w, lanes = weight.name, _packed_name(weight.name, MATMUL_LAYOUT)
-    column = f"f * T.int64({LANES}) + l"
-    low = (f'T.Cast("int32", T.Cast("uint16", T.Cast("int16", {w}[c * T.int64(2), {column}'
-           '])))')
-    high = f'T.shift_left(T.Cast("int32", {w}[c * T.int64(2) + T.int64(1), {column}]), 16)'
-    return [
-        f'    {lanes} = T.sblock_alloc_buffer({shape}, "int32")',
-        f"    for f0, c0, l0 in T.grid(T.int64({n // LANES}), T.int64({k // 2}), "
-        f"T.int64({LANES})):",
-        f'        with T.sblock("{lanes}"):',
-        '            f, c, l = T.axis.remap("SSS", [f0, c0, l0])',
-        f"            {lanes}[f, c, l] = T.bitwise_or({low}, {high})",
-    ]
+    return _accumulate(target, value, lanes)
 
 
 def _matmul_statement(block) -> str:
@@ -476,14 +446,12 @@ def _matmul_statement(block) -> str:
     lanes = (f'T.reinterpret("int16x{2 * LANES}", '
              f'{_packed_name(weight.source.name, MATMUL_LAYOUT)}[({n0}) // T.int64({LANES}), '
              f'({k_w}) // T.int64(2), T.Ramp(T.int64(0), T.int64(1), {LANES})])')
-    product = (f'T.call_llvm_pure_intrin("int32x{LANES}", "llvm.x86.avx2.pmadd.wd", '
-               f'{value}, {lanes})')
-    return f"{target} = {target} + {product}"
+    return _accumulate(target, value, lanes)
 
 
-# MARK value -> (packed weight layout, statement, in-function packing stage)
+# MARK value -> (packed weight layout, statement)
 _EMITTERS = {
-    ON_COLUMNS: (PAIRS_LAYOUT, _statement, _weight_pairs_stage),
-    ON_CHANNELS: (LANES_LAYOUT, _channel_statement, _weight_lanes_stage),
-    ON_MATMUL: (MATMUL_LAYOUT, _matmul_statement, _weight_matmul_stage),
+    ON_COLUMNS: (PAIRS_LAYOUT, _statement),
+    ON_CHANNELS: (LANES_LAYOUT, _channel_statement),
+    ON_MATMUL: (MATMUL_LAYOUT, _matmul_statement),
 }

@@ -313,8 +313,7 @@ def schedule(func: tvm.tirx.PrimFunc, params: ScheduleParams,
         return _is_padding(sch, block) or _is_side(sch, block, out_shape) or (
             conv is not None and _same(sch, block, sch.get_producers(conv)[0]))
 
-    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _is_lookup(sch, b) or any(
-        _is_lookup(sch, c) for c in sch.get_consumers(b)))
+    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _near_lookup(sch, b))
     (out,) = sch.get_output_blocks(root)
     loops = sch.get_loops(out)
     rank = len(loops)
@@ -399,6 +398,11 @@ def _pair_conv(sch, root):
     if not pair_dot.target_has_avx2():
         raise s_tir.ScheduleError("pairs: the target has no AVX2")
     return convs[0]
+
+
+def _near_lookup(sch, block) -> bool:
+    """A lookup or a stage feeding one: both stay stages of their own (not inlined)."""
+    return _is_lookup(sch, block) or any(_is_lookup(sch, c) for c in sch.get_consumers(block))
 
 
 def _is_lookup(sch, block) -> bool:
@@ -491,8 +495,7 @@ def _parallel_outer(sch, loops, tile_loop, depth: int) -> None:
 def _schedule_pooling(sch, root, out, params: ScheduleParams) -> tvm.tirx.PrimFunc:
     """A function whose output is its reduction (a global pooling sum): the outer output loops
     parallel, the stages before the sum computed per output element, the sum in its order."""
-    inline_single_reads(sch, root, keep=lambda b: _is_lookup(sch, b) or any(
-        _is_lookup(sch, c) for c in sch.get_consumers(b)))
+    inline_single_reads(sch, root, keep=lambda b: _near_lookup(sch, b))
     loops = sch.get_loops(out)
     spatial = len(sch.get(out).writes[0].region)
     for block in reversed(intermediates(sch, root)):
@@ -520,8 +523,7 @@ def _schedule_stream(sch, root, out_shape: tuple, params: ScheduleParams) -> tvm
                                   f"vectors of {params.vec} do not divide {out_shape[1]} "
                                   "columns")
     inline_single_reads(sch, root, keep=lambda b: _is_side(sch, b, out_shape)
-                        or _is_lookup(sch, b) or any(_is_lookup(sch, c)
-                                                     for c in sch.get_consumers(b)))
+                        or _near_lookup(sch, b))
     (out,) = sch.get_output_blocks(root)
     row, col = sch.get_loops(out)
     chunk, col = sch.split(col, factors=[chunks, None])
@@ -606,8 +608,7 @@ def _schedule_matmul_lanes(sch, root, out_shape: tuple, params: ScheduleParams,
                                   f"columns does not divide {out_shape}")
     (matmul,) = matmuls
     inline_single_reads(sch, root, keep=lambda b: _is_side(sch, b, out_shape)
-                        or _is_lookup(sch, b) or any(_is_lookup(sch, c)
-                                                     for c in sch.get_consumers(b)))
+                        or _near_lookup(sch, b))
     (out,) = sch.get_output_blocks(root)
     row, column = sch.get_loops(out)
     row_o, row_i = sch.split(row, factors=[None, params.vec])
@@ -654,8 +655,7 @@ def _schedule_channels(sch, root, out_shape: tuple, params: ScheduleParams,
         return _is_padding(sch, block) or _is_side(sch, block, out_shape) or _same(sch, block,
                                                                                    stage)
 
-    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _is_lookup(sch, b) or any(
-        _is_lookup(sch, c) for c in sch.get_consumers(b)))
+    inline_single_reads(sch, root, keep=lambda b: at_root(b) or _near_lookup(sch, b))
     (out,) = sch.get_output_blocks(root)
     tiled = [b for b in intermediates(sch, root) if not at_root(b)]
     for block in tiled:
